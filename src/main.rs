@@ -1,0 +1,437 @@
+//! `tongban`: the command line. Wiring only: parse flags, call the crates, print results.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use tongban_features::catalogue::{Catalogue, CatalogueError};
+use tongban_features::io::{read_log, BadRowPolicy, LogFormat};
+use tongban_features::synth::{self, GenParams, GenSink, GenSummary, GENERATOR_VERSION};
+use tongban_features::time::Date;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tongban",
+    version,
+    about = "Recommendation and proactive push engine for one-stop government portals"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect the service catalogue.
+    Catalogue {
+        #[command(subcommand)]
+        command: CatalogueCommand,
+    },
+    /// Simulate service histories of a Dalian population (events, future, truth, subjects).
+    Generate(GenerateArgs),
+    /// Read an event log and report what it holds (rows, events, skipped rows).
+    Inspect(InspectArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogueCommand {
+    /// Validate the catalogue; print counts, or every problem with its file and field.
+    Check {
+        #[command(flatten)]
+        catalogue: CatalogueArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CatalogueArgs {
+    /// Catalogue file or folder of *.toml files.
+    #[arg(long, env = "TONGBAN_CATALOGUE", default_value = "catalogue")]
+    catalogue: PathBuf,
+    /// Extend the catalogue with generated long-tail services up to this many (scale tests).
+    #[arg(long)]
+    long_tail: Option<usize>,
+}
+
+impl CatalogueArgs {
+    fn load(&self) -> Result<Catalogue> {
+        let cat = Catalogue::load(&self.catalogue).with_context(|| {
+            format!(
+                "loading the catalogue from {} (set --catalogue)",
+                self.catalogue.display()
+            )
+        })?;
+        Ok(match self.long_tail {
+            Some(n) => cat.with_long_tail(n),
+            None => cat,
+        })
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    #[arg(long, default_value_t = 10_000)]
+    persons: u64,
+    #[arg(long, default_value_t = 500)]
+    enterprises: u64,
+    /// Years of history before the cut-off.
+    #[arg(long, default_value_t = 3)]
+    years: u32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Cut-off date (YYYY-MM-DD, Asia/Shanghai): events.csv ends, future.csv begins.
+    #[arg(long, default_value = "2026-01-01")]
+    cutoff: String,
+    /// Days of future after the cut-off.
+    #[arg(long, default_value_t = 90)]
+    horizon_days: u32,
+    /// Monte Carlo draws per subject for truth.jsonl.
+    #[arg(long, default_value_t = 200)]
+    truth_samples: u32,
+    #[arg(long, value_enum, default_value_t = OutFormat::Csv)]
+    format: OutFormat,
+    /// Output folder (created if absent).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    catalogue: CatalogueArgs,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OutFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnBadRow {
+    Fail,
+    Skip,
+}
+
+#[derive(clap::Args, Debug)]
+struct LogArgs {
+    /// Event log file.
+    #[arg(long)]
+    events: PathBuf,
+    /// native (CSV or JSONL by extension), pairs (`user item`), lines (`user item1 item2 ...`),
+    /// tsv (`user item rating timestamp` with a header).
+    #[arg(long, default_value = "native")]
+    format: String,
+    /// What to do with a row that cannot be read: fail (default) or skip and count it.
+    #[arg(long, value_enum, default_value_t = OnBadRow::Fail)]
+    on_bad_row: OnBadRow,
+}
+
+impl LogArgs {
+    fn read(
+        &self,
+    ) -> Result<(
+        tongban_features::io::EventLog,
+        tongban_features::io::ReadReport,
+    )> {
+        let Some(format) = LogFormat::from_name(&self.format, &self.events) else {
+            bail!(
+                "unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv",
+                self.format
+            );
+        };
+        let policy = match self.on_bad_row {
+            OnBadRow::Fail => BadRowPolicy::Fail,
+            OnBadRow::Skip => BadRowPolicy::Skip,
+        };
+        let (log, report) = read_log(&self.events, format, policy)?;
+        if report.skipped > 0 {
+            eprintln!(
+                "warning: skipped {} bad rows of {} in {} (first: line {}: {})",
+                report.skipped,
+                report.rows,
+                self.events.display(),
+                report.first_skipped[0].line,
+                report.first_skipped[0].reason
+            );
+        }
+        Ok((log, report))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Catalogue {
+            command: CatalogueCommand::Check { catalogue, json },
+        } => catalogue_check(&catalogue, json),
+        Command::Generate(args) => generate(&args),
+        Command::Inspect(args) => inspect(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
+    match Catalogue::load(&args.catalogue) {
+        Ok(cat) => {
+            let cat = match args.long_tail {
+                Some(n) => cat.with_long_tail(n),
+                None => cat,
+            };
+            let s = cat.summary();
+            if json {
+                print_json(&serde_json::json!({ "valid": true, "summary": s }))?;
+            } else {
+                println!(
+                    "catalogue {} is valid (fingerprint {})",
+                    args.catalogue.display(),
+                    s.fingerprint
+                );
+                println!(
+                    "  services: {} ({} for persons, {} for enterprises)",
+                    s.services, s.person_services, s.enterprise_services
+                );
+                println!("  bundles:  {}", s.bundles);
+                println!("  {:<14} {:>8} {:>8}", "stage", "services", "bundles");
+                for (stage, n) in &s.services_per_stage {
+                    let b = s
+                        .bundles_per_stage
+                        .iter()
+                        .find(|x| &x.0 == stage)
+                        .map_or(0, |x| x.1);
+                    println!("  {stage:<14} {n:>8} {b:>8}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(CatalogueError::Invalid(problems)) => {
+            if json {
+                print_json(&serde_json::json!({ "valid": false, "problems": problems }))?;
+            } else {
+                eprintln!(
+                    "catalogue {} is invalid ({} problems):",
+                    args.catalogue.display(),
+                    problems.len()
+                );
+                for p in &problems {
+                    eprintln!("  {p}");
+                }
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Files of one generation run, written as the chunks arrive.
+struct DirSink {
+    events: BufWriter<File>,
+    future: BufWriter<File>,
+    subjects: BufWriter<File>,
+    truth: BufWriter<File>,
+    bar: Option<ProgressBar>,
+}
+
+impl GenSink for DirSink {
+    fn events(&mut self, text: &str) -> std::io::Result<()> {
+        self.events.write_all(text.as_bytes())
+    }
+    fn future(&mut self, text: &str) -> std::io::Result<()> {
+        self.future.write_all(text.as_bytes())
+    }
+    fn subjects(&mut self, text: &str) -> std::io::Result<()> {
+        self.subjects.write_all(text.as_bytes())
+    }
+    fn truth(&mut self, text: &str) -> std::io::Result<()> {
+        self.truth.write_all(text.as_bytes())
+    }
+    fn progress(&mut self, done: u64, _total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 20, f))
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    generator_version: u32,
+    seed: u64,
+    persons: u64,
+    enterprises: u64,
+    years: u32,
+    horizon_days: u32,
+    truth_samples: u32,
+    format: &'a str,
+    catalogue_fingerprint: &'a str,
+    catalogue_services: usize,
+    #[serde(flatten)]
+    summary: &'a GenSummary,
+    files: [&'a str; 5],
+}
+
+fn generate(args: &GenerateArgs) -> Result<ExitCode> {
+    let cat = args.catalogue.load()?;
+    let cutoff = Date::parse(&args.cutoff)
+        .with_context(|| format!("--cutoff {:?}: expected YYYY-MM-DD", args.cutoff))?;
+    if args.years == 0 || args.years > 50 {
+        bail!("--years {}: expected 1 to 50", args.years);
+    }
+    if args.persons + args.enterprises == 0 {
+        bail!("nothing to simulate: --persons and --enterprises are both 0");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let ext = match args.format {
+        OutFormat::Csv => "csv",
+        OutFormat::Jsonl => "jsonl",
+    };
+    let params = GenParams {
+        persons: args.persons,
+        enterprises: args.enterprises,
+        years: args.years,
+        seed: args.seed,
+        cutoff,
+        horizon_days: args.horizon_days,
+        truth_samples: args.truth_samples,
+        jsonl: args.format == OutFormat::Jsonl,
+    };
+    let total = args.persons + args.enterprises;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} simulating [{bar:40}] {pos}/{len} subjects ({per_sec}, eta {eta})",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let events_name = format!("events.{ext}");
+    let future_name = format!("future.{ext}");
+    let mut sink = DirSink {
+        events: create(&args.out.join(&events_name))?,
+        future: create(&args.out.join(&future_name))?,
+        subjects: create(&args.out.join("subjects.csv"))?,
+        truth: create(&args.out.join("truth.jsonl"))?,
+        bar,
+    };
+    let started = std::time::Instant::now();
+    let summary =
+        synth::generate(&cat, &params, &mut sink).context("writing the generated files")?;
+    for w in [
+        &mut sink.events,
+        &mut sink.future,
+        &mut sink.subjects,
+        &mut sink.truth,
+    ] {
+        w.flush().context("flushing the generated files")?;
+    }
+    if let Some(b) = &sink.bar {
+        b.finish_and_clear();
+    }
+    let manifest = Manifest {
+        generator_version: GENERATOR_VERSION,
+        seed: args.seed,
+        persons: args.persons,
+        enterprises: args.enterprises,
+        years: args.years,
+        horizon_days: args.horizon_days,
+        truth_samples: args.truth_samples,
+        format: ext,
+        catalogue_fingerprint: cat.fingerprint(),
+        catalogue_services: cat.services().len(),
+        summary: &summary,
+        files: [
+            &events_name,
+            &future_name,
+            "subjects.csv",
+            "truth.jsonl",
+            "manifest.json",
+        ],
+    };
+    let mut m = create(&args.out.join("manifest.json"))?;
+    serde_json::to_writer_pretty(&mut m, &manifest)?;
+    m.write_all(b"\n")?;
+    m.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        print_json(&serde_json::json!({
+            "out": args.out,
+            "manifest": manifest,
+            "seconds": secs,
+            "subjects_per_second": total as f64 / secs,
+            "events_per_second": (summary.events + summary.future_events) as f64 / secs,
+        }))?;
+    } else {
+        eprintln!(
+            "generated {} subjects, {} events before {} and {} after, {} truth lines, in {:.1} s -> {}",
+            total,
+            summary.events,
+            summary.cutoff,
+            summary.future_events,
+            summary.truth_subjects,
+            secs,
+            args.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(args: &InspectArgs) -> Result<ExitCode> {
+    let (log, report) = args.log.read()?;
+    let out = serde_json::json!({
+        "file": args.log.events,
+        "rows": report.rows,
+        "events": report.events,
+        "skipped": report.skipped,
+        "first_skipped": report.first_skipped,
+        "subjects": log.subjects.len(),
+        "services": log.services.len(),
+    });
+    if args.json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "{}: {} rows, {} events, {} skipped; {} subjects, {} services",
+            args.log.events.display(),
+            report.rows,
+            report.events,
+            report.skipped,
+            log.subjects.len(),
+            log.services.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
