@@ -11,5 +11,6 @@
 pub mod catalogue;
 pub mod domain;
 pub mod io;
+pub mod profile;
 pub mod synth;
 pub mod time;

@@ -125,9 +125,9 @@ pub struct SubjectRun {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Action {
-    /// A hazard-driven life event; stale when `gen` is not the subject's current generation.
+    /// The next hazard-driven life event (competing risks, including a person's own death);
+    /// stale when `gen` is not the subject's current generation.
     Hazard {
-        ev: u8,
         gen: u32,
     },
     /// A life event at a calendar date (school entry, retirement, founding, new year).
@@ -287,6 +287,7 @@ struct Sim<'p, 'a> {
 }
 
 const YEAR: f64 = 365.25 * DAY as f64;
+const LIFE_EVENTS: usize = LifeEvent::ALL.len();
 
 fn age_years(born: Date, at: i64) -> f64 {
     (at - born.start_shanghai().0) as f64 / YEAR
@@ -376,20 +377,28 @@ impl<'p, 'a> Sim<'p, 'a> {
         }
     }
 
-    /// (Re)draws every hazard from `now`: valid because exponential waits are memoryless.
+    /// Yearly rates of every life event, then of the subject's own death (Gompertz-like
+    /// mortality for persons, plausible figures), and their total.
+    fn rates(&self, now: i64) -> ([f64; LIFE_EVENTS + 1], f64) {
+        let mut r = [0.0; LIFE_EVENTS + 1];
+        for (slot, &ev) in r.iter_mut().zip(LifeEvent::ALL) {
+            *slot = self.hazard(ev, now);
+        }
+        if self.subject.kind == SubjectKind::Person {
+            let age = age_years(self.subject.born, now);
+            r[LIFE_EVENTS] = 0.0003 * (0.085 * (age - 30.0)).exp();
+        }
+        let total = r.iter().sum();
+        (r, total)
+    }
+
+    /// (Re)draws the next life event from `now` as one competing-risks wait: valid because
+    /// exponential waits are memoryless, and cheaper than one draw per event.
     fn reschedule_hazards(&mut self, rng: &mut ChaCha8Rng, now: i64) {
         self.state.gen += 1;
         let gen = self.state.gen;
-        for (i, &ev) in LifeEvent::ALL.iter().enumerate() {
-            let h = self.hazard(ev, now);
-            self.push_rate(rng, now, h, Action::Hazard { ev: i as u8, gen });
-        }
-        // Own death ends a person's history (Gompertz-like mortality, plausible figures).
-        if self.subject.kind == SubjectKind::Person {
-            let age = age_years(self.subject.born, now);
-            let q = 0.0003 * (0.085 * (age - 30.0)).exp();
-            self.push_rate(rng, now, q, Action::Hazard { ev: u8::MAX, gen });
-        }
+        let (_, total) = self.rates(now);
+        self.push_rate(rng, now, total, Action::Hazard { gen });
     }
 
     fn noise_rate(&self) -> f64 {
@@ -567,9 +576,24 @@ impl<'p, 'a> Sim<'p, 'a> {
     fn process(&mut self, rng: &mut ChaCha8Rng, p: Pending, out: &mut Vec<SimEvent>) {
         let now = p.at;
         match p.action {
-            Action::Hazard { gen, .. } if gen != self.state.gen => {}
-            Action::Hazard { ev: u8::MAX, .. } => self.state.alive = false,
-            Action::Hazard { ev, .. } | Action::Fixed { ev } => {
+            Action::Hazard { gen } if gen != self.state.gen => {}
+            Action::Hazard { .. } => {
+                let (rates, total) = self.rates(now);
+                let mut x = rng.gen::<f64>() * total;
+                let pick = rates.iter().position(|&r| {
+                    x -= r;
+                    x < 0.0
+                });
+                match pick {
+                    Some(LIFE_EVENTS) => self.state.alive = false,
+                    Some(i) => {
+                        self.apply_life_event(rng, LifeEvent::ALL[i], now);
+                        self.reschedule_hazards(rng, now);
+                    }
+                    None => self.reschedule_hazards(rng, now),
+                }
+            }
+            Action::Fixed { ev } => {
                 let ev = LifeEvent::ALL[ev as usize];
                 self.apply_life_event(rng, ev, now);
                 if ev != LifeEvent::YearStart && ev != LifeEvent::SchoolEntry {
@@ -951,7 +975,26 @@ fn simulate_prepared(
     sim.reschedule_hazards(&mut rng, t0);
     let mut events = Vec::new();
     sim.run(&mut rng, cutoff, &mut events, None);
-    let at_cutoff = sim.clone();
+    // The hidden state at the cut-off, without hazards superseded by a later redraw.
+    let mut at_cutoff = sim.clone();
+    let gen = at_cutoff.state.gen;
+    at_cutoff
+        .heap
+        .retain(|Reverse(p)| !matches!(p.action, Action::Hazard { gen: g, .. } if g != gen));
+    // Forks copy this state hundreds of times: drop what no pending action can read.
+    let mut live = vec![false; at_cutoff.journeys.len()];
+    for Reverse(p) in at_cutoff.heap.iter() {
+        if let Action::Step { journey, .. } = p.action {
+            live[journey as usize] = true;
+        }
+    }
+    for (j, keep) in at_cutoff.journeys.iter_mut().zip(live) {
+        if !keep {
+            j.done = Vec::new();
+            j.scheduled = Vec::new();
+        }
+    }
+    at_cutoff.renewals = Vec::new();
     sim.run(&mut rng, end, &mut events, None);
     events.retain(|e| e.at >= start && e.at < end && (kind == SubjectKind::Person || e.at >= born));
     events.sort_by_key(|e| e.at);
@@ -966,7 +1009,7 @@ fn simulate_prepared(
         let mut tries = 0;
         let mut trng = ChaCha8Rng::seed_from_u64(stream ^ 0x7472_7574_6800_0000);
         let mut scratch = Vec::new();
-        while hits < params.truth_samples && tries < params.truth_samples * 20 {
+        while hits < params.truth_samples && tries < params.truth_samples * 4 {
             tries += 1;
             let mut fork = at_cutoff.redraw_after(&mut trng, cutoff);
             scratch.clear();
