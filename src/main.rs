@@ -63,12 +63,8 @@ struct CatalogueArgs {
 
 impl CatalogueArgs {
     fn load(&self) -> Result<Catalogue> {
-        let cat = Catalogue::load(&self.catalogue).with_context(|| {
-            format!(
-                "loading the catalogue from {} (set --catalogue)",
-                self.catalogue.display()
-            )
-        })?;
+        let cat = Catalogue::load(&self.catalogue)
+            .with_context(|| format!("loading the catalogue from {} (set --catalogue)", self.catalogue.display()))?;
         Ok(match self.long_tail {
             Some(n) => cat.with_long_tail(n),
             None => cat,
@@ -135,17 +131,9 @@ struct LogArgs {
 }
 
 impl LogArgs {
-    fn read(
-        &self,
-    ) -> Result<(
-        tongban_features::io::EventLog,
-        tongban_features::io::ReadReport,
-    )> {
+    fn read(&self) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
         let Some(format) = LogFormat::from_name(&self.format, &self.events) else {
-            bail!(
-                "unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv",
-                self.format
-            );
+            bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.format);
         };
         let policy = match self.on_bad_row {
             OnBadRow::Fail => BadRowPolicy::Fail,
@@ -177,9 +165,9 @@ struct InspectArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Catalogue {
-            command: CatalogueCommand::Check { catalogue, json },
-        } => catalogue_check(&catalogue, json),
+        Command::Catalogue { command: CatalogueCommand::Check { catalogue, json } } => {
+            catalogue_check(&catalogue, json)
+        }
         Command::Generate(args) => generate(&args),
         Command::Inspect(args) => inspect(&args),
     };
@@ -208,11 +196,7 @@ fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({ "valid": true, "summary": s }))?;
             } else {
-                println!(
-                    "catalogue {} is valid (fingerprint {})",
-                    args.catalogue.display(),
-                    s.fingerprint
-                );
+                println!("catalogue {} is valid (fingerprint {})", args.catalogue.display(), s.fingerprint);
                 println!(
                     "  services: {} ({} for persons, {} for enterprises)",
                     s.services, s.person_services, s.enterprise_services
@@ -220,11 +204,7 @@ fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
                 println!("  bundles:  {}", s.bundles);
                 println!("  {:<14} {:>8} {:>8}", "stage", "services", "bundles");
                 for (stage, n) in &s.services_per_stage {
-                    let b = s
-                        .bundles_per_stage
-                        .iter()
-                        .find(|x| &x.0 == stage)
-                        .map_or(0, |x| x.1);
+                    let b = s.bundles_per_stage.iter().find(|x| &x.0 == stage).map_or(0, |x| x.1);
                     println!("  {stage:<14} {n:>8} {b:>8}");
                 }
             }
@@ -234,11 +214,7 @@ fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({ "valid": false, "problems": problems }))?;
             } else {
-                eprintln!(
-                    "catalogue {} is invalid ({} problems):",
-                    args.catalogue.display(),
-                    problems.len()
-                );
+                eprintln!("catalogue {} is invalid ({} problems):", args.catalogue.display(), problems.len());
                 for p in &problems {
                     eprintln!("  {p}");
                 }
@@ -287,8 +263,6 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 struct Manifest<'a> {
     generator_version: u32,
     seed: u64,
-    persons: u64,
-    enterprises: u64,
     years: u32,
     horizon_days: u32,
     truth_samples: u32,
@@ -302,16 +276,15 @@ struct Manifest<'a> {
 
 fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let cat = args.catalogue.load()?;
-    let cutoff = Date::parse(&args.cutoff)
-        .with_context(|| format!("--cutoff {:?}: expected YYYY-MM-DD", args.cutoff))?;
+    let cutoff =
+        Date::parse(&args.cutoff).with_context(|| format!("--cutoff {:?}: expected YYYY-MM-DD", args.cutoff))?;
     if args.years == 0 || args.years > 50 {
         bail!("--years {}: expected 1 to 50", args.years);
     }
     if args.persons + args.enterprises == 0 {
         bail!("nothing to simulate: --persons and --enterprises are both 0");
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let ext = match args.format {
         OutFormat::Csv => "csv",
         OutFormat::Jsonl => "jsonl",
@@ -330,11 +303,9 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(total);
         b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} simulating [{bar:40}] {pos}/{len} subjects ({per_sec}, eta {eta})",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} simulating [{bar:40}] {pos}/{len} subjects ({per_sec}, eta {eta})")
+                .expect("static template")
+                .progress_chars("=> "),
         );
         b
     });
@@ -348,14 +319,8 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         bar,
     };
     let started = std::time::Instant::now();
-    let summary =
-        synth::generate(&cat, &params, &mut sink).context("writing the generated files")?;
-    for w in [
-        &mut sink.events,
-        &mut sink.future,
-        &mut sink.subjects,
-        &mut sink.truth,
-    ] {
+    let summary = synth::generate(&cat, &params, &mut sink).context("writing the generated files")?;
+    for w in [&mut sink.events, &mut sink.future, &mut sink.subjects, &mut sink.truth] {
         w.flush().context("flushing the generated files")?;
     }
     if let Some(b) = &sink.bar {
@@ -364,8 +329,6 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let manifest = Manifest {
         generator_version: GENERATOR_VERSION,
         seed: args.seed,
-        persons: args.persons,
-        enterprises: args.enterprises,
         years: args.years,
         horizon_days: args.horizon_days,
         truth_samples: args.truth_samples,
@@ -373,13 +336,7 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         catalogue_fingerprint: cat.fingerprint(),
         catalogue_services: cat.services().len(),
         summary: &summary,
-        files: [
-            &events_name,
-            &future_name,
-            "subjects.csv",
-            "truth.jsonl",
-            "manifest.json",
-        ],
+        files: [&events_name, &future_name, "subjects.csv", "truth.jsonl", "manifest.json"],
     };
     let mut m = create(&args.out.join("manifest.json"))?;
     serde_json::to_writer_pretty(&mut m, &manifest)?;

@@ -26,9 +26,7 @@ impl Audience {
         use crate::domain::SubjectKind as K;
         matches!(
             (self, kind),
-            (Audience::Both, _)
-                | (Audience::Person, K::Person)
-                | (Audience::Enterprise, K::Enterprise)
+            (Audience::Both, _) | (Audience::Person, K::Person) | (Audience::Enterprise, K::Enterprise)
         )
     }
 }
@@ -295,10 +293,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
     #[error("cannot read catalogue {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("catalogue {path} holds no *.toml file")]
     Empty { path: PathBuf },
     #[error("catalogue is invalid ({} problems):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -317,18 +312,12 @@ pub struct Catalogue {
 impl Catalogue {
     /// Loads a catalogue file, or every `*.toml` file of a folder in file-name order.
     pub fn load(path: &Path) -> Result<Catalogue, CatalogueError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| CatalogueError::Read {
-                path: p.to_owned(),
-                source,
-            })
-        };
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|source| CatalogueError::Read { path: p.to_owned(), source });
         let mut files = Vec::new();
         if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|source| CatalogueError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            let entries =
+                std::fs::read_dir(path).map_err(|source| CatalogueError::Read { path: path.to_owned(), source })?;
             let mut paths: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -339,9 +328,7 @@ impl Catalogue {
                 files.push((p.display().to_string(), text));
             }
             if files.is_empty() {
-                return Err(CatalogueError::Empty {
-                    path: path.to_owned(),
-                });
+                return Err(CatalogueError::Empty { path: path.to_owned() });
             }
         } else {
             files.push((path.display().to_string(), read(path)?));
@@ -390,11 +377,8 @@ impl Catalogue {
                 continue;
             }
             let stage = stages[i % stages.len()];
-            let audience = if stage == Stage::Operation || stage == Stage::Tax {
-                Audience::Enterprise
-            } else {
-                Audience::Person
-            };
+            let audience =
+                if stage == Stage::Operation || stage == Stage::Tax { Audience::Enterprise } else { Audience::Person };
             self.index.insert(id.clone(), self.services.len() as u32);
             self.services.push(Service {
                 id,
@@ -440,11 +424,7 @@ impl Catalogue {
     }
     /// Bundles started by a life event.
     pub fn bundles_for(&self, ev: LifeEvent) -> impl Iterator<Item = (u32, &Bundle)> {
-        self.bundles
-            .iter()
-            .enumerate()
-            .filter(move |(_, b)| b.life_event == ev)
-            .map(|(i, b)| (i as u32, b))
+        self.bundles.iter().enumerate().filter(move |(_, b)| b.life_event == ev).map(|(i, b)| (i as u32, b))
     }
 }
 
@@ -455,8 +435,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'_')
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'_')
 }
 
 fn month_day(s: &str) -> bool {
@@ -464,18 +443,9 @@ fn month_day(s: &str) -> bool {
     b.len() == 5 && b[2] == b'-' && crate::time::Date::parse(&format!("2024-{s}")).is_some()
 }
 
-fn validate(
-    raw: Vec<(String, RawFile)>,
-    problems: &mut Vec<Problem>,
-    fingerprint: String,
-) -> Catalogue {
-    let mut push = |file: &str, field: String, message: String| {
-        problems.push(Problem {
-            file: file.to_owned(),
-            field,
-            message,
-        })
-    };
+fn validate(raw: Vec<(String, RawFile)>, problems: &mut Vec<Problem>, fingerprint: String) -> Catalogue {
+    let mut push =
+        |file: &str, field: String, message: String| problems.push(Problem { file: file.to_owned(), field, message });
     // Pass 1: ids.
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut first_seen: HashMap<String, String> = HashMap::new();
@@ -485,18 +455,10 @@ fn validate(
         for (i, s) in f.service.iter().enumerate() {
             let field = format!("service[{i}] (id {:?})", s.id);
             if !valid_id(&s.id) {
-                push(
-                    file,
-                    format!("{field}.id"),
-                    "ids use only a-z, 0-9, '.' and '_' (1-64 chars)".into(),
-                );
+                push(file, format!("{field}.id"), "ids use only a-z, 0-9, '.' and '_' (1-64 chars)".into());
             }
             if let Some(prev) = first_seen.get(&s.id) {
-                push(
-                    file,
-                    format!("{field}.id"),
-                    format!("duplicate service id, first defined in {prev}"),
-                );
+                push(file, format!("{field}.id"), format!("duplicate service id, first defined in {prev}"));
                 continue;
             }
             first_seen.insert(s.id.clone(), file.clone());
@@ -525,66 +487,34 @@ fn validate(
                     );
                 }
                 Some(&k) => prerequisites.push(k),
-                None => push(
-                    file,
-                    format!("{field}.prerequisites[{j}]"),
-                    format!("unknown service id {p:?}"),
-                ),
+                None => push(file, format!("{field}.prerequisites[{j}]"), format!("unknown service id {p:?}")),
             }
         }
         if !(0.0..=50.0).contains(&s.noise) {
-            push(
-                file,
-                format!("{field}.noise"),
-                format!("expected 0 to 50 uses per year, got {}", s.noise),
-            );
+            push(file, format!("{field}.noise"), format!("expected 0 to 50 uses per year, got {}", s.noise));
         }
         for (j, m) in s.materials.iter().enumerate() {
             if m.zh.trim().is_empty() || m.en.trim().is_empty() {
-                push(
-                    file,
-                    format!("{field}.materials[{j}]"),
-                    "missing name".into(),
-                );
+                push(file, format!("{field}.materials[{j}]"), "missing name".into());
             }
         }
         match &s.deadline {
             Some(Deadline::YearlyWindow { from, to, share }) => {
                 for (n, v) in [("from", from), ("to", to)] {
                     if !month_day(v) {
-                        push(
-                            file,
-                            format!("{field}.deadline.{n}"),
-                            format!("expected MM-DD, got {v:?}"),
-                        );
+                        push(file, format!("{field}.deadline.{n}"), format!("expected MM-DD, got {v:?}"));
                     }
                 }
                 if !(0.0..=1.0).contains(share) {
-                    push(
-                        file,
-                        format!("{field}.deadline.share"),
-                        "expected a share in [0, 1]".into(),
-                    );
+                    push(file, format!("{field}.deadline.share"), "expected a share in [0, 1]".into());
                 }
             }
-            Some(Deadline::BeforeExpiry {
-                validity_years,
-                holders,
-                ..
-            }) => {
+            Some(Deadline::BeforeExpiry { validity_years, holders, .. }) => {
                 if *validity_years == 0 {
-                    push(
-                        file,
-                        format!("{field}.deadline.validity_years"),
-                        "expected at least 1".into(),
-                    );
+                    push(file, format!("{field}.deadline.validity_years"), "expected at least 1".into());
                 }
                 if !(0.0..=1.0).contains(holders) {
-                    push(
-                        file,
-                        format!("{field}.deadline.holders"),
-                        "expected a share in [0, 1]".into(),
-                    );
+                    push(file, format!("{field}.deadline.holders"), "expected a share in [0, 1]".into());
                 }
             }
             Some(Deadline::AfterEvent { .. }) | None => {}
@@ -628,17 +558,10 @@ fn validate(
                     }
                     1 => {
                         let pos = stack.iter().position(|&(n, _)| n == child).unwrap_or(0);
-                        let mut ids: Vec<&str> = stack[pos..]
-                            .iter()
-                            .map(|&(n, _)| out[n].id.as_str())
-                            .collect();
+                        let mut ids: Vec<&str> = stack[pos..].iter().map(|&(n, _)| out[n].id.as_str()).collect();
                         ids.push(&out[child].id);
                         let (file, field) = &origins[child];
-                        push(
-                            file,
-                            format!("{field}.prerequisites"),
-                            format!("dependency cycle: {}", ids.join(" -> ")),
-                        );
+                        push(file, format!("{field}.prerequisites"), format!("dependency cycle: {}", ids.join(" -> ")));
                     }
                     _ => {}
                 }
@@ -655,18 +578,10 @@ fn validate(
         for (i, b) in f.bundle.iter().enumerate() {
             let field = format!("bundle[{i}] (id {:?})", b.id);
             if !valid_id(&b.id) {
-                push(
-                    file,
-                    format!("{field}.id"),
-                    "ids use only a-z, 0-9, '.' and '_' (1-64 chars)".into(),
-                );
+                push(file, format!("{field}.id"), "ids use only a-z, 0-9, '.' and '_' (1-64 chars)".into());
             }
             if let Some(prev) = bundle_seen.get(&b.id) {
-                push(
-                    file,
-                    format!("{field}.id"),
-                    format!("duplicate bundle id, first defined in {prev}"),
-                );
+                push(file, format!("{field}.id"), format!("duplicate bundle id, first defined in {prev}"));
                 continue;
             }
             bundle_seen.insert(b.id.clone(), file.clone());
@@ -676,31 +591,19 @@ fn validate(
                 }
             }
             if b.step.is_empty() {
-                push(
-                    file,
-                    format!("{field}.step"),
-                    "a bundle needs at least one step".into(),
-                );
+                push(file, format!("{field}.step"), "a bundle needs at least one step".into());
             }
             let mut steps: Vec<Step> = Vec::new();
             let mut ok = true;
             for (j, st) in b.step.iter().enumerate() {
                 let sf = format!("{field}.step[{j}]");
                 let Some(&svc) = index.get(&st.service) else {
-                    push(
-                        file,
-                        format!("{sf}.service"),
-                        format!("unknown service id {:?}", st.service),
-                    );
+                    push(file, format!("{sf}.service"), format!("unknown service id {:?}", st.service));
                     ok = false;
                     continue;
                 };
                 if steps.iter().any(|s| s.service == svc) {
-                    push(
-                        file,
-                        format!("{sf}.service"),
-                        format!("duplicate step {:?}", st.service),
-                    );
+                    push(file, format!("{sf}.service"), format!("duplicate step {:?}", st.service));
                 }
                 let mut after = Vec::new();
                 for (k, a) in st.after.iter().enumerate() {
@@ -715,25 +618,12 @@ fn validate(
                 }
                 let [lo, hi] = st.delay_days;
                 if !(lo >= 0.0 && hi >= lo && hi <= 3650.0) {
-                    push(
-                        file,
-                        format!("{sf}.delay_days"),
-                        format!("expected 0 <= lo <= hi <= 3650, got [{lo}, {hi}]"),
-                    );
+                    push(file, format!("{sf}.delay_days"), format!("expected 0 <= lo <= hi <= 3650, got [{lo}, {hi}]"));
                 }
                 if !(0.0..=1.0).contains(&st.observed) {
-                    push(
-                        file,
-                        format!("{sf}.observed"),
-                        "expected a probability in [0, 1]".into(),
-                    );
+                    push(file, format!("{sf}.observed"), "expected a probability in [0, 1]".into());
                 }
-                steps.push(Step {
-                    service: svc,
-                    after,
-                    delay_days: (lo, hi),
-                    observed: st.observed,
-                });
+                steps.push(Step { service: svc, after, delay_days: (lo, hi), observed: st.observed });
             }
             if ok {
                 let bi = bundles.len() as u32;
@@ -753,12 +643,7 @@ fn validate(
             }
         }
     }
-    Catalogue {
-        services: out,
-        bundles,
-        index,
-        fingerprint,
-    }
+    Catalogue { services: out, bundles, index, fingerprint }
 }
 
 /// Counts for `tongban catalogue check`.
@@ -776,28 +661,14 @@ pub struct Summary {
 impl Catalogue {
     pub fn summary(&self) -> Summary {
         let per = |f: &dyn Fn(Stage) -> usize| {
-            Stage::ALL
-                .iter()
-                .map(|&s| (s.as_str().to_owned(), f(s)))
-                .filter(|(_, n)| *n > 0)
-                .collect()
+            Stage::ALL.iter().map(|&s| (s.as_str().to_owned(), f(s))).filter(|(_, n)| *n > 0).collect()
         };
         Summary {
             services: self.services.len(),
             bundles: self.bundles.len(),
-            person_services: self
-                .services
-                .iter()
-                .filter(|s| s.audience != Audience::Enterprise)
-                .count(),
-            enterprise_services: self
-                .services
-                .iter()
-                .filter(|s| s.audience != Audience::Person)
-                .count(),
-            services_per_stage: per(&|st| {
-                self.services.iter().filter(|s| s.category == st).count()
-            }),
+            person_services: self.services.iter().filter(|s| s.audience != Audience::Enterprise).count(),
+            enterprise_services: self.services.iter().filter(|s| s.audience != Audience::Person).count(),
+            services_per_stage: per(&|st| self.services.iter().filter(|s| s.category == st).count()),
             bundles_per_stage: per(&|st| self.bundles.iter().filter(|b| b.stage == st).count()),
             fingerprint: self.fingerprint.clone(),
         }
@@ -817,16 +688,8 @@ mod tests {
 
     #[test]
     fn a_broken_catalogue_names_every_problem() {
-        let text = [
-            svc("p.a", &["p.b"]),
-            svc("p.b", &["p.a"]),
-            svc("p.c", &["p.nowhere"]),
-            svc("p.c", &[]),
-        ]
-        .concat();
-        let Err(CatalogueError::Invalid(problems)) =
-            Catalogue::from_sources(&[("bad.toml".into(), text)])
-        else {
+        let text = [svc("p.a", &["p.b"]), svc("p.b", &["p.a"]), svc("p.c", &["p.nowhere"]), svc("p.c", &[])].concat();
+        let Err(CatalogueError::Invalid(problems)) = Catalogue::from_sources(&[("bad.toml".into(), text)]) else {
             panic!("expected invalid");
         };
         let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -834,10 +697,7 @@ mod tests {
         assert!(has("dependency cycle: p.a -> p.b -> p.a"), "{all:?}");
         assert!(has("unknown service id \"p.nowhere\""), "{all:?}");
         assert!(has("duplicate service id"), "{all:?}");
-        assert!(
-            all.iter().all(|p| p.starts_with("bad.toml: service[")),
-            "{all:?}"
-        );
+        assert!(all.iter().all(|p| p.starts_with("bad.toml: service[")), "{all:?}");
     }
 
     #[test]
@@ -851,26 +711,20 @@ mod tests {
                 .to_string(),
         ]
         .concat();
-        let Err(CatalogueError::Invalid(problems)) =
-            Catalogue::from_sources(&[("b.toml".into(), text)])
-        else {
+        let Err(CatalogueError::Invalid(problems)) = Catalogue::from_sources(&[("b.toml".into(), text)]) else {
             panic!("expected invalid");
         };
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[0].field, "bundle[0] (id \"b.x\").step[0].after[0]");
-        assert_eq!(
-            problems[1].field,
-            "bundle[0] (id \"b.x\").step[1].delay_days"
-        );
+        assert_eq!(problems[1].field, "bundle[0] (id \"b.x\").step[1].delay_days");
     }
 
     #[test]
     fn missing_names_and_syntax_errors_are_reported_with_their_file() {
         let text = svc("p.a", &[]).replace("zh = \"事项\"\n", "");
-        let Err(CatalogueError::Invalid(p)) = Catalogue::from_sources(&[
-            ("a.toml".into(), text),
-            ("b.toml".into(), "[[service]\nid=".into()),
-        ]) else {
+        let Err(CatalogueError::Invalid(p)) =
+            Catalogue::from_sources(&[("a.toml".into(), text), ("b.toml".into(), "[[service]\nid=".into())])
+        else {
             panic!("expected invalid");
         };
         assert_eq!(p[0].file, "b.toml");

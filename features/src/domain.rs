@@ -14,11 +14,7 @@ use crate::time::{Date, Timestamp};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     #[error("{what} must be 1 to {max} characters of [A-Za-z0-9._:-], got {got:?}")]
-    BadId {
-        what: &'static str,
-        max: usize,
-        got: String,
-    },
+    BadId { what: &'static str, max: usize, got: String },
     #[error("unknown event kind {0:?} (expected one of viewed, applied, completed, rejected, clicked, dismissed, rated, push_opened)")]
     BadKind(String),
     #[error("rating must be an integer 1-5, got {0:?}")]
@@ -35,16 +31,11 @@ fn check_id(s: &str, what: &'static str) -> Result<(), DomainError> {
     const MAX: usize = 64;
     let ok = !s.is_empty()
         && s.len() <= MAX
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(DomainError::BadId {
-            what,
-            max: MAX,
-            got: s.chars().take(80).collect(),
-        })
+        Err(DomainError::BadId { what, max: MAX, got: s.chars().take(80).collect() })
     }
 }
 
@@ -157,6 +148,13 @@ impl EventKind {
     }
 }
 
+/// True when an event starts a new use of a service: an application, or a grant the government
+/// made on its own data (免申即享, logged as `completed` by the `system` channel). Starts are
+/// the targets of next-service prediction and the units of item statistics.
+pub fn is_start(kind: EventKind, channel: Channel) -> bool {
+    kind == EventKind::Applied || (kind == EventKind::Completed && channel == Channel::System)
+}
+
 /// Where an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,15 +248,7 @@ impl Event {
         if (kind == EventKind::Rated) != rating.is_some() {
             return Err(DomainError::RatingMismatch);
         }
-        Ok(Event {
-            id,
-            subject,
-            service,
-            kind,
-            rating,
-            at,
-            channel,
-        })
+        Ok(Event { id, subject, service, kind, rating, at, channel })
     }
     pub fn id(&self) -> &EventId {
         &self.id
@@ -292,18 +282,8 @@ pub enum SubjectKind {
 }
 
 /// The ten districts and counties of Dalian.
-pub const DISTRICTS: [&str; 10] = [
-    "中山区",
-    "西岗区",
-    "沙河口区",
-    "甘井子区",
-    "旅顺口区",
-    "金州区",
-    "普兰店区",
-    "瓦房店市",
-    "庄河市",
-    "长海县",
-];
+pub const DISTRICTS: [&str; 10] =
+    ["中山区", "西岗区", "沙河口区", "甘井子区", "旅顺口区", "金州区", "普兰店区", "瓦房店市", "庄河市", "长海县"];
 
 /// Segment attributes of a subject, for popularity per segment and reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

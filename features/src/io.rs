@@ -79,11 +79,7 @@ pub enum IoError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("{path}:{line}: {reason}")]
-    BadRow {
-        path: PathBuf,
-        line: u64,
-        reason: String,
-    },
+    BadRow { path: PathBuf, line: u64, reason: String },
 }
 
 /// What a read did.
@@ -147,9 +143,30 @@ pub struct EventLog {
     pub subjects: Interner,
     pub services: Interner,
     pub events: Vec<LogEvent>,
+    /// When set, the services are fixed (a catalogue's) and an unknown one is a bad row.
+    closed: bool,
 }
 
 impl EventLog {
+    /// An empty log whose service indices are the catalogue's: reading into it rejects
+    /// services the catalogue does not know.
+    pub fn for_catalogue(cat: &crate::catalogue::Catalogue) -> EventLog {
+        let mut log = EventLog::default();
+        for s in cat.services() {
+            log.services.intern(&s.id);
+        }
+        log.closed = true;
+        log
+    }
+
+    fn service(&mut self, id: &str) -> Result<u32, String> {
+        match self.services.get(id) {
+            Some(i) => Ok(i),
+            None if self.closed => Err(format!("unknown service {:?} (not in the catalogue)", clip(id))),
+            None => Ok(self.services.intern(id)),
+        }
+    }
+
     /// Sorts stably by (subject, time): equal times keep their input order.
     pub fn sort(&mut self) {
         self.events.sort_by_key(|e| (e.subject, e.at));
@@ -186,43 +203,45 @@ struct JsonEvent<'a> {
 }
 
 /// Reads a log file in the given format.
-pub fn read_log(
+pub fn read_log(path: &Path, format: LogFormat, policy: BadRowPolicy) -> Result<(EventLog, ReadReport), IoError> {
+    read_log_into(path, format, policy, EventLog::default())
+}
+
+/// Reads a log file into `base` (e.g. [`EventLog::for_catalogue`]).
+pub fn read_log_into(
     path: &Path,
     format: LogFormat,
     policy: BadRowPolicy,
+    base: EventLog,
 ) -> Result<(EventLog, ReadReport), IoError> {
-    let file = File::open(path).map_err(|source| IoError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    read_log_from(
-        BufReader::with_capacity(1 << 20, file),
-        path,
-        format,
-        policy,
-    )
+    let file = File::open(path).map_err(|source| IoError::Open { path: path.to_owned(), source })?;
+    read_into(BufReader::with_capacity(1 << 20, file), path, format, policy, base)
 }
 
 /// Reads a log from any reader; `path` is used in messages only.
 pub fn read_log_from<R: BufRead>(
-    mut reader: R,
+    reader: R,
     path: &Path,
     format: LogFormat,
     policy: BadRowPolicy,
 ) -> Result<(EventLog, ReadReport), IoError> {
-    let mut log = EventLog::default();
+    read_into(reader, path, format, policy, EventLog::default())
+}
+
+fn read_into<R: BufRead>(
+    mut reader: R,
+    path: &Path,
+    format: LogFormat,
+    policy: BadRowPolicy,
+    mut log: EventLog,
+) -> Result<(EventLog, ReadReport), IoError> {
     let mut report = ReadReport::default();
     let mut line = String::new();
     let mut lineno = 0u64;
     let mut seq = 0i64;
     loop {
         line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|source| IoError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+        let n = reader.read_line(&mut line).map_err(|source| IoError::Read { path: path.to_owned(), source })?;
         if n == 0 {
             break;
         }
@@ -254,20 +273,11 @@ pub fn read_log_from<R: BufRead>(
         if let Err(reason) = res {
             log.events.truncate(before);
             match policy {
-                BadRowPolicy::Fail => {
-                    return Err(IoError::BadRow {
-                        path: path.to_owned(),
-                        line: lineno,
-                        reason,
-                    })
-                }
+                BadRowPolicy::Fail => return Err(IoError::BadRow { path: path.to_owned(), line: lineno, reason }),
                 BadRowPolicy::Skip => {
                     report.skipped += 1;
                     if report.first_skipped.len() < 10 {
-                        report.first_skipped.push(BadRow {
-                            line: lineno,
-                            reason,
-                        });
+                        report.first_skipped.push(BadRow { line: lineno, reason });
                     }
                 }
             }
@@ -284,10 +294,8 @@ fn clip(s: &str) -> String {
 
 fn parse_native_csv(row: &str, log: &mut EventLog) -> Result<(), String> {
     let mut f = row.split(',');
-    let mut next = |name: &str| {
-        f.next()
-            .ok_or_else(|| format!("missing field `{name}` (expected 7 comma-separated fields)"))
-    };
+    let mut next =
+        |name: &str| f.next().ok_or_else(|| format!("missing field `{name}` (expected 7 comma-separated fields)"));
     let (id, subject, service, kind, rating, at, channel) = (
         next("event_id")?,
         next("subject")?,
@@ -303,28 +311,18 @@ fn parse_native_csv(row: &str, log: &mut EventLog) -> Result<(), String> {
     let rating = if rating.is_empty() {
         None
     } else {
-        Some(rating.parse::<u8>().map_err(|_| {
-            format!(
-                "field `rating`: expected 1-5 or empty, got {:?}",
-                clip(rating)
-            )
-        })?)
+        Some(
+            rating
+                .parse::<u8>()
+                .map_err(|_| format!("field `rating`: expected 1-5 or empty, got {:?}", clip(rating)))?,
+        )
     };
     push_native(log, id, subject, service, kind, rating, at, channel)
 }
 
 fn parse_native_json(row: &str, log: &mut EventLog) -> Result<(), String> {
     let j: JsonEvent = serde_json::from_str(row).map_err(|e| format!("bad JSON event: {e}"))?;
-    push_native(
-        log,
-        j.event_id,
-        j.subject,
-        j.service,
-        j.kind.as_str(),
-        j.rating,
-        j.at,
-        j.channel.as_str(),
-    )
+    push_native(log, j.event_id, j.subject, j.service, j.kind.as_str(), j.rating, j.at, j.channel.as_str())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -338,31 +336,25 @@ fn push_native(
     at: &str,
     channel: &str,
 ) -> Result<(), String> {
-    let field =
-        |name: &'static str| move |e: crate::domain::DomainError| format!("field `{name}`: {e}");
+    let field = |name: &'static str| move |e: crate::domain::DomainError| format!("field `{name}`: {e}");
     crate::domain::EventId::parse(id).map_err(field("event_id"))?;
     SubjectId::parse(subject).map_err(field("subject"))?;
     ServiceId::parse(service).map_err(field("service"))?;
     let kind = EventKind::parse(kind).map_err(field("kind"))?;
     let rating = match (kind, rating) {
         (EventKind::Rated, Some(r)) => Rating::new(r).map_err(field("rating"))?.get(),
-        (EventKind::Rated, None) => {
-            return Err("field `rating`: a rated event needs a rating 1-5".into())
-        }
+        (EventKind::Rated, None) => return Err("field `rating`: a rated event needs a rating 1-5".into()),
         (_, Some(_)) => return Err("field `rating`: only rated events carry a rating".into()),
         (_, None) => 0,
     };
     let at = Timestamp::parse(at).ok_or_else(|| {
-        format!(
-            "field `at`: expected RFC 3339 (2024-03-01T09:15:00+08:00) or epoch seconds, got {:?}",
-            clip(at)
-        )
+        format!("field `at`: expected RFC 3339 (2024-03-01T09:15:00+08:00) or epoch seconds, got {:?}", clip(at))
     })?;
     let channel = Channel::parse(channel).map_err(field("channel"))?;
     let ev = LogEvent {
         id: fnv1a(id.as_bytes()),
+        service: log.service(service)?,
         subject: log.subjects.intern(subject),
-        service: log.services.intern(service),
         kind,
         rating,
         channel,
@@ -374,7 +366,7 @@ fn push_native(
 
 fn generic_event(log: &mut EventLog, user: u32, item: &str, at: i64) -> Result<(), String> {
     ServiceId::parse(item).map_err(|e| format!("item: {e}"))?;
-    let service = log.services.intern(item);
+    let service = log.service(item)?;
     let id = (u64::from(user) << 32) ^ (at as u64);
     log.events.push(LogEvent {
         id,
@@ -395,12 +387,7 @@ fn parse_generic(row: &str, log: &mut EventLog, seq: &mut i64, many: bool) -> Re
     let items: Vec<&str> = f.collect();
     match (many, items.len()) {
         (_, 0) => return Err("expected at least one item after the user".into()),
-        (false, n) if n > 1 => {
-            return Err(format!(
-                "expected `user item`, got {} items (use --format lines?)",
-                n
-            ))
-        }
+        (false, n) if n > 1 => return Err(format!("expected `user item`, got {} items (use --format lines?)", n)),
         _ => {}
     }
     let u = log.subjects.intern(user);
@@ -414,10 +401,7 @@ fn parse_generic(row: &str, log: &mut EventLog, seq: &mut i64, many: bool) -> Re
 fn parse_tsv(row: &str, log: &mut EventLog) -> Result<(), String> {
     let f: Vec<&str> = row.split(['\t', ' ']).filter(|s| !s.is_empty()).collect();
     let [user, item, rating, ts] = f[..] else {
-        return Err(format!(
-            "expected 4 fields `user item rating timestamp`, got {}",
-            f.len()
-        ));
+        return Err(format!("expected 4 fields `user item rating timestamp`, got {}", f.len()));
     };
     SubjectId::parse(user).map_err(|e| format!("user: {e}"))?;
     rating
@@ -425,14 +409,61 @@ fn parse_tsv(row: &str, log: &mut EventLog) -> Result<(), String> {
         .ok()
         .filter(|r| r.is_finite())
         .ok_or_else(|| format!("field `rating`: expected a number, got {:?}", clip(rating)))?;
-    let at = Timestamp::parse(ts).ok_or_else(|| {
-        format!(
-            "field `timestamp`: expected epoch seconds or RFC 3339, got {:?}",
-            clip(ts)
-        )
-    })?;
+    let at = Timestamp::parse(ts)
+        .ok_or_else(|| format!("field `timestamp`: expected epoch seconds or RFC 3339, got {:?}", clip(ts)))?;
     let u = log.subjects.intern(user);
     generic_event(log, u, item, at.0)
+}
+
+/// Segments: 0 unknown, 1-10 persons by age decade (0-9 ... 90+), 11-13 enterprises S/M/L.
+pub const SEGMENTS: usize = 14;
+
+/// The name of a segment index.
+pub fn segment_name(seg: u16) -> String {
+    match seg {
+        1..=10 => format!("person:{}-{}", (seg - 1) * 10, (seg - 1) * 10 + 9),
+        11 => "enterprise:S".into(),
+        12 => "enterprise:M".into(),
+        13 => "enterprise:L".into(),
+        _ => "unknown".into(),
+    }
+}
+
+/// Reads `subjects.csv` (as written by `tongban generate`) and returns the segment of each
+/// subject index of `log` on the date `on` (subjects absent from the log are interned).
+pub fn read_subjects(path: &Path, log: &mut EventLog, on: crate::time::Date) -> Result<Vec<u16>, IoError> {
+    let text = std::fs::read_to_string(path).map_err(|source| IoError::Open { path: path.to_owned(), source })?;
+    let bad = |line: usize, reason: String| IoError::BadRow { path: path.to_owned(), line: line as u64, reason };
+    let mut segs = Vec::new();
+    for (i, row) in text.lines().enumerate() {
+        if i == 0 {
+            if row != crate::synth::SUBJECTS_HEADER {
+                return Err(bad(1, format!("expected the header {:?}", crate::synth::SUBJECTS_HEADER)));
+            }
+            continue;
+        }
+        let f: Vec<&str> = row.split(',').collect();
+        let [id, kind, born, _district, _group, class] = f[..] else {
+            return Err(bad(i + 1, format!("expected 6 fields, got {}", f.len())));
+        };
+        SubjectId::parse(id).map_err(|e| bad(i + 1, format!("field `subject`: {e}")))?;
+        let born = crate::time::Date::parse(born)
+            .ok_or_else(|| bad(i + 1, format!("field `born`: expected YYYY-MM-DD, got {:?}", clip(born))))?;
+        let seg = match (kind, class) {
+            ("person", _) => 1 + ((on.year - born.year).clamp(0, 99) / 10) as u16,
+            ("enterprise", "S") => 11,
+            ("enterprise", "M") => 12,
+            ("enterprise", "L") => 13,
+            _ => return Err(bad(i + 1, format!("field `kind`/`class`: unexpected {kind:?}/{class:?}"))),
+        };
+        let s = log.subjects.intern(id) as usize;
+        if segs.len() <= s {
+            segs.resize(s + 1, 0);
+        }
+        segs[s] = seg;
+    }
+    segs.resize(log.subjects.len(), 0);
+    Ok(segs)
 }
 
 /// Writes native events as CSV or JSONL, streaming.
@@ -458,10 +489,7 @@ pub struct EventRecord<'a> {
 
 impl EventWriter {
     pub fn create(path: &Path, jsonl: bool) -> Result<EventWriter, IoError> {
-        let file = File::create(path).map_err(|source| IoError::Write {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file = File::create(path).map_err(|source| IoError::Write { path: path.to_owned(), source })?;
         let mut w = EventWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             path: path.to_owned(),
@@ -475,12 +503,7 @@ impl EventWriter {
     }
 
     fn write_raw(&mut self, s: &str) -> Result<(), IoError> {
-        self.out
-            .write_all(s.as_bytes())
-            .map_err(|source| IoError::Write {
-                path: self.path.clone(),
-                source,
-            })
+        self.out.write_all(s.as_bytes()).map_err(|source| IoError::Write { path: self.path.clone(), source })
     }
 
     /// Formats one event into `out` (no IO): shared by the writer and parallel producers.
@@ -499,14 +522,7 @@ impl EventWriter {
             out.push_str(&serde_json::to_string(&j).unwrap_or_default());
             out.push('\n');
         } else {
-            let _ = write!(
-                out,
-                "{},{},{},{},",
-                rec.event_id,
-                rec.subject,
-                rec.service,
-                rec.kind.as_str()
-            );
+            let _ = write!(out, "{},{},{},{},", rec.event_id, rec.subject, rec.service, rec.kind.as_str());
             if rec.rating > 0 {
                 let _ = write!(out, "{}", rec.rating);
             }
@@ -529,10 +545,7 @@ impl EventWriter {
     }
 
     pub fn finish(mut self) -> Result<(), IoError> {
-        self.out.flush().map_err(|source| IoError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        self.out.flush().map_err(|source| IoError::Write { path: self.path.clone(), source })
     }
 }
 
@@ -540,44 +553,27 @@ impl EventWriter {
 mod tests {
     use super::*;
 
-    fn read(
-        text: &str,
-        format: LogFormat,
-        policy: BadRowPolicy,
-    ) -> Result<(EventLog, ReadReport), IoError> {
+    fn read(text: &str, format: LogFormat, policy: BadRowPolicy) -> Result<(EventLog, ReadReport), IoError> {
         read_log_from(text.as_bytes(), Path::new("t.log"), format, policy)
     }
 
     fn items(log: &EventLog) -> Vec<(String, String)> {
         log.events
             .iter()
-            .map(|e| {
-                (
-                    log.subjects.name(e.subject).to_owned(),
-                    log.services.name(e.service).to_owned(),
-                )
-            })
+            .map(|e| (log.subjects.name(e.subject).to_owned(), log.services.name(e.service).to_owned()))
             .collect()
     }
 
     #[test]
     fn a_malformed_row_fails_with_its_line_number() {
-        let text = format!("{NATIVE_HEADER}\ne1,u1,s1,applied,,2024-01-01T00:00:00Z,web\ne2,u1,s2,liked,,2024-01-02T00:00:00Z,web\n");
+        let text = format!(
+            "{NATIVE_HEADER}\ne1,u1,s1,applied,,2024-01-01T00:00:00Z,web\ne2,u1,s2,liked,,2024-01-02T00:00:00Z,web\n"
+        );
         let err = read(&text, LogFormat::NativeCsv, BadRowPolicy::Fail).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("t.log:3: field `kind`: unknown event kind \"liked\""),
-            "{msg}"
-        );
+        assert!(msg.starts_with("t.log:3: field `kind`: unknown event kind \"liked\""), "{msg}");
         let (log, report) = read(&text, LogFormat::NativeCsv, BadRowPolicy::Skip).unwrap();
-        assert_eq!(
-            (
-                log.events.len(),
-                report.skipped,
-                report.first_skipped[0].line
-            ),
-            (1, 1, 3)
-        );
+        assert_eq!((log.events.len(), report.skipped, report.first_skipped[0].line), (1, 1, 3));
     }
 
     #[test]
@@ -636,39 +632,23 @@ mod tests {
     #[test]
     fn pairs_and_lines_keep_sequence_order_per_user() {
         let (log, _) = read("1 7\n2 3\n1 2\n1 7\n", LogFormat::Pairs, BadRowPolicy::Fail).unwrap();
-        assert_eq!(
-            items(&log).iter().map(|x| x.1.as_str()).collect::<Vec<_>>(),
-            ["7", "2", "7", "3"]
-        );
+        assert_eq!(items(&log).iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["7", "2", "7", "3"]);
         let (log, _) = read("1 5 4 3\n2 9\n", LogFormat::Lines, BadRowPolicy::Fail).unwrap();
-        assert_eq!(
-            items(&log).iter().map(|x| x.1.as_str()).collect::<Vec<_>>(),
-            ["5", "4", "3", "9"]
-        );
+        assert_eq!(items(&log).iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["5", "4", "3", "9"]);
         let err = read("1 5 4\n", LogFormat::Pairs, BadRowPolicy::Fail).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("t.log:1: expected `user item`, got 2 items"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("t.log:1: expected `user item`, got 2 items"), "{err}");
     }
 
     #[test]
     fn a_wrong_header_is_refused() {
         let err = read("a,b,c\n", LogFormat::NativeCsv, BadRowPolicy::Skip).unwrap_err();
-        assert!(
-            err.to_string().contains("t.log:1: expected the header"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("t.log:1: expected the header"), "{err}");
     }
 
     #[test]
     fn a_rating_on_a_non_rated_event_is_a_bad_row() {
         let text = format!("{NATIVE_HEADER}\ne1,u1,s1,applied,3,2024-01-01T00:00:00Z,web\n");
         let err = read(&text, LogFormat::NativeCsv, BadRowPolicy::Fail).unwrap_err();
-        assert!(
-            err.to_string().contains("only rated events carry a rating"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("only rated events carry a rating"), "{err}");
     }
 }

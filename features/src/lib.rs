@@ -12,5 +12,7 @@ pub mod catalogue;
 pub mod domain;
 pub mod io;
 pub mod profile;
+pub mod stats;
 pub mod synth;
 pub mod time;
+pub mod vector;

@@ -5,7 +5,7 @@
 //!   ignored. Long-range idempotency (beyond the last `max_events` events) is the ingest
 //!   layer's job; the profile stays bounded.
 //! - **Late events** are placed in time order (ties by id hash, never by arrival). An event
-//!   older than every retained event of a full window is *too late*: it is counted in
+//!   strictly older than every retained event of a full window is *too late*: it is counted in
 //!   [`Profile::too_late`] and changes nothing else, so that a bounded profile never has to
 //!   revise what it already forgot.
 //! - **Needs and signals**: `applied`, `completed` and `rejected` say the subject needed the
@@ -13,8 +13,12 @@
 //!   `dismissed`, `rated` and `push_opened` are signals, counted apart and never targets.
 //!
 //! Every field is a commutative function of the accepted events (integer counts, minima,
-//! maxima, the top-`max_events` set), so applying events one by one in any order that respects
-//! the two rules above gives exactly the profile [`ProfileBuilder`] builds from the sorted log.
+//! maxima, the top-`max_events` set), so applying events one by one in any arrival order gives
+//! exactly the profile [`ProfileBuilder`] builds from the sorted log, provided that (a) no
+//! event arrives after `max_events` newer ones, (b) a duplicate arrives while its original is
+//! retained, and (c) the subject has at most `max_services` distinct services (beyond that the
+//! least recently used is evicted, which can depend on the arrival order of late events). The
+//! property test checks this over random sequences with duplicates and late events.
 //! Decayed counts are computed on read from the retained events (exact, no float drift).
 //!
 //! # Encoding
@@ -44,11 +48,7 @@ pub struct ProfileParams {
 
 impl Default for ProfileParams {
     fn default() -> Self {
-        ProfileParams {
-            max_events: 64,
-            max_services: 128,
-            half_life_days: 90.0,
-        }
+        ProfileParams { max_events: 64, max_services: 128, half_life_days: 90.0 }
     }
 }
 
@@ -91,6 +91,8 @@ pub struct Recent {
     pub id: u64,
     pub service: u32,
     pub kind: EventKind,
+    /// A start of a service use (see [`crate::domain::is_start`]).
+    pub start: bool,
 }
 
 impl Recent {
@@ -103,6 +105,8 @@ impl Recent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceCount {
     pub service: u32,
+    /// Starts: applications and system grants.
+    pub starts: u32,
     /// Applied, completed or rejected events.
     pub needs: u32,
     /// Completed events.
@@ -110,6 +114,8 @@ pub struct ServiceCount {
     /// Viewed, clicked, rated or push-opened events.
     pub signals: u32,
     pub dismissed: u32,
+    /// Last start (`i64::MIN` if none).
+    pub last_start: i64,
     /// Last need event (`i64::MIN` if none).
     pub last_need: i64,
     /// Last event of any kind.
@@ -144,7 +150,7 @@ pub struct Profile {
     last_at: Option<i64>,
     events: u64,
     too_late: u64,
-    /// Segment index (see [`crate::stats::Segments`]), 0 when unknown.
+    /// Segment index (see [`crate::io::SEGMENTS`]), 0 when unknown.
     segment: u16,
 }
 
@@ -156,18 +162,10 @@ pub struct BundleIndex {
 
 impl BundleIndex {
     pub fn new(cat: &Catalogue) -> BundleIndex {
-        BundleIndex {
-            places: cat
-                .services()
-                .iter()
-                .map(|s| s.in_bundles.clone())
-                .collect(),
-        }
+        BundleIndex { places: cat.services().iter().map(|s| s.in_bundles.clone()).collect() }
     }
     fn of(&self, service: u32) -> &[(u32, u16)] {
-        self.places
-            .get(service as usize)
-            .map_or(&[], |v| v.as_slice())
+        self.places.get(service as usize).map_or(&[], |v| v.as_slice())
     }
 }
 
@@ -180,10 +178,7 @@ pub struct ProfileContext {
 
 impl Profile {
     pub fn new(segment: u16) -> Profile {
-        Profile {
-            segment,
-            ..Profile::default()
-        }
+        Profile { segment, ..Profile::default() }
     }
 
     pub fn recent(&self) -> &[Recent] {
@@ -217,24 +212,18 @@ impl Profile {
 
     /// Counts of one service, if retained.
     pub fn count(&self, service: u32) -> Option<&ServiceCount> {
-        self.services
-            .binary_search_by_key(&service, |c| c.service)
-            .ok()
-            .map(|i| &self.services[i])
+        self.services.binary_search_by_key(&service, |c| c.service).ok().map(|i| &self.services[i])
     }
 
-    /// The retained need events, newest last.
-    pub fn needs(&self) -> impl DoubleEndedIterator<Item = &Recent> {
-        self.recent.iter().filter(|r| r.kind.is_need())
+    /// The retained starts, oldest first.
+    pub fn starts(&self) -> impl DoubleEndedIterator<Item = &Recent> {
+        self.recent.iter().filter(|r| r.start)
     }
 
-    /// Need events of a service in the retained window, each weighted `2^(-age / half_life)`.
+    /// Starts of a service in the retained window, each weighted `2^(-age / half_life)`.
     pub fn decayed(&self, service: u32, now: i64, half_life_days: f32) -> f32 {
         let h = f64::from(half_life_days) * 86_400.0;
-        self.needs()
-            .filter(|r| r.service == service)
-            .map(|r| (-((now - r.at).max(0) as f64) / h).exp2() as f32)
-            .sum()
+        self.starts().filter(|r| r.service == service).map(|r| (-((now - r.at).max(0) as f64) / h).exp2() as f32).sum()
     }
 
     /// Applies one event. Returns false when it changed nothing (duplicate or too late).
@@ -244,6 +233,7 @@ impl Profile {
             id: ev.id,
             service: ev.service,
             kind: ev.kind,
+            start: crate::domain::is_start(ev.kind, ev.channel),
         };
         // Position in time order; the common case (newest) is a check of the last element.
         let pos = match self.recent.last() {
@@ -254,7 +244,9 @@ impl Profile {
             return false;
         }
         let full = self.recent.len() >= ctx.params.max_events;
-        if full && pos == 0 {
+        // Strictly older than the window: too late. An equal time with a smaller id is counted
+        // (the log's order of ties must not matter) but falls out of the window at once.
+        if full && self.recent.first().is_some_and(|first| r.at < first.at) {
             self.too_late += 1;
             return false;
         }
@@ -275,16 +267,15 @@ impl Profile {
     }
 
     fn count_event(&mut self, r: &Recent, max_services: usize) {
-        let i = match self
-            .services
-            .binary_search_by_key(&r.service, |c| c.service)
-        {
+        let i = match self.services.binary_search_by_key(&r.service, |c| c.service) {
             Ok(i) => i,
             Err(i) => {
                 self.services.insert(
                     i,
                     ServiceCount {
                         service: r.service,
+                        starts: 0,
+                        last_start: i64::MIN,
                         needs: 0,
                         completed: 0,
                         signals: 0,
@@ -297,6 +288,10 @@ impl Profile {
             }
         };
         let c = &mut self.services[i];
+        if r.start {
+            c.starts += 1;
+            c.last_start = c.last_start.max(r.at);
+        }
         match r.kind {
             k if k.is_need() => {
                 c.needs += 1;
@@ -324,13 +319,7 @@ impl Profile {
         let b = match self.bundles.binary_search_by_key(&bundle, |b| b.bundle) {
             Ok(i) => &mut self.bundles[i],
             Err(i) => {
-                self.bundles.insert(
-                    i,
-                    BundleProgress {
-                        bundle,
-                        steps: Vec::new(),
-                    },
-                );
+                self.bundles.insert(i, BundleProgress { bundle, steps: Vec::new() });
                 &mut self.bundles[i]
             }
         };
@@ -356,10 +345,7 @@ impl Profile {
         let (p, tail): (Profile, &[u8]) =
             postcard::take_from_bytes(rest).map_err(|e| ProfileError::Corrupt(e.to_string()))?;
         if !tail.is_empty() {
-            return Err(ProfileError::Corrupt(format!(
-                "{} trailing bytes",
-                tail.len()
-            )));
+            return Err(ProfileError::Corrupt(format!("{} trailing bytes", tail.len())));
         }
         let sorted = p.recent.windows(2).all(|w| w[0].key() < w[1].key())
             && p.services.windows(2).all(|w| w[0].service < w[1].service)
@@ -386,9 +372,8 @@ impl<'a> ProfileBuilder<'a> {
     /// The log is sorted by (subject, time), so every event lands at the end of its window.
     pub fn build(&self, log: &EventLog, segments: &[u16]) -> Vec<Profile> {
         use rayon::prelude::*;
-        let mut profiles: Vec<Profile> = (0..log.subjects.len())
-            .map(|s| Profile::new(segments.get(s).copied().unwrap_or(0)))
-            .collect();
+        let mut profiles: Vec<Profile> =
+            (0..log.subjects.len()).map(|s| Profile::new(segments.get(s).copied().unwrap_or(0))).collect();
         let groups: Vec<&[LogEvent]> = log.by_subject().collect();
         let built: Vec<(u32, Profile)> = groups
             .par_iter()

@@ -66,12 +66,7 @@ impl Default for GenParams {
     }
 }
 
-/// True when an event starts a new use of a service: an application, or a grant the government
-/// made on its own data (免申即享, logged as `completed` by the `system` channel). These are the
-/// targets of next-service prediction.
-pub fn is_start(kind: EventKind, channel: Channel) -> bool {
-    kind == EventKind::Applied || (kind == EventKind::Completed && channel == Channel::System)
-}
+pub use crate::domain::is_start;
 
 /// One event of a subject, before it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +196,9 @@ struct State {
     habit: Option<(u32, f64)>,
 }
 
+/// A yearly-window service: (service, from (month, day), to (month, day), share, audience).
+type Yearly = (u32, (u8, u8), (u8, u8), f32, Audience);
+
 /// Catalogue facts the simulation needs, precomputed once.
 #[derive(Debug)]
 struct Prepared<'a> {
@@ -210,7 +208,7 @@ struct Prepared<'a> {
     /// Services with a renewal rule: (service, window days, validity years, holders).
     renewals: Vec<(u32, u32, u32, f32, Audience)>,
     /// Services with a yearly window not covered by a `year_start` bundle.
-    yearly: Vec<(u32, (u8, u8), (u8, u8), f32, Audience)>,
+    yearly: Vec<Yearly>,
     /// Repeatable noise services per audience, for personal habits.
     habits: [Vec<u32>; 2],
 }
@@ -229,10 +227,8 @@ fn month_day(s: &str) -> (u8, u8) {
 
 impl<'a> Prepared<'a> {
     fn new(cat: &'a Catalogue) -> Prepared<'a> {
-        let year_start_services: Vec<u32> = cat
-            .bundles_for(LifeEvent::YearStart)
-            .flat_map(|(_, b)| b.steps.iter().map(|s| s.service))
-            .collect();
+        let year_start_services: Vec<u32> =
+            cat.bundles_for(LifeEvent::YearStart).flat_map(|(_, b)| b.steps.iter().map(|s| s.service)).collect();
         let mut noise: [(Vec<f64>, Vec<u32>); 2] = Default::default();
         let mut habits: [Vec<u32>; 2] = Default::default();
         let mut renewals = Vec::new();
@@ -250,26 +246,16 @@ impl<'a> Prepared<'a> {
                 }
             }
             match &s.deadline {
-                Some(Deadline::BeforeExpiry {
-                    days,
-                    validity_years,
-                    holders,
-                }) => renewals.push((i, *days, *validity_years, *holders, s.audience)),
-                Some(Deadline::YearlyWindow { from, to, share })
-                    if !year_start_services.contains(&i) =>
-                {
+                Some(Deadline::BeforeExpiry { days, validity_years, holders }) => {
+                    renewals.push((i, *days, *validity_years, *holders, s.audience))
+                }
+                Some(Deadline::YearlyWindow { from, to, share }) if !year_start_services.contains(&i) => {
                     yearly.push((i, month_day(from), month_day(to), *share, s.audience))
                 }
                 _ => {}
             }
         }
-        Prepared {
-            cat,
-            noise,
-            renewals,
-            yearly,
-            habits,
-        }
+        Prepared { cat, noise, renewals, yearly, habits }
     }
 }
 
@@ -296,12 +282,7 @@ fn age_years(born: Date, at: i64) -> f64 {
 impl<'p, 'a> Sim<'p, 'a> {
     fn push(&mut self, at: i64, law: Law, action: Action) {
         self.seq += 1;
-        self.heap.push(Reverse(Pending {
-            at,
-            seq: self.seq,
-            law,
-            action,
-        }));
+        self.heap.push(Reverse(Pending { at, seq: self.seq, law, action }));
     }
 
     fn push_uniform(&mut self, rng: &mut ChaCha8Rng, lo: i64, hi: i64, action: Action) {
@@ -331,14 +312,12 @@ impl<'p, 'a> Sim<'p, 'a> {
         let adult = (18.0..75.0).contains(&age);
         match self.subject.kind {
             SubjectKind::Person => match ev {
-                LifeEvent::ChildBirth if (21.0..42.0).contains(&age) => {
-                    match (s.married, s.children) {
-                        (true, 0) => 0.25,
-                        (true, 1) => 0.07,
-                        (true, _) => 0.01,
-                        (false, _) => 0.004,
-                    }
-                }
+                LifeEvent::ChildBirth if (21.0..42.0).contains(&age) => match (s.married, s.children) {
+                    (true, 0) => 0.25,
+                    (true, 1) => 0.07,
+                    (true, _) => 0.01,
+                    (false, _) => 0.004,
+                },
                 LifeEvent::Graduation if (20.0..25.0).contains(&age) && !s.graduated => 0.25,
                 LifeEvent::JobStart if (18.0..58.0).contains(&age) && !s.employed && !s.retired => {
                     if s.graduated || age > 24.0 {
@@ -403,8 +382,7 @@ impl<'p, 'a> Sim<'p, 'a> {
 
     fn noise_rate(&self) -> f64 {
         let slot = audience_slot(self.subject.kind);
-        self.prep.noise[slot].0.last().copied().unwrap_or(0.0)
-            + self.state.habit.map_or(0.0, |h| h.1)
+        self.prep.noise[slot].0.last().copied().unwrap_or(0.0) + self.state.habit.map_or(0.0, |h| h.1)
     }
 
     fn pick_noise(&self, rng: &mut ChaCha8Rng) -> Option<u32> {
@@ -420,13 +398,8 @@ impl<'p, 'a> Sim<'p, 'a> {
 
     fn start_journeys(&mut self, rng: &mut ChaCha8Rng, ev: LifeEvent, now: i64) {
         let kind = self.subject.kind;
-        let found: Vec<u32> = self
-            .prep
-            .cat
-            .bundles_for(ev)
-            .filter(|(_, b)| b.audience.admits(kind))
-            .map(|(i, _)| i)
-            .collect();
+        let found: Vec<u32> =
+            self.prep.cat.bundles_for(ev).filter(|(_, b)| b.audience.admits(kind)).map(|(i, _)| i).collect();
         for b in found {
             let j = self.journeys.len() as u32;
             let bundle = &self.prep.cat.bundles()[b as usize];
@@ -450,8 +423,7 @@ impl<'p, 'a> Sim<'p, 'a> {
             if trace.scheduled[k] {
                 continue;
             }
-            let deps: Option<Vec<i64>> =
-                step.after.iter().map(|&a| trace.done[a as usize]).collect();
+            let deps: Option<Vec<i64>> = step.after.iter().map(|&a| trace.done[a as usize]).collect();
             let Some(deps) = deps else { continue };
             let base = deps.iter().copied().max().unwrap_or(trace.started);
             trace.scheduled[k] = true;
@@ -460,15 +432,7 @@ impl<'p, 'a> Sim<'p, 'a> {
         for (k, base, (lo, hi)) in ready {
             let lo = base + (f64::from(lo) * DAY as f64) as i64;
             let hi = base + (f64::from(hi) * DAY as f64) as i64;
-            self.push_uniform(
-                rng,
-                lo,
-                hi,
-                Action::Step {
-                    journey: j,
-                    step: k,
-                },
-            );
+            self.push_uniform(rng, lo, hi, Action::Step { journey: j, step: k });
         }
     }
 
@@ -482,24 +446,13 @@ impl<'p, 'a> Sim<'p, 'a> {
             75..=89 => Channel::Mini,
             _ => Channel::Office,
         };
-        let ev = |at, kind, rating, channel| SimEvent {
-            at,
-            service,
-            kind,
-            rating,
-            channel,
-        };
+        let ev = |at, kind, rating, channel| SimEvent { at, service, kind, rating, channel };
         if s.granted_without_applying {
             out.push(ev(at, EventKind::Completed, 0, Channel::System));
             return;
         }
         if rng.gen_bool(0.25) {
-            out.push(ev(
-                at - rng.gen_range(60..7200),
-                EventKind::Viewed,
-                0,
-                channel,
-            ));
+            out.push(ev(at - rng.gen_range(60..7200), EventKind::Viewed, 0, channel));
         }
         out.push(ev(at, EventKind::Applied, 0, channel));
         let limit = f64::from(s.time_limit_days.max(1)) * 1.4 * DAY as f64;
@@ -517,12 +470,7 @@ impl<'p, 'a> Sim<'p, 'a> {
                 95..=97 => 2,
                 _ => 1,
             };
-            out.push(ev(
-                done + rng.gen_range(3600..3 * DAY),
-                EventKind::Rated,
-                r,
-                channel,
-            ));
+            out.push(ev(done + rng.gen_range(3600..3 * DAY), EventKind::Rated, r, channel));
         }
     }
 
@@ -554,21 +502,11 @@ impl<'p, 'a> Sim<'p, 'a> {
     /// registration opens around 1 July (LIFE_EVENTS.md).
     fn schedule_school_entry(&mut self, rng: &mut ChaCha8Rng, born: i64) {
         let b = civil_from_days(born);
-        let year = if (b.month, b.day) <= (8, 31) {
-            b.year + 6
-        } else {
-            b.year + 7
-        };
+        let year = if (b.month, b.day) <= (8, 31) { b.year + 6 } else { b.year + 7 };
         let day = Date::new(year, 7, 1).expect("valid").day_number() + rng.gen_range(0..20);
         let at = day * DAY + rng.gen_range(9 * 3600..17 * 3600) - 8 * 3600;
         if at < self.end {
-            self.push(
-                at,
-                Law::Fixed,
-                Action::Fixed {
-                    ev: LifeEvent::SchoolEntry as u8,
-                },
-            );
+            self.push(at, Law::Fixed, Action::Fixed { ev: LifeEvent::SchoolEntry as u8 });
         }
     }
 
@@ -617,17 +555,10 @@ impl<'p, 'a> Sim<'p, 'a> {
                     self.emit_use(rng, service, now, out);
                 }
                 // Next expiry: one validity period after this one (the window is before expiry).
-                if let Some(&(_, days, years, _, _)) =
-                    self.prep.renewals.iter().find(|r| r.0 == service)
-                {
+                if let Some(&(_, days, years, _, _)) = self.prep.renewals.iter().find(|r| r.0 == service) {
                     let expiry = p_law_expiry(p.law, now, days);
                     let next = expiry + i64::from(years) * (365 * DAY + DAY / 4);
-                    self.push_uniform(
-                        rng,
-                        next - i64::from(days) * DAY,
-                        next,
-                        Action::Renew { service },
-                    );
+                    self.push_uniform(rng, next - i64::from(days) * DAY, next, Action::Renew { service });
                 }
             }
             Action::Yearly { service } => {
@@ -658,28 +589,14 @@ impl<'p, 'a> Sim<'p, 'a> {
             if !aud.admits(kind) || !rng.gen_bool(f64::from(share)) {
                 continue;
             }
-            let lo = Date::new(year, from.0, from.1)
-                .expect("valid")
-                .start_shanghai()
-                .0;
-            let hi = Date::new(year, to.0, to.1)
-                .expect("valid")
-                .start_shanghai()
-                .0
-                + DAY
-                - 1;
+            let lo = Date::new(year, from.0, from.1).expect("valid").start_shanghai().0;
+            let hi = Date::new(year, to.0, to.1).expect("valid").start_shanghai().0 + DAY - 1;
             self.push_uniform(rng, lo, hi, Action::Yearly { service: svc });
         }
         let jan1 = Date::new(year, 1, 1).expect("valid").start_shanghai().0;
         if kind == SubjectKind::Enterprise {
             let at = jan1 + rng.gen_range(DAY..20 * DAY);
-            self.push(
-                at,
-                Law::Fixed,
-                Action::Fixed {
-                    ev: LifeEvent::YearStart as u8,
-                },
-            );
+            self.push(at, Law::Fixed, Action::Fixed { ev: LifeEvent::YearStart as u8 });
         }
         let next = Date::new(year + 1, 1, 1).expect("valid").start_shanghai().0;
         if next < self.end {
@@ -704,10 +621,8 @@ impl<'p, 'a> Sim<'p, 'a> {
             let before = out.len();
             self.process(rng, p, out);
             if let Some(cut) = first_start_after {
-                if let Some(e) = out[before..]
-                    .iter()
-                    .filter(|e| e.at >= cut && is_start(e.kind, e.channel))
-                    .min_by_key(|e| e.at)
+                if let Some(e) =
+                    out[before..].iter().filter(|e| e.at >= cut && is_start(e.kind, e.channel)).min_by_key(|e| e.at)
                 {
                     return Some(e.service);
                 }
@@ -730,9 +645,7 @@ impl<'p, 'a> Sim<'p, 'a> {
                         lo
                     }
                 }
-                Law::Memoryless { rate } => {
-                    cut + (-(1.0 - rng.gen::<f64>()).ln() / rate).min(1e15) as i64
-                }
+                Law::Memoryless { rate } => cut + (-(1.0 - rng.gen::<f64>()).ln() / rate).min(1e15) as i64,
                 Law::Fixed => p.at,
             };
             fork.heap.push(Reverse(p));
@@ -752,9 +665,8 @@ fn p_law_expiry(law: Law, now: i64, days: u32) -> i64 {
 
 /// Person ages at the start, by 5-year band 0-4 .. 90-94: a plausible shape for an ageing
 /// north-eastern city (few children, a broad band of 30-65 year-olds).
-const AGE_BANDS: [f64; 19] = [
-    3.0, 3.5, 4.0, 4.0, 4.5, 6.0, 7.5, 8.5, 8.0, 8.0, 8.5, 8.5, 7.5, 6.5, 5.0, 3.5, 2.0, 1.0, 0.5,
-];
+const AGE_BANDS: [f64; 19] =
+    [3.0, 3.5, 4.0, 4.0, 4.5, 6.0, 7.5, 8.5, 8.0, 8.0, 8.5, 8.5, 7.5, 6.5, 5.0, 3.5, 2.0, 1.0, 0.5];
 
 /// District population weights (rough, for realism only).
 const DISTRICT_WEIGHTS: [f64; 10] = [4.0, 3.5, 6.0, 15.0, 3.0, 12.0, 7.0, 8.0, 7.0, 0.5];
@@ -782,34 +694,20 @@ pub fn subject_id(kind: SubjectKind, i: u64) -> String {
 /// The simulation window: (start, cut-off, end) in seconds.
 pub fn window(params: &GenParams) -> (i64, i64, i64) {
     let cutoff = params.cutoff.start_shanghai().0;
-    let start = Date::new(
-        params.cutoff.year - params.years as i32,
-        params.cutoff.month,
-        params.cutoff.day.min(28),
-    )
-    .expect("valid")
-    .start_shanghai()
-    .0;
+    let start = Date::new(params.cutoff.year - params.years as i32, params.cutoff.month, params.cutoff.day.min(28))
+        .expect("valid")
+        .start_shanghai()
+        .0;
     (start, cutoff, cutoff + i64::from(params.horizon_days) * DAY)
 }
 
 /// Simulates one subject entirely: history, future and truth.
-pub fn simulate_subject(
-    cat: &Catalogue,
-    params: &GenParams,
-    kind: SubjectKind,
-    i: u64,
-) -> SubjectRun {
+pub fn simulate_subject(cat: &Catalogue, params: &GenParams, kind: SubjectKind, i: u64) -> SubjectRun {
     let prep = Prepared::new(cat);
     simulate_prepared(&prep, params, kind, i)
 }
 
-fn simulate_prepared(
-    prep: &Prepared<'_>,
-    params: &GenParams,
-    kind: SubjectKind,
-    i: u64,
-) -> SubjectRun {
+fn simulate_prepared(prep: &Prepared<'_>, params: &GenParams, kind: SubjectKind, i: u64) -> SubjectRun {
     let (start, cutoff, end) = window(params);
     let stream = crate::io::fnv1a(format!("{}:{:?}:{}", params.seed, kind, i).as_bytes());
     let mut rng = ChaCha8Rng::seed_from_u64(stream);
@@ -822,11 +720,8 @@ fn simulate_prepared(
             let born = civil_from_days(start_date.day_number() - age_days);
             let age = age_days as f64 / 365.25;
             let married = age > 24.0 && rng.gen_bool(((age - 22.0) / 12.0).clamp(0.0, 0.85));
-            let children = if married && age > 24.0 {
-                rng.gen_range(0..=2u8).min(((age - 22.0) / 3.0) as u8)
-            } else {
-                0
-            };
+            let children =
+                if married && age > 24.0 { rng.gen_range(0..=2u8).min(((age - 22.0) / 3.0) as u8) } else { 0 };
             // Existing children's birth days, for school entry: born after the parent was 22.
             let mut kids = Vec::new();
             for _ in 0..children {
@@ -898,16 +793,8 @@ fn simulate_prepared(
             (subj, state, (Vec::new(), 0.0, false))
         }
     };
-    let mut sim = Sim {
-        prep,
-        subject,
-        state,
-        heap: BinaryHeap::new(),
-        seq: 0,
-        journeys: Vec::new(),
-        renewals: Vec::new(),
-        end,
-    };
+    let mut sim =
+        Sim { prep, subject, state, heap: BinaryHeap::new(), seq: 0, journeys: Vec::new(), renewals: Vec::new(), end };
     let slot = audience_slot(kind);
     if !prep.habits[slot].is_empty() && rng.gen_bool(0.5) {
         let h = prep.habits[slot][rng.gen_range(0..prep.habits[slot].len())];
@@ -923,13 +810,7 @@ fn simulate_prepared(
             if employed {
                 let at = born + (retire_age * YEAR) as i64;
                 if at >= start && at < end {
-                    sim.push(
-                        at,
-                        Law::Fixed,
-                        Action::Fixed {
-                            ev: LifeEvent::Retirement as u8,
-                        },
-                    );
+                    sim.push(at, Law::Fixed, Action::Fixed { ev: LifeEvent::Retirement as u8 });
                 }
             }
         }
@@ -938,9 +819,7 @@ fn simulate_prepared(
                 sim.push(
                     born + rng.gen_range(8 * 3600..18 * 3600),
                     Law::Fixed,
-                    Action::Fixed {
-                        ev: LifeEvent::EnterpriseOpen as u8,
-                    },
+                    Action::Fixed { ev: LifeEvent::EnterpriseOpen as u8 },
                 );
             }
         }
@@ -958,12 +837,7 @@ fn simulate_prepared(
         }
         let period = i64::from(years) * (365 * DAY + DAY / 4);
         let expiry = start + rng.gen_range(0..period.max(1));
-        sim.push_uniform(
-            &mut rng,
-            expiry - i64::from(days) * DAY,
-            expiry,
-            Action::Renew { service: svc },
-        );
+        sim.push_uniform(&mut rng, expiry - i64::from(days) * DAY, expiry, Action::Renew { service: svc });
     }
     let first_year = Timestamp(start).date_shanghai().year;
     // Windows of the first (partial) year; the tick at each 1 January plans the next.
@@ -978,9 +852,7 @@ fn simulate_prepared(
     // The hidden state at the cut-off, without hazards superseded by a later redraw.
     let mut at_cutoff = sim.clone();
     let gen = at_cutoff.state.gen;
-    at_cutoff
-        .heap
-        .retain(|Reverse(p)| !matches!(p.action, Action::Hazard { gen: g, .. } if g != gen));
+    at_cutoff.heap.retain(|Reverse(p)| !matches!(p.action, Action::Hazard { gen: g, .. } if g != gen));
     // Forks copy this state hundreds of times: drop what no pending action can read.
     let mut live = vec![false; at_cutoff.journeys.len()];
     for Reverse(p) in at_cutoff.heap.iter() {
@@ -999,9 +871,7 @@ fn simulate_prepared(
     events.retain(|e| e.at >= start && e.at < end && (kind == SubjectKind::Person || e.at >= born));
     events.sort_by_key(|e| e.at);
 
-    let has_future_start = events
-        .iter()
-        .any(|e| e.at >= cutoff && is_start(e.kind, e.channel));
+    let has_future_start = events.iter().any(|e| e.at >= cutoff && is_start(e.kind, e.channel));
     let mut truth = Vec::new();
     if has_future_start && params.truth_samples > 0 {
         let mut counts: Vec<(u32, u32)> = Vec::new();
@@ -1023,25 +893,14 @@ fn simulate_prepared(
         }
         if hits == 0 {
             // The realised future was a rare draw; it is then the only evidence.
-            let first = events
-                .iter()
-                .find(|e| e.at >= cutoff && is_start(e.kind, e.channel));
+            let first = events.iter().find(|e| e.at >= cutoff && is_start(e.kind, e.channel));
             counts.extend(first.map(|e| (e.service, 1)));
             hits = 1;
         }
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        truth = counts
-            .into_iter()
-            .map(|(s, c)| (s, f64::from(c) / f64::from(hits)))
-            .collect();
+        truth = counts.into_iter().map(|(s, c)| (s, f64::from(c) / f64::from(hits))).collect();
     }
-    SubjectRun {
-        subject: sim.subject,
-        events,
-        journeys: sim.journeys,
-        renewals: sim.renewals,
-        truth,
-    }
+    SubjectRun { subject: sim.subject, events, journeys: sim.journeys, renewals: sim.renewals, truth }
 }
 
 /// Counts of a generation run.
@@ -1139,19 +998,11 @@ pub trait GenSink {
 pub const SUBJECTS_HEADER: &str = "subject,kind,born,district,group,class";
 
 /// Simulates every subject, in parallel chunks, writing in subject order.
-pub fn generate(
-    cat: &Catalogue,
-    params: &GenParams,
-    sink: &mut dyn GenSink,
-) -> std::io::Result<GenSummary> {
+pub fn generate(cat: &Catalogue, params: &GenParams, sink: &mut dyn GenSink) -> std::io::Result<GenSummary> {
     use rayon::prelude::*;
     let prep = Prepared::new(cat);
     let (start, cutoff, end) = window(params);
-    let header = if params.jsonl {
-        String::new()
-    } else {
-        format!("{}\n", crate::io::NATIVE_HEADER)
-    };
+    let header = if params.jsonl { String::new() } else { format!("{}\n", crate::io::NATIVE_HEADER) };
     sink.events(&header)?;
     sink.future(&header)?;
     sink.subjects(&format!("{SUBJECTS_HEADER}\n"))?;

@@ -60,8 +60,11 @@ fn days_in_month(year: i32, month: u8) -> u8 {
 impl Date {
     /// A checked date.
     pub fn new(year: i32, month: u8, day: u8) -> Option<Date> {
-        ((1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month))
-            .then_some(Date { year, month, day })
+        ((1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month)).then_some(Date {
+            year,
+            month,
+            day,
+        })
     }
 
     /// Parses `YYYY-MM-DD`.
@@ -70,11 +73,7 @@ impl Date {
         if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
             return None;
         }
-        Date::new(
-            digits(&b[0..4])? as i32,
-            digits(&b[5..7])? as u8,
-            digits(&b[8..10])? as u8,
-        )
+        Date::new(digits(&b[0..4])? as i32, digits(&b[5..7])? as u8, digits(&b[8..10])? as u8)
     }
 
     /// Days since 1970-01-01.
@@ -95,9 +94,7 @@ impl fmt::Display for Date {
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
-    b.iter().try_fold(0u32, |acc, &c| {
-        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-    })
+    b.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
 }
 
 impl Timestamp {
@@ -110,11 +107,7 @@ impl Timestamp {
             if b[13] != b':' || b[16] != b':' {
                 return None;
             }
-            let (h, mi, se) = (
-                digits(&b[11..13])?,
-                digits(&b[14..16])?,
-                digits(&b[17..19])?,
-            );
+            let (h, mi, se) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
             if h > 23 || mi > 59 || se > 60 {
                 return None;
             }
@@ -140,9 +133,7 @@ impl Timestamp {
         if rest.is_empty() || rest.len() > 18 {
             return None;
         }
-        let v = rest.iter().try_fold(0i64, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-        })?;
+        let v = rest.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))?;
         Some(Timestamp(if neg { -v } else { v }))
     }
 
@@ -167,13 +158,7 @@ impl fmt::Display for Timestamp {
         let days = self.0.div_euclid(DAY);
         let secs = self.0.rem_euclid(DAY);
         let d = civil_from_days(days);
-        write!(
-            f,
-            "{d}T{:02}:{:02}:{:02}Z",
-            secs / 3600,
-            (secs / 60) % 60,
-            secs % 60
-        )
+        write!(f, "{d}T{:02}:{:02}:{:02}Z", secs / 3600, (secs / 60) % 60, secs % 60)
     }
 }
 

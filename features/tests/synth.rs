@@ -9,8 +9,7 @@ use tongban_features::synth::{generate, is_start, simulate_subject, GenParams, G
 use tongban_features::time::{Date, DAY};
 
 fn catalogue() -> Catalogue {
-    Catalogue::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue"))
-        .expect("the real catalogue loads")
+    Catalogue::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue")).expect("the real catalogue loads")
 }
 
 #[derive(Default)]
@@ -42,13 +41,7 @@ impl GenSink for Memory {
 }
 
 fn params(persons: u64, enterprises: u64, seed: u64) -> GenParams {
-    GenParams {
-        persons,
-        enterprises,
-        seed,
-        truth_samples: 50,
-        ..GenParams::default()
-    }
+    GenParams { persons, enterprises, seed, truth_samples: 50, ..GenParams::default() }
 }
 
 #[test]
@@ -60,11 +53,7 @@ fn the_same_seed_gives_identical_output_and_another_seed_does_not() {
         m
     };
     let (a, b, c) = (run(7), run(7), run(8));
-    assert!(
-        a.events.lines().count() > 1000,
-        "too few events: {}",
-        a.events.lines().count()
-    );
+    assert!(a.events.lines().count() > 1000, "too few events: {}", a.events.lines().count());
     assert_eq!(a.events, b.events);
     assert_eq!(a.future, b.future);
     assert_eq!(a.truth, b.truth);
@@ -89,12 +78,7 @@ fn truth_covers_every_subject_with_a_future_start_and_sums_to_one() {
     let mut seen = std::collections::BTreeSet::new();
     for line in m.truth.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let sum: f64 = v["next"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p[1].as_f64().unwrap())
-            .sum();
+        let sum: f64 = v["next"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-6, "{line}");
         for p in v["next"].as_array().unwrap() {
             assert!(cat.lookup(p[0].as_str().unwrap()).is_some());
@@ -117,11 +101,8 @@ fn bundle_steps_follow_their_dependencies_within_the_configured_delays() {
                 let bundle = &cat.bundles()[j.bundle as usize];
                 for (k, step) in bundle.steps.iter().enumerate() {
                     let Some(t) = j.done[k] else { continue };
-                    let deps: Vec<i64> = step
-                        .after
-                        .iter()
-                        .map(|&a| j.done[a as usize].expect("dependency done before"))
-                        .collect();
+                    let deps: Vec<i64> =
+                        step.after.iter().map(|&a| j.done[a as usize].expect("dependency done before")).collect();
                     let base = deps.iter().copied().max().unwrap_or(j.started);
                     let (lo, hi) = step.delay_days;
                     let delay = (t - base) as f64 / DAY as f64;
@@ -141,22 +122,14 @@ fn bundle_steps_follow_their_dependencies_within_the_configured_delays() {
 #[test]
 fn renewals_recur_at_the_catalogue_validity() {
     let cat = catalogue();
-    let p = GenParams {
-        years: 25,
-        ..params(1, 1, 5)
-    };
+    let p = GenParams { years: 25, ..params(1, 1, 5) };
     let mut gaps = 0;
     for i in 0..400 {
         let run = simulate_subject(&cat, &p, SubjectKind::Person, i);
         let mut last: HashMap<u32, i64> = HashMap::new();
         for &(svc, t) in &run.renewals {
             if let Some(prev) = last.insert(svc, t) {
-                let Some(Deadline::BeforeExpiry {
-                    days,
-                    validity_years,
-                    ..
-                }) = &cat.service(svc).deadline
-                else {
+                let Some(Deadline::BeforeExpiry { days, validity_years, .. }) = &cat.service(svc).deadline else {
                     panic!("renewal of a service without an expiry rule");
                 };
                 let gap = (t - prev) as f64 / DAY as f64;
