@@ -15,6 +15,8 @@ use tongban_features::io::{read_log, BadRowPolicy, LogFormat};
 use tongban_features::synth::{self, GenParams, GenSink, GenSummary, GENERATOR_VERSION};
 use tongban_features::time::Date;
 
+mod profile;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tongban",
@@ -37,6 +39,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Read an event log and report what it holds (rows, events, skipped rows).
     Inspect(InspectArgs),
+    /// Show one subject's profile: recent events, bundle progress and top candidate features.
+    Profile(ProfileArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,15 +135,18 @@ struct LogArgs {
 }
 
 impl LogArgs {
+    fn policy(&self) -> BadRowPolicy {
+        match self.on_bad_row {
+            OnBadRow::Fail => BadRowPolicy::Fail,
+            OnBadRow::Skip => BadRowPolicy::Skip,
+        }
+    }
+
     fn read(&self) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
         let Some(format) = LogFormat::from_name(&self.format, &self.events) else {
             bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.format);
         };
-        let policy = match self.on_bad_row {
-            OnBadRow::Fail => BadRowPolicy::Fail,
-            OnBadRow::Skip => BadRowPolicy::Skip,
-        };
-        let (log, report) = read_log(&self.events, format, policy)?;
+        let (log, report) = read_log(&self.events, format, self.policy())?;
         if report.skipped > 0 {
             eprintln!(
                 "warning: skipped {} bad rows of {} in {} (first: line {}: {})",
@@ -152,6 +159,29 @@ impl LogArgs {
         }
         Ok((log, report))
     }
+}
+
+#[derive(clap::Args, Debug)]
+struct ProfileArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Catalogue file or folder; without it, domain features (bundles, deadlines) are absent.
+    #[arg(long)]
+    catalogue: Option<PathBuf>,
+    /// subjects.csv from `tongban generate`, for segments.
+    #[arg(long)]
+    subjects: Option<PathBuf>,
+    /// The subject id.
+    #[arg(long)]
+    user: String,
+    /// The time to compute features at (RFC 3339); default: just after the log's last event.
+    #[arg(long)]
+    at: Option<String>,
+    /// Candidates to show.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -170,6 +200,7 @@ fn main() -> ExitCode {
         }
         Command::Generate(args) => generate(&args),
         Command::Inspect(args) => inspect(&args),
+        Command::Profile(args) => profile::run(&args),
     };
     match result {
         Ok(code) => code,

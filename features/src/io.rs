@@ -228,7 +228,8 @@ pub fn read_log_from<R: BufRead>(
     read_into(reader, path, format, policy, EventLog::default())
 }
 
-fn read_into<R: BufRead>(
+/// Reads a log from any reader into `base` (e.g. [`EventLog::for_catalogue`]).
+pub fn read_into<R: BufRead>(
     mut reader: R,
     path: &Path,
     format: LogFormat,

@@ -1,9 +1,10 @@
 //! Candidate feature vectors: a fixed, documented, versioned schema and a batch extractor.
 //!
 //! For a (profile, candidate service, now) triple the extractor writes [`WIDTH`] `f32`s, each
-//! in `[0, 1]`, in the order of [`SCHEMA`]. Per-subject work (the recent starts, the open
-//! bundles) is done once in [`Extractor::prepare`]; per candidate there is no heap allocation,
-//! only binary searches in the item statistics.
+//! in `[0, 1]`, in the order of [`SCHEMA`]. Per-subject work is done once in
+//! [`Extractor::prepare`]: the transition and co-occurrence rows of the subject's recent starts
+//! are summed into a dense [`Scratch`], so that each candidate then costs a few lookups and no
+//! heap allocation.
 //!
 //! Without catalogue metadata (public data sets) the domain features (bundles, prerequisites,
 //! deadlines) are 0 and the `domain` feature is 0, flagging them absent.
@@ -58,98 +59,207 @@ pub fn schema_hash() -> u64 {
     crate::io::fnv1a(text.as_bytes())
 }
 
+/// Reusable per-caller buffers: dense per-service sums of the subject's transition and
+/// co-occurrence rows, reset lazily through the list of touched services.
+#[derive(Debug, Clone, Default)]
+pub struct Scratch {
+    /// Per service: [trans1_last, trans1_recent, trans2, cooc].
+    acc: Vec<[f32; 4]>,
+    touched: Vec<u32>,
+}
+
+impl Scratch {
+    pub fn new(services: usize) -> Scratch {
+        Scratch { acc: vec![[0.0; 4]; services], touched: Vec::new() }
+    }
+
+    /// Services reached by the subject's transition and co-occurrence rows since the last
+    /// [`Extractor::prepare`]: natural candidates.
+    pub fn touched(&self) -> &[u32] {
+        &self.touched
+    }
+
+    fn add(&mut self, to: u32, slot: usize, v: f32, max: bool) {
+        let Some(a) = self.acc.get_mut(to as usize) else { return };
+        if *a == [0.0; 4] {
+            self.touched.push(to);
+        }
+        if max {
+            a[slot] = a[slot].max(v);
+        } else {
+            a[slot] += v;
+        }
+    }
+
+    fn reset(&mut self, services: usize) {
+        if self.acc.len() != services {
+            self.acc = vec![[0.0; 4]; services];
+        } else {
+            for &t in &self.touched {
+                self.acc[t as usize] = [0.0; 4];
+            }
+        }
+        self.touched.clear();
+    }
+}
+
 /// Per-subject context computed once before scoring many candidates.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
-    /// The last starts, newest first (at most 10): (service, time).
-    last: Vec<(u32, i64)>,
+    /// Signals (views, clicks, opens) per service, decayed, at most a few.
+    signals: Vec<(u32, f32)>,
+    now: i64,
+    /// Shanghai date of `now`, for yearly windows.
+    today: Option<Date>,
+}
+
+/// A deadline rule in a form cheap to evaluate per candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rule {
+    Expiry { window_days: f32, validity: i64 },
+    Yearly { from: (u8, u8), to: (u8, u8) },
+    After { event: LifeEvent, days: f32 },
 }
 
 /// Extracts candidate features against fixed item statistics and an optional catalogue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Extractor<'a> {
     stats: &'a ItemStats,
     catalogue: Option<&'a Catalogue>,
-    ln_pop_max: f32,
-    ln_recent_max: f32,
+    /// Per service: normalised log popularity, overall and recent.
+    pop: Vec<[f32; 2]>,
+    rules: Vec<Option<Rule>>,
 }
 
 const BUNDLE_ACTIVE_DAYS: i64 = 365;
+/// Starts of the subject whose rows are summed: the last one, five before it, ten for cooc.
+const LAST_COOC: usize = 10;
+
+fn month_day(s: &str) -> Option<(u8, u8)> {
+    Date::parse(&format!("2024-{s}")).map(|d| (d.month, d.day))
+}
 
 impl<'a> Extractor<'a> {
     /// `catalogue` must use the same service indices as the log behind `stats`.
     pub fn new(stats: &'a ItemStats, catalogue: Option<&'a Catalogue>) -> Extractor<'a> {
-        Extractor {
-            stats,
-            catalogue,
-            ln_pop_max: (stats.pop_max() as f32).ln_1p().max(f32::MIN_POSITIVE),
-            ln_recent_max: (stats.recent_max() as f32).ln_1p().max(f32::MIN_POSITIVE),
-        }
+        let lp = (stats.pop_max() as f32).ln_1p().max(f32::MIN_POSITIVE);
+        let lr = (stats.recent_max() as f32).ln_1p().max(f32::MIN_POSITIVE);
+        let pop = (0..stats.services() as u32)
+            .map(|s| [(stats.pop(s) as f32).ln_1p() / lp, (stats.pop_recent(s) as f32).ln_1p() / lr])
+            .collect();
+        let rules = (0..stats.services())
+            .map(|s| {
+                let svc = catalogue.and_then(|c| c.services().get(s))?;
+                Some(match svc.deadline.as_ref()? {
+                    Deadline::BeforeExpiry { days, validity_years, .. } => Rule::Expiry {
+                        window_days: (*days).max(1) as f32,
+                        validity: (f64::from(*validity_years) * 365.25 * DAY as f64) as i64,
+                    },
+                    Deadline::YearlyWindow { from, to, .. } => {
+                        Rule::Yearly { from: month_day(from)?, to: month_day(to)? }
+                    }
+                    Deadline::AfterEvent { event, days } => Rule::After { event: *event, days: (*days).max(1) as f32 },
+                })
+            })
+            .collect();
+        Extractor { stats, catalogue, pop, rules }
     }
 
-    pub fn prepare(&self, profile: &Profile) -> Prepared {
-        Prepared { last: profile.starts().rev().take(10).map(|r| (r.service, r.at)).collect() }
+    pub fn stats(&self) -> &ItemStats {
+        self.stats
+    }
+
+    pub fn catalogue(&self) -> Option<&'a Catalogue> {
+        self.catalogue
+    }
+
+    /// Sums the subject's transition and co-occurrence rows into `scratch` (cost: the rows'
+    /// lengths, whatever the number of candidates) and gathers its signals.
+    pub fn prepare(&self, profile: &Profile, now: i64, scratch: &mut Scratch) -> Prepared {
+        let st = self.stats;
+        scratch.reset(st.services());
+        let last: Vec<u32> = profile.starts().rev().take(LAST_COOC).map(|r| r.service).collect();
+        let t1 = st.trans1();
+        if let Some(&l) = last.first() {
+            let t = t1.total(l);
+            for e in t1.row(l) {
+                scratch.add(e.to, 0, e.count as f32 / t as f32, false);
+            }
+        }
+        let mut w = 0.8f32;
+        for &s in last.iter().skip(1).take(5) {
+            let t = t1.total(s);
+            for e in t1.row(s) {
+                scratch.add(e.to, 1, e.count as f32 / t as f32 * w, true);
+            }
+            w *= 0.8;
+        }
+        if let [l, p, ..] = last[..] {
+            let row = st.trans2_row(p, l);
+            let total: u32 = row.iter().map(|e| e.count).sum();
+            for e in row {
+                scratch.add(e.to, 2, e.count as f32 / total as f32, false);
+            }
+        }
+        for &s in &last {
+            let p = st.pop(s);
+            if p == 0 {
+                continue;
+            }
+            for e in st.cooc().row(s) {
+                scratch.add(e.to, 3, e.count as f32 / p as f32, false);
+            }
+        }
+        let mut signals: Vec<(u32, f32)> = Vec::new();
+        let h = 7.0 * DAY as f32;
+        for r in profile.recent() {
+            if r.kind.is_need() || r.kind == crate::domain::EventKind::Dismissed {
+                continue;
+            }
+            let v = (-((now - r.at).max(0) as f32) / h).exp2();
+            match signals.iter_mut().find(|x| x.0 == r.service) {
+                Some(x) => x.1 += v,
+                None => signals.push((r.service, v)),
+            }
+        }
+        Prepared { signals, now, today: self.catalogue.map(|_| Timestamp(now).date_shanghai()) }
     }
 
     /// Writes `candidates.len() * WIDTH` values into `out`.
-    pub fn extract(&self, profile: &Profile, prep: &Prepared, candidates: &[u32], now: i64, out: &mut [f32]) {
+    pub fn extract(&self, profile: &Profile, prep: &Prepared, scratch: &Scratch, candidates: &[u32], out: &mut [f32]) {
         assert_eq!(out.len(), candidates.len() * WIDTH, "output width");
         for (&c, row) in candidates.iter().zip(out.chunks_exact_mut(WIDTH)) {
-            self.extract_one(profile, prep, c, now, row);
+            self.extract_one(profile, prep, scratch, c, row);
         }
     }
 
-    fn extract_one(&self, profile: &Profile, prep: &Prepared, c: u32, now: i64, row: &mut [f32]) {
-        let st = self.stats;
-        let t1 = st.trans1();
-        let (trans1_last, trans2) = match prep.last.as_slice() {
-            [] => (0.0, 0.0),
-            [(last, _)] => (t1.prob(*last, c), 0.0),
-            [(last, _), (prev, _), ..] => {
-                let r2 = st.trans2_row(*prev, *last);
-                let total: u32 = r2.iter().map(|e| e.count).sum();
-                let hit = r2.binary_search_by_key(&c, |e| e.to).map_or(0, |i| r2[i].count);
-                (t1.prob(*last, c), if total > 0 { hit as f32 / total as f32 } else { 0.0 })
-            }
-        };
-        let mut trans_recent = 0.0f32;
-        let mut w = 0.8f32;
-        for &(s, _) in prep.last.iter().skip(1).take(5) {
-            trans_recent = trans_recent.max(t1.prob(s, c) * w);
-            w *= 0.8;
-        }
-        let mut cooc = 0.0f32;
-        for &(s, _) in &prep.last {
-            let p = st.pop(s);
-            if p > 0 {
-                cooc += st.cooc().get(s, c) as f32 / p as f32;
-            }
-        }
+    fn extract_one(&self, profile: &Profile, prep: &Prepared, scratch: &Scratch, c: u32, row: &mut [f32]) {
+        let now = prep.now;
+        let acc = scratch.acc.get(c as usize).copied().unwrap_or_default();
+        let pop = self.pop.get(c as usize).copied().unwrap_or_default();
         let mine = profile.count(c);
         let starts = mine.map_or(0, |m| m.starts);
         let recency = match mine {
             Some(m) if m.starts > 0 => (-((now - m.last_start).max(0) as f32) / (30.0 * DAY as f32)).exp(),
             _ => 0.0,
         };
-        let signal = {
-            let h = 7.0 * DAY as f32;
-            let s: f32 = profile
-                .recent()
-                .iter()
-                .filter(|r| r.service == c && !r.kind.is_need() && r.kind != crate::domain::EventKind::Dismissed)
-                .map(|r| (-((now - r.at).max(0) as f32) / h).exp2())
-                .sum();
-            s.min(1.0)
-        };
-        row[0] = trans1_last;
-        row[1] = trans_recent;
-        row[2] = trans2;
-        row[3] = cooc.min(1.0);
-        row[4] = (st.pop(c) as f32).ln_1p() / self.ln_pop_max;
-        row[5] = (st.segment_share(profile.segment(), c) * 10.0).min(1.0);
-        row[6] = (st.pop_recent(c) as f32).ln_1p() / self.ln_recent_max;
+        let signal = prep.signals.iter().find(|x| x.0 == c).map_or(0.0, |x| x.1.min(1.0));
+        row[0] = acc[0];
+        row[1] = acc[1];
+        row[2] = acc[2];
+        row[3] = acc[3].min(1.0);
+        row[4] = pop[0];
+        row[5] = (self.stats.segment_share(profile.segment(), c) * 10.0).min(1.0);
+        row[6] = pop[1];
         let (next, progress, prereq, fit, deadline) = match self.catalogue {
-            Some(cat) if (c as usize) < cat.services().len() => domain_features(cat, profile, c, now),
+            Some(cat) if (c as usize) < cat.services().len() => {
+                let (n, p, q, f) = bundle_features(cat, profile, c, now);
+                let d = match (self.rules[c as usize], prep.today) {
+                    (Some(rule), Some(today)) => urgency(cat, profile, c, rule, now, today),
+                    _ => 0.0,
+                };
+                (n, p, q, f, d)
+            }
             _ => (0.0, 0.0, 0.0, 0.0, 0.0),
         };
         row[7] = next;
@@ -166,8 +276,8 @@ impl<'a> Extractor<'a> {
     }
 }
 
-/// (bundle_next, bundle_progress, prereq_done, delay_fit, deadline) of a catalogue service.
-fn domain_features(cat: &Catalogue, profile: &Profile, c: u32, now: i64) -> (f32, f32, f32, f32, f32) {
+/// (bundle_next, bundle_progress, prereq_done, delay_fit) of a catalogue service.
+fn bundle_features(cat: &Catalogue, profile: &Profile, c: u32, now: i64) -> (f32, f32, f32, f32) {
     let svc = cat.service(c);
     let done = |s: u32| profile.count(s).is_some_and(|m| m.needs > 0);
     let (mut next, mut progress, mut fit) = (0.0f32, 0.0f32, 0.0f32);
@@ -179,10 +289,19 @@ fn domain_features(cat: &Catalogue, profile: &Profile, c: u32, now: i64) -> (f32
         }
         let bundle = &cat.bundles()[b as usize];
         let st = &bundle.steps[step as usize];
-        let deps: Option<Vec<i64>> = st.after.iter().map(|&a| pb.done(a)).collect();
-        // Allocation only for bundle members of an active bundle, a handful per subject.
-        let Some(deps) = deps else { continue };
-        let base = deps.into_iter().max().unwrap_or_else(|| pb.steps.iter().map(|s| s.1).min().unwrap_or(now));
+        // The latest of the step's dependencies; skip the step if one is not done yet.
+        let mut base = None;
+        let mut ready = true;
+        for &a in &st.after {
+            match pb.done(a) {
+                Some(t) => base = Some(base.map_or(t, |b: i64| b.max(t))),
+                None => ready = false,
+            }
+        }
+        if !ready {
+            continue;
+        }
+        let base = base.unwrap_or_else(|| pb.steps.iter().map(|s| s.1).min().unwrap_or(now));
         let share = pb.steps.len() as f32 / bundle.steps.len() as f32;
         let typical = f64::from(st.delay_days.0 + st.delay_days.1) / 2.0;
         let elapsed = ((now - base).max(0) as f64) / DAY as f64;
@@ -198,32 +317,25 @@ fn domain_features(cat: &Catalogue, profile: &Profile, c: u32, now: i64) -> (f32
     } else {
         svc.prerequisites.iter().filter(|&&p| done(p)).count() as f32 / svc.prerequisites.len() as f32
     };
-    let deadline = match &svc.deadline {
-        Some(d) => deadline_urgency(cat, profile, c, d, now),
-        None => 0.0,
-    };
-    (next, progress, prereq, fit, deadline)
+    (next, progress, prereq, fit)
 }
 
-fn deadline_urgency(cat: &Catalogue, profile: &Profile, c: u32, d: &Deadline, now: i64) -> f32 {
+fn urgency(cat: &Catalogue, profile: &Profile, c: u32, rule: Rule, now: i64, today: Date) -> f32 {
     let last_start = profile.count(c).filter(|m| m.starts > 0).map(|m| m.last_start);
-    match d {
-        Deadline::BeforeExpiry { days, validity_years, .. } => {
+    match rule {
+        Rule::Expiry { window_days, validity } => {
             let Some(last) = last_start else { return 0.0 };
-            let expiry = last + (f64::from(*validity_years) * 365.25 * DAY as f64) as i64;
-            let left = (expiry - now) as f32 / DAY as f32;
-            let window = (*days).max(1) as f32;
-            if (0.0..=window).contains(&left) {
-                1.0 - 0.5 * left / window
+            let left = (last + validity - now) as f32 / DAY as f32;
+            if (0.0..=window_days).contains(&left) {
+                1.0 - 0.5 * left / window_days
             } else if (-365.0..0.0).contains(&left) {
                 1.0
             } else {
                 0.0
             }
         }
-        Deadline::YearlyWindow { from, to, .. } => {
-            let today = Timestamp(now).date_shanghai();
-            let at = |md: &str| Date::parse(&format!("{}-{md}", today.year)).map(|d| d.start_shanghai().0);
+        Rule::Yearly { from, to } => {
+            let at = |(m, d): (u8, u8)| Date::new(today.year, m, d).map(|x| x.start_shanghai().0);
             let (Some(lo), Some(hi)) = (at(from), at(to)) else { return 0.0 };
             let hi = hi + DAY;
             if now < lo || now >= hi || last_start.is_some_and(|l| l >= lo) {
@@ -231,16 +343,14 @@ fn deadline_urgency(cat: &Catalogue, profile: &Profile, c: u32, d: &Deadline, no
             }
             0.5 + 0.5 * (now - lo) as f32 / (hi - lo).max(1) as f32
         }
-        Deadline::AfterEvent { event, days } => {
+        Rule::After { event, days } => {
             if last_start.is_some() {
                 return 0.0;
             }
-            let started = life_event_start(cat, profile, *event);
-            let Some(t) = started else { return 0.0 };
+            let Some(t) = life_event_start(cat, profile, event) else { return 0.0 };
             let elapsed = (now - t) as f32 / DAY as f32;
-            let window = (*days).max(1) as f32;
-            if (0.0..=window).contains(&elapsed) {
-                1.0 - elapsed / window
+            if (0.0..=days).contains(&elapsed) {
+                1.0 - elapsed / days
             } else {
                 0.0
             }
