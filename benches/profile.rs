@@ -136,7 +136,7 @@ fn extract(c: &mut Criterion) {
     let profiles = ProfileBuilder::new(&ctx).build(&log, &segs);
     // The subject with the most retained events: the slow end.
     let profile = profiles.iter().max_by_key(|p| p.recent().len()).expect("profiles");
-    let ex = Extractor::new(&stats, Some(&cat));
+    let ex = Extractor::new(std::sync::Arc::new(stats), Some(std::sync::Arc::new(cat.clone())));
     let candidates: Vec<u32> = (0..200u32).map(|i| i * 7 % log.services.len() as u32).collect();
     let mut out = vec![0f32; candidates.len() * WIDTH];
     let src = vec![0.5f32; candidates.len() * WIDTH];

@@ -11,11 +11,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use tongban_features::catalogue::{Catalogue, CatalogueError};
-use tongban_features::io::{read_log, BadRowPolicy, LogFormat};
+use tongban_features::io::{read_log_into, BadRowPolicy, LogFormat};
 use tongban_features::synth::{self, GenParams, GenSink, GenSummary, GENERATOR_VERSION};
 use tongban_features::time::Date;
 
+mod model_cli;
 mod profile;
+mod report;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +43,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Show one subject's profile: recent events, bundle progress and top candidate features.
     Profile(ProfileArgs),
+    /// Evaluate the model beside the baselines (popularity, Markov, item-kNN) and the oracle.
+    Eval(model_cli::EvalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,7 +125,7 @@ enum OnBadRow {
 }
 
 #[derive(clap::Args, Debug)]
-struct LogArgs {
+pub struct LogArgs {
     /// Event log file.
     #[arg(long)]
     events: PathBuf,
@@ -143,10 +147,17 @@ impl LogArgs {
     }
 
     fn read(&self) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
+        self.read_into(tongban_features::io::EventLog::default())
+    }
+
+    fn read_into(
+        &self,
+        base: tongban_features::io::EventLog,
+    ) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
         let Some(format) = LogFormat::from_name(&self.format, &self.events) else {
             bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.format);
         };
-        let (log, report) = read_log(&self.events, format, self.policy())?;
+        let (log, report) = read_log_into(&self.events, format, self.policy(), base)?;
         if report.skipped > 0 {
             eprintln!(
                 "warning: skipped {} bad rows of {} in {} (first: line {}: {})",
@@ -201,6 +212,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(&args),
         Command::Inspect(args) => inspect(&args),
         Command::Profile(args) => profile::run(&args),
+        Command::Eval(args) => model_cli::eval(&args),
     };
     match result {
         Ok(code) => code,
@@ -211,7 +223,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use tongban_features::catalogue::Catalogue;
-use tongban_features::io::{read_log_into, read_subjects, segment_name, EventLog, LogFormat, SEGMENTS};
+use tongban_features::io::{read_subjects, segment_name, EventLog, SEGMENTS};
 use tongban_features::profile::{BundleIndex, ProfileBuilder, ProfileContext, ProfileParams};
 use tongban_features::stats::{ItemStats, StatsParams};
 use tongban_features::time::Timestamp;
@@ -24,10 +24,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         None => None,
     };
     let base = cat.as_ref().map_or_else(EventLog::default, EventLog::for_catalogue);
-    let Some(format) = LogFormat::from_name(&args.log.format, &args.log.events) else {
-        bail!("unknown --format {:?}", args.log.format);
-    };
-    let (mut log, report) = read_log_into(&args.log.events, format, args.log.policy(), base)?;
+    let (mut log, report) = args.log.read_into(base)?;
     let last = log.events.iter().map(|e| e.at.0).max().unwrap_or(0);
     let now = match &args.at {
         Some(t) => Timestamp::parse(t).with_context(|| format!("--at {t:?}: expected RFC 3339"))?.0,
@@ -85,7 +82,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     }
     // Candidates: every service the subject's audience could need, ranked by the plain sum of
     // the features (no model): a readable view of what the model will see.
-    let ex = Extractor::new(&stats, cat.as_ref());
+    let ex = Extractor::new(std::sync::Arc::new(stats), cat.clone().map(std::sync::Arc::new));
     let mut scratch = Scratch::new(log.services.len());
     let prep = ex.prepare(&profile, now, &mut scratch);
     let candidates: Vec<u32> = (0..log.services.len() as u32).collect();

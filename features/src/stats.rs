@@ -9,6 +9,7 @@
 //! chunks counted in parallel (rayon) and merged.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::is_start;
 use crate::io::{EventLog, LogEvent};
@@ -34,7 +35,7 @@ impl Default for StatsParams {
 }
 
 /// One outgoing edge of a sparse row.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Edge {
     pub to: u32,
     pub count: u32,
@@ -42,7 +43,7 @@ pub struct Edge {
 
 /// Rows of sparse counts, compressed (CSR): row `i` is `edges[offsets[i]..offsets[i+1]]`,
 /// sorted by `to`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sparse {
     offsets: Vec<u32>,
     edges: Vec<Edge>,
@@ -162,7 +163,7 @@ pub fn bin_days(bin: usize) -> f64 {
 }
 
 /// Item statistics of a log.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ItemStats {
     services: usize,
     segments: usize,

@@ -9,6 +9,8 @@
 //! Without catalogue metadata (public data sets) the domain features (bundles, prerequisites,
 //! deadlines) are 0 and the `domain` feature is 0, flagging them absent.
 
+use std::sync::Arc;
+
 use crate::catalogue::{Catalogue, Deadline, LifeEvent};
 use crate::profile::Profile;
 use crate::stats::ItemStats;
@@ -79,6 +81,11 @@ impl Scratch {
         &self.touched
     }
 
+    /// The summed [trans1_last, trans1_recent, trans2, cooc] of a service.
+    pub fn acc(&self, s: u32) -> [f32; 4] {
+        self.acc.get(s as usize).copied().unwrap_or_default()
+    }
+
     fn add(&mut self, to: u32, slot: usize, v: f32, max: bool) {
         let Some(a) = self.acc.get_mut(to as usize) else { return };
         if *a == [0.0; 4] {
@@ -123,9 +130,9 @@ enum Rule {
 
 /// Extracts candidate features against fixed item statistics and an optional catalogue.
 #[derive(Debug, Clone)]
-pub struct Extractor<'a> {
-    stats: &'a ItemStats,
-    catalogue: Option<&'a Catalogue>,
+pub struct Extractor {
+    stats: Arc<ItemStats>,
+    catalogue: Option<Arc<Catalogue>>,
     /// Per service: normalised log popularity, overall and recent.
     pop: Vec<[f32; 2]>,
     rules: Vec<Option<Rule>>,
@@ -139,9 +146,9 @@ fn month_day(s: &str) -> Option<(u8, u8)> {
     Date::parse(&format!("2024-{s}")).map(|d| (d.month, d.day))
 }
 
-impl<'a> Extractor<'a> {
+impl Extractor {
     /// `catalogue` must use the same service indices as the log behind `stats`.
-    pub fn new(stats: &'a ItemStats, catalogue: Option<&'a Catalogue>) -> Extractor<'a> {
+    pub fn new(stats: Arc<ItemStats>, catalogue: Option<Arc<Catalogue>>) -> Extractor {
         let lp = (stats.pop_max() as f32).ln_1p().max(f32::MIN_POSITIVE);
         let lr = (stats.recent_max() as f32).ln_1p().max(f32::MIN_POSITIVE);
         let pop = (0..stats.services() as u32)
@@ -149,7 +156,7 @@ impl<'a> Extractor<'a> {
             .collect();
         let rules = (0..stats.services())
             .map(|s| {
-                let svc = catalogue.and_then(|c| c.services().get(s))?;
+                let svc = catalogue.as_ref().and_then(|c| c.services().get(s))?;
                 Some(match svc.deadline.as_ref()? {
                     Deadline::BeforeExpiry { days, validity_years, .. } => Rule::Expiry {
                         window_days: (*days).max(1) as f32,
@@ -166,17 +173,17 @@ impl<'a> Extractor<'a> {
     }
 
     pub fn stats(&self) -> &ItemStats {
-        self.stats
+        &self.stats
     }
 
-    pub fn catalogue(&self) -> Option<&'a Catalogue> {
-        self.catalogue
+    pub fn catalogue(&self) -> Option<&Catalogue> {
+        self.catalogue.as_deref()
     }
 
     /// Sums the subject's transition and co-occurrence rows into `scratch` (cost: the rows'
     /// lengths, whatever the number of candidates) and gathers its signals.
     pub fn prepare(&self, profile: &Profile, now: i64, scratch: &mut Scratch) -> Prepared {
-        let st = self.stats;
+        let st = &*self.stats;
         scratch.reset(st.services());
         let last: Vec<u32> = profile.starts().rev().take(LAST_COOC).map(|r| r.service).collect();
         let t1 = st.trans1();
@@ -222,7 +229,7 @@ impl<'a> Extractor<'a> {
                 None => signals.push((r.service, v)),
             }
         }
-        Prepared { signals, now, today: self.catalogue.map(|_| Timestamp(now).date_shanghai()) }
+        Prepared { signals, now, today: self.catalogue.as_ref().map(|_| Timestamp(now).date_shanghai()) }
     }
 
     /// Writes `candidates.len() * WIDTH` values into `out`.
@@ -251,7 +258,7 @@ impl<'a> Extractor<'a> {
         row[4] = pop[0];
         row[5] = (self.stats.segment_share(profile.segment(), c) * 10.0).min(1.0);
         row[6] = pop[1];
-        let (next, progress, prereq, fit, deadline) = match self.catalogue {
+        let (next, progress, prereq, fit, deadline) = match self.catalogue.as_deref() {
             Some(cat) if (c as usize) < cat.services().len() => {
                 let (n, p, q, f) = bundle_features(cat, profile, c, now);
                 let d = match (self.rules[c as usize], prep.today) {

@@ -1,0 +1,599 @@
+//! Evaluation: protocols, metrics, baselines and the oracle, in one run and one table.
+//!
+//! Protocols:
+//! - `loo-full` (history masked) and `loo-full-repeat` (nothing masked): per subject with at
+//!   least 3 starts the last start is the test target and the second-last the validation
+//!   target; every service is ranked (full ranking).
+//! - `loo-sampled`: the same split, the target ranked against N sampled negatives (seeded, never
+//!   from the subject's history) or against the negatives of a file.
+//! - `temporal`: fit on a log up to a cut-off; the target is each subject's first start in the
+//!   future log; with the generator's truth, the oracle ranks by the true distribution.
+//!
+//! Without a given model the ranker is trained on the validation targets with statistics built
+//! without them (and without the test targets), then applied with statistics that include the
+//! validation targets but never the test targets: no test data leaks.
+//!
+//! **Ties**: a target tied with other services is placed after those whose seeded random key
+//! (FNV-1a of seed, subject and service) is smaller: a random order per subject that cannot
+//! follow item ids. HR, NDCG (binary relevance, log2 discount) and MRR use that rank.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use tongban_features::catalogue::Catalogue;
+use tongban_features::domain::is_start;
+use tongban_features::io::{fnv1a, segment_name, EventLog, LogEvent};
+use tongban_features::profile::Profile;
+
+use crate::ranker::Ranker;
+use crate::recommend::{Case, Model, ModelError, ModelParams, Request, ScoreScratch};
+
+/// How evaluation cases are built.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    LooFull { mask_history: bool },
+    LooSampled { negatives: Negatives, mask_history: bool },
+    Temporal { future: EventLog, truth: Option<Truth> },
+}
+
+/// Negatives of the sampled protocol.
+#[derive(Debug, Clone)]
+pub enum Negatives {
+    Sampled { count: usize, seed: u64 },
+    /// Per subject index, its negatives.
+    Given(HashMap<u32, Vec<u32>>),
+}
+
+/// The generator's truth: per subject index, (service, probability).
+pub type Truth = HashMap<u32, Vec<(u32, f64)>>;
+
+/// One test case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestCase {
+    pub subject: u32,
+    pub target: u32,
+    pub now: i64,
+}
+
+/// Metrics of one scorer over a set of cases.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Metrics {
+    pub cases: u64,
+    pub hr: Vec<(usize, f64)>,
+    pub ndcg: Vec<(usize, f64)>,
+    pub mrr: f64,
+    /// Share of the services that appear in at least one top-k list (k = the largest asked).
+    pub coverage: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Acc {
+    cases: u64,
+    hits: Vec<f64>,
+    ndcg: Vec<f64>,
+    rr: f64,
+}
+
+impl Acc {
+    fn new(ks: usize) -> Acc {
+        Acc { cases: 0, hits: vec![0.0; ks], ndcg: vec![0.0; ks], rr: 0.0 }
+    }
+    fn add(&mut self, rank: Option<u64>, ks: &[usize]) {
+        self.cases += 1;
+        let Some(r) = rank else { return };
+        for (i, &k) in ks.iter().enumerate() {
+            if r as usize <= k {
+                self.hits[i] += 1.0;
+                self.ndcg[i] += 1.0 / ((r + 1) as f64).log2();
+            }
+        }
+        self.rr += 1.0 / r as f64;
+    }
+    fn metrics(&self, ks: &[usize], coverage: f64) -> Metrics {
+        let n = self.cases.max(1) as f64;
+        Metrics {
+            cases: self.cases,
+            hr: ks.iter().zip(&self.hits).map(|(&k, h)| (k, h / n)).collect(),
+            ndcg: ks.iter().zip(&self.ndcg).map(|(&k, h)| (k, h / n)).collect(),
+            mrr: self.rr / n,
+            coverage,
+        }
+    }
+}
+
+/// The tie-break key of a service for a subject.
+fn tie_key(seed: u64, subject: u32, service: u32) -> u64 {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&seed.to_le_bytes());
+    b[8..12].copy_from_slice(&subject.to_le_bytes());
+    b[12..].copy_from_slice(&service.to_le_bytes());
+    fnv1a(&b)
+}
+
+/// 1-based rank of `target` among `candidates` (all services when `None`) by descending score,
+/// ties broken by [`tie_key`]; `None` when the target is masked (score -inf).
+pub fn rank_of(scores: &[f32], target: u32, candidates: Option<&[u32]>, subject: u32, seed: u64) -> Option<u64> {
+    let t = scores[target as usize];
+    if t == f32::NEG_INFINITY {
+        return None;
+    }
+    let tk = tie_key(seed, subject, target);
+    let mut rank = 1u64;
+    let mut visit = |s: u32| {
+        let v = scores[s as usize];
+        if s != target && (v > t || (v == t && tie_key(seed, subject, s) < tk)) {
+            rank += 1;
+        }
+    };
+    match candidates {
+        Some(c) => c.iter().copied().for_each(&mut visit),
+        None => (0..scores.len() as u32).for_each(&mut visit),
+    }
+    Some(rank)
+}
+
+/// The top `k` services by score (ties by [`tie_key`]), best first.
+fn top_k(scores: &[f32], k: usize, subject: u32, seed: u64, out: &mut Vec<(f32, u64, u32)>) {
+    out.clear();
+    for (s, &v) in scores.iter().enumerate() {
+        if v == f32::NEG_INFINITY {
+            continue;
+        }
+        if out.len() == k {
+            let worst = out[k - 1];
+            if v < worst.0 {
+                continue;
+            }
+        }
+        let key = tie_key(seed, subject, s as u32);
+        let better = |a: &(f32, u64, u32)| a.0 > v || (a.0 == v && a.1 < key);
+        let pos = out.partition_point(better);
+        if pos < k {
+            out.insert(pos, (v, key, s as u32));
+            out.truncate(k);
+        }
+    }
+}
+
+/// A way to score every service for a case.
+trait FullScorer: Sync {
+    fn name(&self) -> String;
+    fn score(&self, case: &TestCase, profile: &Profile, out: &mut [f32], scratch: &mut ScoreScratch);
+}
+
+struct Popularity<'m>(&'m Model);
+struct Markov<'m>(&'m Model);
+struct ItemKnn<'m> {
+    model: &'m Model,
+    sims: Vec<Vec<(u32, f32)>>,
+}
+struct Ranked<'m> {
+    model: &'m Model,
+    name: String,
+}
+struct Oracle<'t>(&'t Truth);
+
+fn pop_prior(m: &Model, s: usize) -> f32 {
+    m.stats().pop(s as u32) as f32 / (m.stats().pop_max().max(1) as f32) * 1e-6
+}
+
+impl FullScorer for Popularity<'_> {
+    fn name(&self) -> String {
+        "popularity".into()
+    }
+    fn score(&self, _: &TestCase, _: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = self.0.stats().pop(s as u32) as f32;
+        }
+    }
+}
+
+impl FullScorer for Markov<'_> {
+    fn name(&self) -> String {
+        "markov".into()
+    }
+    /// First-order Markov chain from the last start, popularity prior for everything else.
+    fn score(&self, _: &TestCase, profile: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = pop_prior(self.0, s);
+        }
+        if let Some(last) = profile.starts().next_back() {
+            let t1 = self.0.stats().trans1();
+            let total = t1.total(last.service).max(1) as f32;
+            for e in t1.row(last.service) {
+                out[e.to as usize] += e.count as f32 / total;
+            }
+        }
+    }
+}
+
+impl<'m> ItemKnn<'m> {
+    /// Cosine similarity of services over the sets of subjects that started them; the best 200
+    /// neighbours of each service are kept.
+    fn new(model: &'m Model, log: &EventLog) -> ItemKnn<'m> {
+        let n = model.service_count();
+        let mut co: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut users = vec![0u32; n];
+        let mut items: Vec<u32> = Vec::new();
+        for evs in log.by_subject() {
+            items.clear();
+            items.extend(evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| e.service));
+            items.sort_unstable();
+            items.dedup();
+            for (i, &a) in items.iter().enumerate() {
+                users[a as usize] += 1;
+                for &b in &items[i + 1..] {
+                    *co.entry((a, b)).or_default() += 1;
+                }
+            }
+        }
+        let mut sims: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+        for ((a, b), c) in co {
+            let s = c as f32 / ((users[a as usize] as f32) * (users[b as usize] as f32)).sqrt();
+            sims[a as usize].push((b, s));
+            sims[b as usize].push((a, s));
+        }
+        for row in &mut sims {
+            row.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+            row.truncate(200);
+        }
+        ItemKnn { model, sims }
+    }
+}
+
+impl FullScorer for ItemKnn<'_> {
+    fn name(&self) -> String {
+        "item-knn".into()
+    }
+    /// Sum of cosine similarities to the last 20 distinct starts, popularity prior.
+    fn score(&self, _: &TestCase, profile: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = pop_prior(self.model, s);
+        }
+        let mut seen: Vec<u32> = Vec::with_capacity(20);
+        for r in profile.starts().rev() {
+            if seen.len() == 20 {
+                break;
+            }
+            if seen.contains(&r.service) {
+                continue;
+            }
+            seen.push(r.service);
+            for &(b, s) in &self.sims[r.service as usize] {
+                out[b as usize] += s;
+            }
+        }
+    }
+}
+
+impl FullScorer for Ranked<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    /// The model's candidates get their ranker scores; every other service ranks below them,
+    /// by popularity.
+    fn score(&self, case: &TestCase, profile: &Profile, out: &mut [f32], scratch: &mut ScoreScratch) {
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = -1e6 + pop_prior(self.model, s) * 1e6;
+        }
+        let req = Request { k: usize::MAX, ..Request::default() };
+        self.model.score_candidates(profile, &req, case.now, scratch);
+        let (cands, scores, _) = scratch.scored();
+        for (&c, &v) in cands.iter().zip(scores) {
+            out[c as usize] = v;
+        }
+    }
+}
+
+impl FullScorer for Oracle<'_> {
+    fn name(&self) -> String {
+        "oracle".into()
+    }
+    fn score(&self, case: &TestCase, _: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+        out.iter_mut().for_each(|o| *o = -1.0);
+        if let Some(t) = self.0.get(&case.subject) {
+            for &(s, p) in t {
+                out[s as usize] = p as f32;
+            }
+        }
+    }
+}
+
+/// The results of one scorer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScorerReport {
+    pub name: String,
+    pub metrics: Metrics,
+    pub per_segment: Vec<(String, Metrics)>,
+}
+
+/// The results of an evaluation run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub protocol: String,
+    pub tie_rule: String,
+    pub ks: Vec<usize>,
+    pub services: usize,
+    pub scorers: Vec<ScorerReport>,
+    /// The ranker's weights (for the report), when trained in this run.
+    pub ranker: Option<Ranker>,
+}
+
+impl EvalReport {
+    pub fn scorer(&self, name: &str) -> Option<&ScorerReport> {
+        self.scorers.iter().find(|s| s.name == name)
+    }
+}
+
+/// The log without each eligible subject's last `k` starts (and what follows them), and the
+/// cut start of each eligible subject (subjects with at least 3 starts).
+pub fn split_last(log: &EventLog, k: usize) -> (EventLog, Vec<TestCase>) {
+    let mut out = log.empty_like();
+    let mut cases = Vec::new();
+    for evs in log.by_subject() {
+        let starts: Vec<usize> = (0..evs.len()).filter(|&i| is_start(evs[i].kind, evs[i].channel)).collect();
+        if starts.len() >= 3 && starts.len() >= k + 1 {
+            let cut = starts[starts.len() - k];
+            let e = evs[cut];
+            cases.push(TestCase { subject: e.subject, target: e.service, now: e.at.0 });
+            out.events.extend_from_slice(&evs[..cut]);
+        } else {
+            out.events.extend_from_slice(evs);
+        }
+    }
+    (out, cases)
+}
+
+fn history(log: &EventLog) -> HashMap<u32, Vec<u32>> {
+    let mut h: HashMap<u32, Vec<u32>> = HashMap::new();
+    for evs in log.by_subject() {
+        let mut items: Vec<u32> = evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| e.service).collect();
+        items.sort_unstable();
+        items.dedup();
+        h.insert(evs[0].subject, items);
+    }
+    h
+}
+
+fn max_time(events: &[LogEvent]) -> i64 {
+    events.iter().map(|e| e.at.0).max().unwrap_or(0)
+}
+
+/// Everything an evaluation run needs.
+#[derive(Debug, Clone)]
+pub struct EvalInput<'a> {
+    pub log: &'a EventLog,
+    pub segments: &'a [u16],
+    pub catalogue: Option<Arc<Catalogue>>,
+    pub params: ModelParams,
+    /// Evaluate this model instead of training one.
+    pub model: Option<&'a Model>,
+    pub ks: Vec<usize>,
+    pub seed: u64,
+}
+
+/// Trains (unless a model is given) and evaluates the model and the baselines.
+pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport, ModelError> {
+    let log = input.log;
+    let segs = input.segments;
+    let (train_log, cases, mask, now, ranker_cases): (EventLog, Vec<TestCase>, bool, i64, Option<(EventLog, Vec<TestCase>, i64)>) =
+        match protocol {
+            Protocol::LooFull { mask_history } | Protocol::LooSampled { mask_history, .. } => {
+                let (lt, ct) = split_last(log, 1);
+                let (lv, cv) = split_last(log, 2);
+                let now = max_time(&lt.events) + 1;
+                let nv = max_time(&lv.events) + 1;
+                (lt, ct, *mask_history, now, Some((lv, cv, nv)))
+            }
+            Protocol::Temporal { future, .. } => {
+                let now = max_time(&log.events) + 1;
+                let end = max_time(&future.events).max(now + 86_400);
+                let mut first: HashMap<u32, LogEvent> = HashMap::new();
+                for e in future.events.iter().filter(|e| is_start(e.kind, e.channel) && e.at.0 >= now) {
+                    first.entry(e.subject).and_modify(|f| if e.at < f.at { *f = *e }).or_insert(*e);
+                }
+                let mut cases: Vec<TestCase> =
+                    first.values().map(|e| TestCase { subject: e.subject, target: e.service, now }).collect();
+                cases.sort_by_key(|c| c.subject);
+                // The ranker learns the same task one horizon earlier, inside the training log.
+                let cut = now - (end - now);
+                let mut inner = log.empty_like();
+                inner.events = log.events.iter().filter(|e| e.at.0 < cut).copied().collect();
+                let mut firsts: HashMap<u32, LogEvent> = HashMap::new();
+                for e in log.events.iter().filter(|e| e.at.0 >= cut && is_start(e.kind, e.channel)) {
+                    firsts.entry(e.subject).or_insert(*e);
+                }
+                let mut inner_cases: Vec<TestCase> =
+                    firsts.values().map(|e| TestCase { subject: e.subject, target: e.service, now: cut }).collect();
+                inner_cases.sort_by_key(|c| c.subject);
+                let mut full = log.clone();
+                full.subjects = future.subjects.clone();
+                (full, cases, false, now, Some((inner, inner_cases, cut)))
+            }
+        };
+    let mut segments = segs.to_vec();
+    segments.resize(train_log.subjects.len(), 0);
+
+    let (model, trained) = match input.model {
+        Some(m) => (m.clone(), None),
+        None => {
+            let (vlog, vcases, vnow) = ranker_cases.expect("every protocol defines its training cases");
+            let m0 = Model::build(&vlog, &segments, input.catalogue.clone(), &input.params, vnow, Ranker::uniform(&[0]))?;
+            let profiles = m0.profiles(&vlog, &segments);
+            let train_cases: Vec<Case> =
+                vcases.iter().map(|c| Case { subject: c.subject, target: c.target, now: c.now }).collect();
+            let ranker = m0.train(&profiles, &train_cases, mask)?;
+            let m = Model::build(&train_log, &segments, input.catalogue.clone(), &input.params, now, ranker.clone())?;
+            (m, Some(ranker))
+        }
+    };
+    let profiles = model.profiles(&train_log, &segments);
+    let masks = if mask { Some(history(&train_log)) } else { None };
+    let mut scorers: Vec<Box<dyn FullScorer>> = vec![
+        Box::new(Ranked { model: &model, name: "tongban".into() }),
+        Box::new(Popularity(&model)),
+        Box::new(Markov(&model)),
+        Box::new(ItemKnn::new(&model, &train_log)),
+    ];
+    let truth = match protocol {
+        Protocol::Temporal { truth: Some(t), .. } => Some(t),
+        _ => None,
+    };
+    if let Some(t) = truth {
+        scorers.push(Box::new(Oracle(t)));
+    }
+    let sampled: Option<Vec<Vec<u32>>> = match protocol {
+        Protocol::LooSampled { negatives, .. } => Some(sample_negatives(&cases, negatives, masks.as_ref(), model.service_count())),
+        _ => None,
+    };
+    let ks = &input.ks;
+    let kmax = ks.iter().copied().max().unwrap_or(10);
+    let n = model.service_count();
+    let mut reports = Vec::new();
+    for sc in &scorers {
+        let per_case: Vec<(Option<u64>, u16, Vec<u32>)> = cases
+            .par_iter()
+            .enumerate()
+            .map_init(
+                || (vec![0f32; n], model.scratch(), Vec::new()),
+                |(out, scratch, top), (i, case)| {
+                    let profile = &profiles[case.subject as usize];
+                    sc.score(case, profile, out, scratch);
+                    if let Some(m) = masks.as_ref().and_then(|m| m.get(&case.subject)) {
+                        for &s in m {
+                            out[s as usize] = f32::NEG_INFINITY;
+                        }
+                    }
+                    let subset = sampled.as_ref().map(|s| {
+                        let mut v = s[i].clone();
+                        v.push(case.target);
+                        v
+                    });
+                    let rank = rank_of(out, case.target, subset.as_deref(), case.subject, input.seed);
+                    let topk = if subset.is_none() {
+                        top_k(out, kmax, case.subject, input.seed, top);
+                        top.iter().map(|t| t.2).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    (rank, segments.get(case.subject as usize).copied().unwrap_or(0), topk)
+                },
+            )
+            .collect();
+        let mut all = Acc::new(ks.len());
+        let mut by_seg: Vec<Acc> = vec![Acc::new(ks.len()); tongban_features::io::SEGMENTS];
+        let mut covered = vec![false; n];
+        for (rank, seg, top) in &per_case {
+            all.add(*rank, ks);
+            let last = by_seg.len() - 1;
+            by_seg[(*seg as usize).min(last)].add(*rank, ks);
+            for &s in top {
+                covered[s as usize] = true;
+            }
+        }
+        let coverage = covered.iter().filter(|&&c| c).count() as f64 / n.max(1) as f64;
+        let per_segment = by_seg
+            .iter()
+            .enumerate()
+            .filter(|(s, a)| a.cases > 0 && (*s > 0 || by_seg.iter().skip(1).any(|x| x.cases > 0)))
+            .map(|(s, a)| (segment_name(s as u16), a.metrics(ks, f64::NAN)))
+            .collect();
+        reports.push(ScorerReport { name: sc.name(), metrics: all.metrics(ks, coverage), per_segment });
+    }
+    let protocol_name = match protocol {
+        Protocol::LooFull { mask_history: true } => "loo-full (history masked)".to_owned(),
+        Protocol::LooFull { mask_history: false } => "loo-full-repeat (nothing masked)".to_owned(),
+        Protocol::LooSampled { negatives: Negatives::Sampled { count, seed }, .. } => {
+            format!("loo-sampled ({count} negatives, seed {seed})")
+        }
+        Protocol::LooSampled { .. } => "loo-sampled (negatives from a file)".to_owned(),
+        Protocol::Temporal { .. } => "temporal (first start after the cut-off)".to_owned(),
+    };
+    Ok(EvalReport {
+        protocol: protocol_name,
+        tie_rule: format!(
+            "a tied service ranks before the target when its FNV-1a key of (seed {}, subject, service) is smaller: a seeded random order per subject, never item-id order",
+            input.seed
+        ),
+        ks: ks.clone(),
+        services: n,
+        scorers: reports,
+        ranker: trained,
+    })
+}
+
+fn sample_negatives(cases: &[TestCase], neg: &Negatives, masks: Option<&HashMap<u32, Vec<u32>>>, n: usize) -> Vec<Vec<u32>> {
+    use rand::{Rng, SeedableRng};
+    cases
+        .iter()
+        .map(|c| match neg {
+            Negatives::Given(map) => map.get(&c.subject).cloned().unwrap_or_default(),
+            Negatives::Sampled { count, seed } => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(*seed ^ (u64::from(c.subject) << 17));
+                let hist = masks.and_then(|m| m.get(&c.subject));
+                let mut out = Vec::with_capacity(*count);
+                let want = (*count).min(n.saturating_sub(1 + hist.map_or(0, |h| h.len())));
+                while out.len() < want {
+                    let s = rng.gen_range(0..n as u32);
+                    if s != c.target && !out.contains(&s) && !hist.is_some_and(|h| h.binary_search(&s).is_ok()) {
+                        out.push(s);
+                    }
+                }
+                out
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_counts_strictly_better_services_and_breaks_ties_without_item_order() {
+        let scores = [0.1, 0.9, 0.5, 0.5, 0.5];
+        assert_eq!(rank_of(&scores, 1, None, 0, 7), Some(1));
+        assert_eq!(rank_of(&scores, 0, None, 0, 7), Some(5));
+        // Three services tie at 0.5 behind one better: ranks 2, 3 and 4 in some order that
+        // depends on the seeded keys, each exactly once.
+        let mut ranks: Vec<u64> = (2..5).map(|t| rank_of(&scores, t, None, 0, 7).unwrap()).collect();
+        ranks.sort_unstable();
+        assert_eq!(ranks, [2, 3, 4]);
+        // The order of ties changes with the subject: it is not the id order for everyone.
+        let orders: std::collections::HashSet<Vec<u64>> =
+            (0..20).map(|u| (2..5).map(|t| rank_of(&scores, t, None, u, 7).unwrap()).collect()).collect();
+        assert!(orders.len() > 1);
+        // A masked target is a miss.
+        assert_eq!(rank_of(&[f32::NEG_INFINITY, 1.0], 0, None, 0, 7), None);
+        // Ranking inside a sampled subset only counts the subset.
+        assert_eq!(rank_of(&scores, 2, Some(&[0, 2]), 0, 7), Some(1));
+    }
+
+    #[test]
+    fn hit_rate_ndcg_and_mrr_match_hand_computed_values() {
+        // Ranks 1, 3, 11 and a miss; k = 1, 5, 10.
+        let ks = [1, 5, 10];
+        let mut a = Acc::new(3);
+        for r in [Some(1), Some(3), Some(11), None] {
+            a.add(r, &ks);
+        }
+        let m = a.metrics(&ks, 0.0);
+        assert_eq!(m.cases, 4);
+        assert_eq!(m.hr, vec![(1, 0.25), (5, 0.5), (10, 0.5)]);
+        // NDCG@5 = (1/log2(2) + 1/log2(4)) / 4 = (1 + 0.5) / 4.
+        assert!((m.ndcg[1].1 - 0.375).abs() < 1e-12);
+        assert!((m.ndcg[0].1 - 0.25).abs() < 1e-12);
+        // MRR = (1 + 1/3 + 1/11 + 0) / 4.
+        assert!((m.mrr - (1.0 + 1.0 / 3.0 + 1.0 / 11.0) / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_k_skips_masked_services_and_orders_by_score() {
+        let scores = [0.2, f32::NEG_INFINITY, 0.9, 0.5];
+        let mut out = Vec::new();
+        top_k(&scores, 2, 0, 1, &mut out);
+        assert_eq!(out.iter().map(|t| t.2).collect::<Vec<_>>(), [2, 3]);
+    }
+}

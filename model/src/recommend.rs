@@ -1,0 +1,516 @@
+//! The model: candidate sources, features, the ranker, and top-k with reasons.
+//!
+//! Candidate sources, merged and de-duplicated with the sources recorded as reason bits:
+//! - `FOLLOWS`: services that followed the subject's recent starts (transitions);
+//! - `OFTEN_TOGETHER`: services that co-occur with them;
+//! - `NEXT_IN_BUNDLE`: pending steps of a bundle the subject is in, earlier steps done;
+//! - `DEADLINE`: renewals coming due, open yearly windows, deadlines after a life event;
+//! - `REPEAT`: services the subject already used (renewals, monthly claims);
+//! - `POPULAR_IN_SEGMENT`: the segment's most used services (the cold-start fallback).
+//!
+//! Rules: drop the caller's `exclude` list, audience mismatches, completed non-repeatable
+//! services, other categories when one is asked for. The non-personalised mode ranks by segment
+//! popularity only (PIPL art. 24: an easy way to refuse personalisation).
+
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tongban_features::catalogue::{Audience, Catalogue, Deadline, Stage};
+use tongban_features::domain::SubjectKind;
+use tongban_features::io::{EventLog, SEGMENTS};
+use tongban_features::profile::{BundleIndex, Profile, ProfileBuilder, ProfileContext, ProfileParams};
+use tongban_features::stats::{ItemStats, StatsParams};
+use tongban_features::vector::{Extractor, Scratch, WIDTH};
+
+use crate::ranker::{Ranker, RankerError, RankerParams, TrainingSet};
+
+/// Reason bits of a suggestion.
+pub mod reason {
+    pub const FOLLOWS: u8 = 1;
+    pub const OFTEN_TOGETHER: u8 = 2;
+    pub const NEXT_IN_BUNDLE: u8 = 4;
+    pub const DEADLINE: u8 = 8;
+    pub const REPEAT: u8 = 16;
+    pub const POPULAR_IN_SEGMENT: u8 = 32;
+    /// Stable codes, in bit order.
+    pub const CODES: [&str; 6] =
+        ["FOLLOWS", "OFTEN_TOGETHER", "NEXT_IN_BUNDLE", "DEADLINE", "REPEAT", "POPULAR_IN_SEGMENT"];
+
+    /// The codes of a bit set.
+    pub fn codes(bits: u8) -> impl Iterator<Item = &'static str> {
+        CODES.iter().enumerate().filter(move |(i, _)| bits & (1 << i) != 0).map(|(_, c)| *c)
+    }
+}
+
+/// All model hyperparameters (profile, statistics, candidates, ranker).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelParams {
+    pub max_events: usize,
+    pub max_services: usize,
+    pub half_life_days: f32,
+    pub cooc_window_days: f32,
+    pub recent_days: f32,
+    /// Candidates kept from the transition and co-occurrence sources (by their summed scores).
+    pub neighbours: usize,
+    /// Popular services per segment used as fallback candidates.
+    pub popular: usize,
+    pub ranker: RankerParams,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        ModelParams {
+            max_events: 64,
+            max_services: 128,
+            half_life_days: 90.0,
+            cooc_window_days: 30.0,
+            recent_days: 90.0,
+            neighbours: 200,
+            popular: 50,
+            ranker: RankerParams::default(),
+        }
+    }
+}
+
+impl ModelParams {
+    pub fn profile(&self) -> ProfileParams {
+        ProfileParams {
+            max_events: self.max_events,
+            max_services: self.max_services,
+            half_life_days: self.half_life_days,
+        }
+    }
+    pub fn stats(&self) -> StatsParams {
+        StatsParams { cooc_window_days: self.cooc_window_days, recent_days: self.recent_days, segments: SEGMENTS }
+    }
+}
+
+/// Why a model could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid profile parameters: {0}")]
+    Profile(#[from] tongban_features::profile::ProfileError),
+    #[error(transparent)]
+    Ranker(#[from] RankerError),
+    #[error("neighbours and popular must be at least 1")]
+    Candidates,
+}
+
+/// What the caller asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'r> {
+    pub k: usize,
+    /// Services never to suggest, sorted.
+    pub exclude: &'r [u32],
+    pub personalised: bool,
+    pub category: Option<Stage>,
+    /// Person or enterprise; inferred from the profile's segment when `None`.
+    pub audience: Option<SubjectKind>,
+}
+
+impl Default for Request<'_> {
+    fn default() -> Self {
+        Request { k: 10, exclude: &[], personalised: true, category: None, audience: None }
+    }
+}
+
+/// One suggestion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Suggestion {
+    pub service: u32,
+    pub score: f32,
+    pub reasons: u8,
+}
+
+/// Reusable buffers of one scoring thread.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreScratch {
+    features: Scratch,
+    cands: Vec<u32>,
+    src: Vec<u8>,
+    /// `mark[s] == epoch` when `s` is already a candidate (no clearing between calls).
+    mark: Vec<u32>,
+    epoch: u32,
+    feats: Vec<f32>,
+    scores: Vec<f32>,
+    order: Vec<(f32, u32)>,
+}
+
+impl ScoreScratch {
+    pub fn new(services: usize) -> ScoreScratch {
+        ScoreScratch { features: Scratch::new(services), mark: vec![0; services], ..ScoreScratch::default() }
+    }
+
+    fn begin(&mut self, services: usize) {
+        if self.mark.len() != services {
+            self.mark = vec![0; services];
+            self.epoch = 0;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.mark.iter_mut().for_each(|m| *m = 0);
+            self.epoch = 1;
+        }
+        self.cands.clear();
+        self.src.clear();
+    }
+
+    fn add(&mut self, s: u32, bits: u8) {
+        let Some(m) = self.mark.get_mut(s as usize) else { return };
+        if *m == self.epoch {
+            if let Some(i) = self.cands.iter().rposition(|&c| c == s) {
+                self.src[i] |= bits;
+            }
+        } else {
+            *m = self.epoch;
+            self.cands.push(s);
+            self.src.push(bits);
+        }
+    }
+
+    /// The candidates and scores of the last [`Model::score_candidates`] call.
+    pub fn scored(&self) -> (&[u32], &[f32], &[u8]) {
+        (&self.cands, &self.scores, &self.src)
+    }
+}
+
+/// A trained model: item statistics, the feature extractor, the ranker.
+#[derive(Debug, Clone)]
+pub struct Model {
+    extractor: Extractor,
+    ranker: Ranker,
+    services: Arc<Vec<String>>,
+    /// Per segment (0 = overall) the most used services, best first.
+    popular: Vec<Vec<u32>>,
+    /// Services with a yearly window (catalogue only).
+    yearly: Vec<u32>,
+    params: ModelParams,
+}
+
+fn audience_of(segment: u16) -> Option<SubjectKind> {
+    match segment {
+        1..=10 => Some(SubjectKind::Person),
+        11..=13 => Some(SubjectKind::Enterprise),
+        _ => None,
+    }
+}
+
+impl Model {
+    /// Statistics from `log` (sorted; with catalogue indices when a catalogue is given) at
+    /// `now`, with a given ranker.
+    pub fn build(
+        log: &EventLog,
+        segments: &[u16],
+        catalogue: Option<Arc<Catalogue>>,
+        params: &ModelParams,
+        now: i64,
+        ranker: Ranker,
+    ) -> Result<Model, ModelError> {
+        params.profile().check()?;
+        params.ranker.check()?;
+        if params.neighbours == 0 || params.popular == 0 {
+            return Err(ModelError::Candidates);
+        }
+        let stats = ItemStats::build(log, segments, now, &params.stats());
+        let services: Vec<String> = (0..log.services.len() as u32).map(|s| log.services.name(s).to_owned()).collect();
+        Ok(Model::from_parts(stats, catalogue, ranker, services, *params))
+    }
+
+    /// Assembles a model from its parts (used when loading an artifact).
+    pub fn from_parts(
+        stats: ItemStats,
+        catalogue: Option<Arc<Catalogue>>,
+        ranker: Ranker,
+        services: Vec<String>,
+        params: ModelParams,
+    ) -> Model {
+        let n = stats.services();
+        let mut popular = Vec::with_capacity(SEGMENTS);
+        for seg in 0..SEGMENTS as u16 {
+            let mut all: Vec<(f32, u32)> = (0..n as u32)
+                .map(|s| (if seg == 0 { stats.pop(s) as f32 } else { stats.segment_share(seg, s) }, s))
+                .filter(|x| x.0 > 0.0)
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            popular.push(all.into_iter().take(params.popular).map(|x| x.1).collect());
+        }
+        let yearly = catalogue
+            .as_ref()
+            .map(|c| {
+                (0..c.services().len().min(n) as u32)
+                    .filter(|&s| matches!(c.service(s).deadline, Some(Deadline::YearlyWindow { .. })))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Model {
+            extractor: Extractor::new(Arc::new(stats), catalogue),
+            ranker,
+            services: Arc::new(services),
+            popular,
+            yearly,
+            params,
+        }
+    }
+
+    pub fn with_ranker(mut self, ranker: Ranker) -> Model {
+        self.ranker = ranker;
+        self
+    }
+
+    pub fn ranker(&self) -> &Ranker {
+        &self.ranker
+    }
+    pub fn params(&self) -> &ModelParams {
+        &self.params
+    }
+    pub fn stats(&self) -> &ItemStats {
+        self.extractor.stats()
+    }
+    pub fn catalogue(&self) -> Option<&Catalogue> {
+        self.extractor.catalogue()
+    }
+    pub fn services(&self) -> &[String] {
+        &self.services
+    }
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+    /// Service index of an id.
+    pub fn lookup(&self, id: &str) -> Option<u32> {
+        match self.catalogue() {
+            Some(c) => c.lookup(id),
+            None => self.services.iter().position(|s| s == id).map(|i| i as u32),
+        }
+    }
+
+    /// The profile context matching this model (bundle index from its catalogue).
+    pub fn profile_context(&self) -> ProfileContext {
+        ProfileContext {
+            params: self.params.profile(),
+            bundles: self.catalogue().map(BundleIndex::new).unwrap_or_default(),
+        }
+    }
+
+    pub fn scratch(&self) -> ScoreScratch {
+        ScoreScratch::new(self.service_count())
+    }
+
+    /// Gathers candidates, computes their features and scores; results in `scratch.scored()`.
+    pub fn score_candidates(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) {
+        let n = self.service_count();
+        scratch.begin(n);
+        let seg = profile.segment();
+        if req.personalised {
+            let prep = self.extractor.prepare(profile, now, &mut scratch.features);
+            self.personal_sources(profile, now, scratch);
+            let pop_bits = reason::POPULAR_IN_SEGMENT;
+            for list in [&self.popular[seg as usize % self.popular.len()], &self.popular[0]] {
+                for &s in list.iter().take(self.params.popular) {
+                    scratch.add(s, pop_bits);
+                }
+            }
+            self.apply_rules(profile, req, scratch);
+            let ScoreScratch { features, cands, feats, scores, .. } = scratch;
+            feats.resize(cands.len() * WIDTH, 0.0);
+            self.extractor.extract(profile, &prep, features, cands, feats);
+            scores.clear();
+            scores.extend(feats.chunks_exact(WIDTH).map(|row| self.ranker.score(row)));
+        } else {
+            for list in [&self.popular[seg as usize % self.popular.len()], &self.popular[0]] {
+                for &s in list {
+                    scratch.add(s, reason::POPULAR_IN_SEGMENT);
+                }
+            }
+            self.apply_rules(profile, req, scratch);
+            let st = self.stats();
+            let ScoreScratch { cands, scores, .. } = scratch;
+            scores.clear();
+            scores.extend(cands.iter().map(|&s| st.segment_share(seg, s) + 1e-9 * st.pop(s) as f32));
+        }
+    }
+
+    fn personal_sources(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
+        // Transition and co-occurrence neighbours, best `neighbours` by their summed scores.
+        let touched = scratch.features.touched().to_vec();
+        let mut ranked: Vec<(f32, u32)> = touched
+            .iter()
+            .map(|&s| {
+                let a = scratch.features.acc(s);
+                (a[0] + a[1] + a[2] + a[3], s)
+            })
+            .collect();
+        let keep = self.params.neighbours.min(ranked.len());
+        if keep < ranked.len() {
+            ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            ranked.truncate(keep);
+        }
+        for &(_, s) in &ranked {
+            let a = scratch.features.acc(s);
+            let bits = if a[0] + a[1] + a[2] > 0.0 { reason::FOLLOWS } else { 0 }
+                | if a[3] > 0.0 { reason::OFTEN_TOGETHER } else { 0 };
+            scratch.add(s, bits);
+        }
+        for c in profile.services() {
+            if c.starts > 0 {
+                scratch.add(c.service, reason::REPEAT);
+            }
+        }
+        let Some(cat) = self.catalogue() else { return };
+        for pb in profile.bundles() {
+            if now - pb.last_at() > 365 * 86_400 {
+                continue;
+            }
+            let b = &cat.bundles()[pb.bundle as usize];
+            for (k, st) in b.steps.iter().enumerate() {
+                if pb.done(k as u16).is_none() && st.after.iter().all(|&a| pb.done(a).is_some()) {
+                    scratch.add(st.service, reason::NEXT_IN_BUNDLE);
+                }
+            }
+        }
+        for c in profile.services() {
+            if c.starts > 0 && matches!(cat.service(c.service).deadline, Some(Deadline::BeforeExpiry { .. })) {
+                scratch.add(c.service, reason::DEADLINE);
+            }
+        }
+        for &s in &self.yearly {
+            scratch.add(s, reason::DEADLINE);
+        }
+    }
+
+    fn apply_rules(&self, profile: &Profile, req: &Request<'_>, scratch: &mut ScoreScratch) {
+        let audience = req.audience.or_else(|| audience_of(profile.segment()));
+        let cat = self.catalogue();
+        let keep = |s: u32| {
+            if req.exclude.binary_search(&s).is_ok() {
+                return false;
+            }
+            let Some(cat) = cat else { return true };
+            let Some(svc) = cat.services().get(s as usize) else { return true };
+            if let Some(a) = audience {
+                if !svc.audience.admits(a) {
+                    return false;
+                }
+            } else if svc.audience == Audience::Enterprise {
+                // An unknown subject is most likely a person on a portal.
+                return false;
+            }
+            if req.category.is_some_and(|c| c != svc.category) {
+                return false;
+            }
+            !(!svc.repeatable && profile.count(s).is_some_and(|c| c.completed > 0))
+        };
+        let mut w = 0;
+        for i in 0..scratch.cands.len() {
+            let s = scratch.cands[i];
+            if keep(s) {
+                scratch.cands[w] = s;
+                scratch.src[w] = scratch.src[i];
+                w += 1;
+            }
+        }
+        scratch.cands.truncate(w);
+        scratch.src.truncate(w);
+    }
+
+    /// Top-k suggestions with scores and reasons.
+    pub fn recommend(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) -> Vec<Suggestion> {
+        self.score_candidates(profile, req, now, scratch);
+        let ScoreScratch { cands, scores, src, order, feats, .. } = scratch;
+        order.clear();
+        order.extend(scores.iter().copied().zip(0..cands.len() as u32));
+        let k = req.k.min(order.len());
+        let by_score = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_score);
+            order.truncate(k);
+        }
+        order.sort_by(by_score);
+        order
+            .iter()
+            .map(|&(score, i)| {
+                let i = i as usize;
+                let mut reasons = src[i];
+                // Keep only the reasons the features bear out.
+                if req.personalised && feats.len() >= (i + 1) * WIDTH {
+                    let f = &feats[i * WIDTH..(i + 1) * WIDTH];
+                    if f[7] == 0.0 {
+                        reasons &= !reason::NEXT_IN_BUNDLE;
+                    }
+                    if f[11] == 0.0 {
+                        reasons &= !reason::DEADLINE;
+                    }
+                }
+                Suggestion { service: cands[i], score, reasons }
+            })
+            .collect()
+    }
+
+    /// Learns the ranker from cases: each a subject's profile (built from the log this model's
+    /// statistics came from) and the service it started next. `exclude_history` removes the
+    /// subject's own services from the candidates (the masked protocol).
+    pub fn train(&self, profiles: &[Profile], cases: &[Case], exclude_history: bool) -> Result<Ranker, ModelError> {
+        use rayon::prelude::*;
+        let p = self.params.ranker.check()?;
+        let mut cases = cases.to_vec();
+        let mut rng = ChaCha8Rng::seed_from_u64(p.get().seed);
+        if cases.len() > p.get().max_cases {
+            cases.shuffle(&mut rng);
+            cases.truncate(p.get().max_cases);
+        }
+        let negatives = p.get().negatives;
+        let sets: Vec<TrainingSet> = cases
+            .par_chunks(512)
+            .map_init(
+                || self.scratch(),
+                |scratch, chunk| {
+                    let mut set = TrainingSet::default();
+                    let mut exclude = Vec::new();
+                    for case in chunk {
+                        let profile = &profiles[case.subject as usize];
+                        exclude.clear();
+                        if exclude_history {
+                            exclude.extend(profile.services().iter().filter(|c| c.starts > 0).map(|c| c.service));
+                        }
+                        let req = Request { k: usize::MAX, exclude: &exclude, ..Request::default() };
+                        self.score_candidates(profile, &req, case.now, scratch);
+                        let (cands, _, _) = scratch.scored();
+                        let Some(pos) = cands.iter().position(|&c| c == case.target) else { continue };
+                        if cands.len() < 2 {
+                            continue;
+                        }
+                        set.push(&scratch.feats[pos * WIDTH..(pos + 1) * WIDTH], true);
+                        // Seeded per case, so the sample does not depend on the thread.
+                        let mut r = ChaCha8Rng::seed_from_u64(p.get().seed ^ u64::from(case.subject) << 20 ^ u64::from(case.target));
+                        let mut idx: Vec<usize> = (0..cands.len()).filter(|&i| i != pos).collect();
+                        let (chosen, _) = idx.partial_shuffle(&mut r, negatives);
+                        for &i in chosen.iter() {
+                            set.push(&scratch.feats[i * WIDTH..(i + 1) * WIDTH], false);
+                        }
+                    }
+                    set
+                },
+            )
+            .collect();
+        let mut all = TrainingSet::default();
+        for s in sets {
+            all.extend(s);
+        }
+        Ok(Ranker::fit(&all, &p)?)
+    }
+
+    /// Profiles of every subject of `log` with this model's context.
+    pub fn profiles(&self, log: &EventLog, segments: &[u16]) -> Vec<Profile> {
+        ProfileBuilder::new(&self.profile_context()).build(log, segments)
+    }
+}
+
+/// One training case: subject index, the service it started next, the time to score at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Case {
+    pub subject: u32,
+    pub target: u32,
+    pub now: i64,
+}
