@@ -43,8 +43,12 @@ enum Command {
     Inspect(InspectArgs),
     /// Show one subject's profile: recent events, bundle progress and top candidate features.
     Profile(ProfileArgs),
+    /// Train a model on an event log and write the model file.
+    Train(model_cli::TrainArgs),
     /// Evaluate the model beside the baselines (popularity, Markov, item-kNN) and the oracle.
     Eval(model_cli::EvalArgs),
+    /// Random search of model parameters on the validation split; writes the best and the log.
+    Tune(model_cli::TuneArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,7 +216,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(&args),
         Command::Inspect(args) => inspect(&args),
         Command::Profile(args) => profile::run(&args),
+        Command::Train(args) => model_cli::train(&args),
         Command::Eval(args) => model_cli::eval(&args),
+        Command::Tune(args) => model_cli::tune(&args),
     };
     match result {
         Ok(code) => code,

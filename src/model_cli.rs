@@ -40,7 +40,9 @@ pub struct Data {
 impl DataArgs {
     pub fn load(&self) -> Result<Data> {
         let catalogue = match &self.catalogue {
-            Some(p) => Some(Arc::new(Catalogue::load(p).with_context(|| format!("loading the catalogue {}", p.display()))?)),
+            Some(p) => {
+                Some(Arc::new(Catalogue::load(p).with_context(|| format!("loading the catalogue {}", p.display()))?))
+            }
             None => None,
         };
         let Some(format) = LogFormat::from_name(&self.log.format, &self.log.events) else {
@@ -90,8 +92,24 @@ pub struct EvalArgs {
     /// Write report.md and report.html into this folder.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Evaluate this model file instead of training on the training part.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Model parameters (JSON, as written by `tongban tune`) for the model trained here.
+    #[arg(long)]
+    pub params: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Reads model parameters from a JSON file (the `params` of `tongban tune`'s output, or a
+/// bare parameter object).
+pub fn read_params(path: Option<&Path>) -> Result<ModelParams> {
+    let Some(path) = path else { return Ok(ModelParams::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let p = v.get("best").and_then(|b| b.get("params")).unwrap_or(&v);
+    serde_json::from_value(p.clone()).with_context(|| format!("{}: expected model parameters", path.display()))
 }
 
 fn read_truth(path: &Path, log: &mut EventLog) -> Result<Truth> {
@@ -129,7 +147,9 @@ fn read_negatives(path: &Path, log: &EventLog) -> Result<HashMap<u32, Vec<u32>>>
             bail!("{}:{}: unknown user {user:?}", path.display(), i + 1);
         };
         let items: Result<Vec<u32>> = f
-            .map(|it| log.services.get(it).with_context(|| format!("{}:{}: unknown item {it:?}", path.display(), i + 1)))
+            .map(|it| {
+                log.services.get(it).with_context(|| format!("{}:{}: unknown item {it:?}", path.display(), i + 1))
+            })
             .collect();
         map.insert(u, items?);
     }
@@ -172,12 +192,26 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut data = args.data.load()?;
     let protocol = protocol(args, &mut data)?;
+    let loaded = match &args.model {
+        Some(p) => {
+            let (m, h) = tongban_model::artifact::load(p, data.catalogue.clone())?;
+            if h.data.fingerprint == sha256_file(&args.data.log.events)? {
+                eprintln!(
+                    "note: {} was trained on this very file, test targets included: its figures are optimistic. \
+                     Leave out --model to train on the training part only.",
+                    p.display()
+                );
+            }
+            Some(m)
+        }
+        None => None,
+    };
     let input = EvalInput {
         log: &data.log,
         segments: &data.segments,
         catalogue: data.catalogue.clone(),
-        params: ModelParams::default(),
-        model: None,
+        params: read_params(args.params.as_deref())?,
+        model: loaded.as_ref(),
         ks: args.k.clone(),
         seed: args.seed,
     };
@@ -196,7 +230,12 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
 }
 
 pub fn print_table(r: &EvalReport) {
-    println!("protocol: {}; {} services; {} cases", r.protocol, r.services, r.scorers.first().map_or(0, |s| s.metrics.cases));
+    println!(
+        "protocol: {}; {} services; {} cases",
+        r.protocol,
+        r.services,
+        r.scorers.first().map_or(0, |s| s.metrics.cases)
+    );
     let mut head = format!("{:<12}", "scorer");
     for k in &r.ks {
         head += &format!(" {:>8} {:>8}", format!("HR@{k}"), format!("NDCG@{k}"));
@@ -212,4 +251,171 @@ pub fn print_table(r: &EvalReport) {
         println!("{line}");
     }
     println!("ties: {}", r.tie_rule);
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the model file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model parameters (JSON from `tongban tune`).
+    #[arg(long)]
+    pub params: Option<PathBuf>,
+    /// Timed (native, tsv) logs: the ranker learns the first start within this many days after
+    /// internal cut-offs.
+    #[arg(long, default_value_t = 90)]
+    pub horizon_days: u32,
+    /// Sequence logs (pairs, lines): leave the subject's own services out of the candidates.
+    #[arg(long)]
+    pub mask_history: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    Timestamp(secs).to_string()
+}
+
+pub fn train(args: &TrainArgs) -> Result<ExitCode> {
+    use tongban_model::eval::TrainStyle;
+    let started = std::time::Instant::now();
+    let params = read_params(args.params.as_deref())?;
+    let data = args.data.load()?;
+    let loaded = started.elapsed().as_secs_f64();
+    eprintln!(
+        "read {} events of {} subjects, {} services ({loaded:.1} s); training",
+        data.log.events.len(),
+        data.log.subjects.len(),
+        data.log.services.len()
+    );
+    let style = match data.format {
+        LogFormat::Pairs | LogFormat::Lines => TrainStyle::LastItem { exclude_history: args.mask_history },
+        _ => TrainStyle::Temporal { horizon_days: args.horizon_days },
+    };
+    let model = tongban_model::eval::train(&data.log, &data.segments, data.catalogue.clone(), &params, style)?;
+    let info = tongban_model::artifact::DataInfo {
+        source: args.data.log.events.display().to_string(),
+        fingerprint: sha256_file(&args.data.log.events)?,
+        events: data.log.events.len() as u64,
+        subjects: data.log.subjects.len() as u64,
+        services: data.log.services.len() as u64,
+    };
+    let header = tongban_model::artifact::header_for(&model, info, None, now_rfc3339());
+    tongban_model::artifact::save(&args.out, &model, &header)?;
+    let secs = started.elapsed().as_secs_f64();
+    let size = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+    if args.json {
+        print_json(
+            &json!({ "out": args.out, "header": header, "bytes": size, "seconds": secs, "read_seconds": loaded }),
+        )?;
+    } else {
+        eprintln!("wrote {} ({} bytes) in {secs:.1} s", args.out.display(), size);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// Random-search trials.
+    #[arg(long, default_value_t = 12)]
+    pub trials: usize,
+    /// Where to write the best parameters and the search log (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Random search on the validation split: the test targets (loo) or the future log (temporal)
+/// are removed first, so the search never sees them.
+pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
+    use rand::{Rng, SeedableRng};
+    let ev = &args.eval;
+    let mut data = ev.data.load()?;
+    // The validation task: the same protocol one step earlier.
+    let (log, protocol) = match ev.protocol.as_str() {
+        "temporal" => {
+            let now = data.log.events.iter().map(|e| e.at.0).max().unwrap_or(0) + 1;
+            let horizon = 90 * 86_400;
+            let mut before = data.log.empty_like();
+            let mut after = data.log.empty_like();
+            for e in &data.log.events {
+                if e.at.0 < now - horizon {
+                    before.events.push(*e)
+                } else {
+                    after.events.push(*e)
+                }
+            }
+            (before, Protocol::Temporal { future: after, truth: None })
+        }
+        _ => {
+            let p = protocol(ev, &mut data)?;
+            (tongban_model::eval::split_last(&data.log, 1).0, p)
+        }
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ev.seed);
+    let mut trials = Vec::new();
+    let mut best: Option<(f64, ModelParams)> = None;
+    let metric_k = if ev.k.contains(&10) { 10 } else { ev.k[0] };
+    for t in 0..args.trials {
+        let mut p = ModelParams::default();
+        if t > 0 {
+            p.ranker.alpha = 10f64.powf(rng.gen_range(-5.0..-0.5));
+            p.ranker.negatives = rng.gen_range(5..=50);
+            p.neighbours = [50, 100, 200, 400][rng.gen_range(0..4)];
+            p.cooc_window_days = [7.0, 30.0, 90.0, 365.0][rng.gen_range(0..4)];
+            p.max_events = [16, 32, 64, 128][rng.gen_range(0..4)];
+        }
+        let input = EvalInput {
+            log: &log,
+            segments: &data.segments,
+            catalogue: data.catalogue.clone(),
+            params: p,
+            model: None,
+            ks: vec![metric_k],
+            seed: ev.seed,
+        };
+        let started = std::time::Instant::now();
+        let report = evaluate(&input, &protocol)?;
+        let m = &report.scorer("tongban").expect("the model is always scored").metrics;
+        let (hr, ndcg) = (m.hr[0].1, m.ndcg[0].1);
+        eprintln!(
+            "trial {t}: HR@{metric_k} {hr:.4} NDCG@{metric_k} {ndcg:.4} ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        trials.push(json!({ "trial": t, "params": p, "hr": hr, "ndcg": ndcg }));
+        if best.as_ref().is_none_or(|b| ndcg > b.0) {
+            best = Some((ndcg, p));
+        }
+    }
+    let (score, params) = best.expect("at least one trial");
+    let out = json!({
+        "protocol": ev.protocol,
+        "objective": format!("NDCG@{metric_k} on the validation split (test targets removed)"),
+        "best": { "params": params, "ndcg": score },
+        "trials": trials,
+    });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("best NDCG@{metric_k} {score:.4}; parameters and search log in {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
 }

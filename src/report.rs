@@ -7,7 +7,14 @@ use anyhow::{Context, Result};
 use tongban_model::eval::EvalReport;
 
 fn markdown(r: &EvalReport, source: &Path) -> String {
-    let mut md = format!("# Evaluation\n\n- data: `{}`\n- protocol: {}\n- services ranked: {}\n- cases: {}\n- ties: {}\n\n", source.display(), r.protocol, r.services, r.scorers.first().map_or(0, |s| s.metrics.cases), r.tie_rule);
+    let mut md = format!(
+        "# Evaluation\n\n- data: `{}`\n- protocol: {}\n- services ranked: {}\n- cases: {}\n- ties: {}\n\n",
+        source.display(),
+        r.protocol,
+        r.services,
+        r.scorers.first().map_or(0, |s| s.metrics.cases),
+        r.tie_rule
+    );
     md += "| scorer |";
     for k in &r.ks {
         let _ = write!(md, " HR@{k} | NDCG@{k} |");
@@ -22,7 +29,8 @@ fn markdown(r: &EvalReport, source: &Path) -> String {
         }
         let _ = writeln!(md, " {:.4} | {:.3} |", s.metrics.mrr, s.metrics.coverage);
     }
-    let segs: Vec<&String> = r.scorers.first().map(|s| s.per_segment.iter().map(|p| &p.0).collect()).unwrap_or_default();
+    let segs: Vec<&String> =
+        r.scorers.first().map(|s| s.per_segment.iter().map(|p| &p.0).collect()).unwrap_or_default();
     if segs.len() > 1 {
         let k = r.ks.iter().copied().find(|&k| k == 5).unwrap_or(r.ks[0]);
         let ki = r.ks.iter().position(|&x| x == k).unwrap_or(0);
@@ -74,13 +82,26 @@ fn svg(r: &EvalReport, title: &str, pick: impl Fn(&tongban_model::eval::Metrics)
             let v = pick(&s.metrics)[ki];
             let y = y0 + si as f64 * bar;
             let w = v / max * plot;
-            let _ = write!(out, "<rect x='70' y='{y}' width='{w:.1}' height='{}' fill='{}'/><text x='{:.1}' y='{}'>{v:.4}</text>", bar - 2.0, colours[si % colours.len()], 74.0 + w, y + bar - 4.0);
+            let _ = write!(
+                out,
+                "<rect x='70' y='{y}' width='{w:.1}' height='{}' fill='{}'/><text x='{:.1}' y='{}'>{v:.4}</text>",
+                bar - 2.0,
+                colours[si % colours.len()],
+                74.0 + w,
+                y + bar - 4.0
+            );
         }
     }
     let ly = 30.0 + group * r.ks.len() as f64;
     for (si, s) in r.scorers.iter().enumerate() {
         let y = ly + si as f64 * 18.0;
-        let _ = write!(out, "<rect x='70' y='{y}' width='12' height='12' fill='{}'/><text x='88' y='{}'>{}</text>", colours[si % colours.len()], y + 10.0, s.name);
+        let _ = write!(
+            out,
+            "<rect x='70' y='{y}' width='12' height='12' fill='{}'/><text x='88' y='{}'>{}</text>",
+            colours[si % colours.len()],
+            y + 10.0,
+            s.name
+        );
     }
     out + "</svg>"
 }
@@ -92,7 +113,8 @@ fn escape(s: &str) -> String {
 pub fn write(dir: &Path, r: &EvalReport, source: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let md = markdown(r, source);
-    std::fs::write(dir.join("report.md"), &md).with_context(|| format!("writing {}", dir.join("report.md").display()))?;
+    std::fs::write(dir.join("report.md"), &md)
+        .with_context(|| format!("writing {}", dir.join("report.md").display()))?;
     let hr = svg(r, "HR@k", |m| m.hr.iter().map(|x| x.1).collect());
     let ndcg = svg(r, "NDCG@k", |m| m.ndcg.iter().map(|x| x.1).collect());
     let html = format!(
@@ -101,6 +123,7 @@ pub fn write(dir: &Path, r: &EvalReport, source: &Path) -> Result<()> {
          <body><h1>tongban evaluation</h1>{hr}{ndcg}<h2>Tables</h2><pre>{}</pre></body></html>\n",
         escape(&md)
     );
-    std::fs::write(dir.join("report.html"), html).with_context(|| format!("writing {}", dir.join("report.html").display()))?;
+    std::fs::write(dir.join("report.html"), html)
+        .with_context(|| format!("writing {}", dir.join("report.html").display()))?;
     Ok(())
 }

@@ -162,7 +162,12 @@ impl EventLog {
     /// A log with the same subjects and services (and closedness) but no events: for subsets
     /// and for reading a second file with the same indices.
     pub fn empty_like(&self) -> EventLog {
-        EventLog { subjects: self.subjects.clone(), services: self.services.clone(), events: Vec::new(), closed: self.closed }
+        EventLog {
+            subjects: self.subjects.clone(),
+            services: self.services.clone(),
+            events: Vec::new(),
+            closed: self.closed,
+        }
     }
 
     fn service(&mut self, id: &str) -> Result<u32, String> {

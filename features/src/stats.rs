@@ -108,6 +108,7 @@ struct Partial {
     pop: Vec<u32>,
     pop_segment: Vec<u32>,
     pop_recent: Vec<u32>,
+    pop_season: Vec<u32>,
     trans1: FxHashMap<(u32, u32), u32>,
     trans2: FxHashMap<(u64, u32), u32>,
     cooc: FxHashMap<(u32, u32), u32>,
@@ -117,9 +118,12 @@ struct Partial {
 
 impl Partial {
     fn merge(mut self, o: Partial) -> Partial {
-        for (a, b) in
-            [(&mut self.pop, o.pop), (&mut self.pop_segment, o.pop_segment), (&mut self.pop_recent, o.pop_recent)]
-        {
+        for (a, b) in [
+            (&mut self.pop, o.pop),
+            (&mut self.pop_segment, o.pop_segment),
+            (&mut self.pop_recent, o.pop_recent),
+            (&mut self.pop_season, o.pop_season),
+        ] {
             for (x, y) in a.iter_mut().zip(b) {
                 *x += y;
             }
@@ -172,6 +176,10 @@ pub struct ItemStats {
     pop_segment: Vec<u32>,
     segment_totals: Vec<u32>,
     pop_recent: Vec<u32>,
+    /// `segments * services`: starts in the same season one year earlier, i.e. in
+    /// `[now - 365 d, now - 365 d + recent_days)`.
+    pop_season: Vec<u32>,
+    season_totals: Vec<u32>,
     pop_max: u32,
     recent_max: u32,
     trans1: Sparse,
@@ -192,6 +200,7 @@ impl ItemStats {
         let nseg = params.segments.max(1);
         let window = (f64::from(params.cooc_window_days) * 86_400.0) as i64;
         let recent_from = now - (f64::from(params.recent_days) * 86_400.0) as i64;
+        let season = (now - 365 * 86_400, now - 365 * 86_400 + (now - recent_from));
         let p = groups
             .par_chunks(4096.max(groups.len() / 64 + 1))
             .map(|chunk| {
@@ -199,6 +208,7 @@ impl ItemStats {
                     pop: vec![0; n],
                     pop_segment: vec![0; n * nseg],
                     pop_recent: vec![0; n],
+                    pop_season: vec![0; n * nseg],
                     ..Partial::default()
                 };
                 let mut starts: Vec<(i64, u32)> = Vec::new();
@@ -206,7 +216,7 @@ impl ItemStats {
                     let seg = segments.get(evs[0].subject as usize).map_or(0, |&s| (s as usize).min(nseg - 1));
                     starts.clear();
                     starts.extend(evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| (e.at.0, e.service)));
-                    count_subject(&starts, seg, n, window, recent_from, now, &mut p);
+                    count_subject(&starts, seg, n, window, (recent_from, now), season, &mut p);
                 }
                 p
             })
@@ -215,6 +225,7 @@ impl ItemStats {
                 pop: vec![0; n],
                 pop_segment: vec![0; n * nseg],
                 pop_recent: vec![0; n],
+                pop_season: vec![0; n * nseg],
                 ..Partial::default()
             });
         let mut trans2: FxHashMap<u64, Vec<Edge>> = FxHashMap::default();
@@ -225,6 +236,7 @@ impl ItemStats {
             row.sort_unstable_by_key(|e| e.to);
         }
         let segment_totals = (0..nseg).map(|s| p.pop_segment[s * n..(s + 1) * n].iter().sum()).collect();
+        let season_totals = (0..nseg).map(|s| p.pop_season[s * n..(s + 1) * n].iter().sum()).collect();
         ItemStats {
             services: n,
             segments: nseg,
@@ -233,6 +245,8 @@ impl ItemStats {
             pop: p.pop,
             pop_segment: p.pop_segment,
             segment_totals,
+            season_totals,
+            pop_season: p.pop_season,
             pop_recent: p.pop_recent,
             trans1: Sparse::from_map(n, &p.trans1),
             trans2,
@@ -269,6 +283,16 @@ impl ItemStats {
         }
         self.pop_segment[seg * self.services + s as usize] as f32 / t as f32
     }
+    /// Share of the segment's starts that went to `s` in the same season one year earlier.
+    pub fn season_share(&self, segment: u16, s: u32) -> f32 {
+        let seg = (segment as usize).min(self.segments - 1);
+        let t = self.season_totals[seg];
+        if t == 0 || s as usize >= self.services {
+            return 0.0;
+        }
+        self.pop_season[seg * self.services + s as usize] as f32 / t as f32
+    }
+
     pub fn trans1(&self) -> &Sparse {
         &self.trans1
     }
@@ -305,16 +329,19 @@ fn count_subject(
     seg: usize,
     n: usize,
     window: i64,
-    recent_from: i64,
-    now: i64,
+    recent: (i64, i64),
+    season: (i64, i64),
     p: &mut Partial,
 ) {
     p.starts += starts.len() as u64;
     for (k, &(at, s)) in starts.iter().enumerate() {
         p.pop[s as usize] += 1;
         p.pop_segment[seg * n + s as usize] += 1;
-        if at >= recent_from && at < now {
+        if at >= recent.0 && at < recent.1 {
             p.pop_recent[s as usize] += 1;
+        }
+        if at >= season.0 && at < season.1 {
+            p.pop_season[seg * n + s as usize] += 1;
         }
         if k >= 1 {
             let (prev_at, prev) = starts[k - 1];

@@ -24,28 +24,41 @@ pub struct FeatureDef {
 }
 
 /// Version of the schema; bump on any change of order, meaning or range.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The schema, in vector order. Every value lies in `[0, 1]`.
-pub const SCHEMA: [FeatureDef; 18] = [
+pub const SCHEMA: [FeatureDef; 19] = [
     FeatureDef { name: "trans1_last", meaning: "P(candidate | last start), first-order transitions" },
     FeatureDef { name: "trans1_recent", meaning: "max over the 2nd..6th last starts s of P(candidate | s) * 0.8^age" },
     FeatureDef { name: "trans2", meaning: "P(candidate | the last two starts), second-order transitions" },
     FeatureDef { name: "cooc", meaning: "sum over the last 10 starts s of cooc(s, candidate) / pop(s), capped at 1" },
     FeatureDef { name: "pop", meaning: "log(1 + starts of candidate) / log(1 + max starts of any service)" },
-    FeatureDef { name: "pop_segment", meaning: "share of the subject's segment's starts that went to the candidate, x10 capped at 1" },
+    FeatureDef { name: "pop_segment", meaning: "sqrt of the share of the subject's segment's starts that went to the candidate" },
     FeatureDef { name: "pop_recent", meaning: "log(1 + starts in the recent window) / log(1 + max of any service)" },
-    FeatureDef { name: "bundle_next", meaning: "1 if the candidate is a pending step of a bundle the subject moved in within 365 days, its earlier steps done" },
+    FeatureDef {
+        name: "bundle_next",
+        meaning: "for a pending step of a bundle the subject moved in within 365 days: the share of its dependencies seen done (1 if none)",
+    },
     FeatureDef { name: "bundle_progress", meaning: "share of that bundle's steps done" },
     FeatureDef { name: "prereq_done", meaning: "share of the candidate's catalogue prerequisites the subject has done (1 if none)" },
-    FeatureDef { name: "delay_fit", meaning: "exp(-|ln((elapsed + 0.5) / (typical + 0.5))|): days since the step's prerequisite against its typical delay" },
-    FeatureDef { name: "deadline", meaning: "urgency of a due deadline: renewal window, yearly window, days after a life event" },
+    FeatureDef {
+        name: "delay_fit",
+        meaning: "1 while the days since the step's latest dependency are within the learned median + spread delay, then decaying; times bundle_next",
+    },
+    FeatureDef {
+        name: "deadline",
+        meaning: "urgency of a due deadline: renewal window, open yearly window (0.5-1) or one opening within 90 days (<0.3), days after a life event",
+    },
     FeatureDef { name: "done_before", meaning: "1 if the subject already started the candidate" },
     FeatureDef { name: "times_done", meaning: "log(1 + starts of the candidate by the subject) / log(17), capped at 1" },
     FeatureDef { name: "recency", meaning: "exp(-days since the subject last started the candidate / 30), 0 if never" },
     FeatureDef { name: "signal", meaning: "views, clicks, opens of the candidate, decayed with a 7-day half-life, capped at 1" },
     FeatureDef { name: "dismissed", meaning: "1 if the subject dismissed the candidate" },
     FeatureDef { name: "domain", meaning: "1 when catalogue metadata is present (the domain features are meaningful)" },
+    FeatureDef {
+        name: "pop_season",
+        meaning: "sqrt of the share of the segment's starts that went to the candidate in the same season a year earlier",
+    },
 ];
 
 /// Width of a feature vector.
@@ -139,6 +152,8 @@ pub struct Extractor {
 }
 
 const BUNDLE_ACTIVE_DAYS: i64 = 365;
+/// A yearly window opening within this many days counts as a (weak) deadline.
+const SOON_DAYS: i64 = 90;
 /// Starts of the subject whose rows are summed: the last one, five before it, ten for cooc.
 const LAST_COOC: usize = 10;
 
@@ -256,11 +271,11 @@ impl Extractor {
         row[2] = acc[2];
         row[3] = acc[3].min(1.0);
         row[4] = pop[0];
-        row[5] = (self.stats.segment_share(profile.segment(), c) * 10.0).min(1.0);
+        row[5] = self.stats.segment_share(profile.segment(), c).sqrt();
         row[6] = pop[1];
         let (next, progress, prereq, fit, deadline) = match self.catalogue.as_deref() {
             Some(cat) if (c as usize) < cat.services().len() => {
-                let (n, p, q, f) = bundle_features(cat, profile, c, now);
+                let (n, p, q, f) = bundle_features(cat, &self.stats, profile, c, now);
                 let d = match (self.rules[c as usize], prep.today) {
                     (Some(rule), Some(today)) => urgency(cat, profile, c, rule, now, today),
                     _ => 0.0,
@@ -280,11 +295,18 @@ impl Extractor {
         row[15] = signal;
         row[16] = f32::from(u8::from(mine.is_some_and(|m| m.dismissed > 0)));
         row[17] = f32::from(u8::from(self.catalogue.is_some()));
+        row[18] = self.stats.season_share(profile.segment(), c).sqrt();
     }
 }
 
 /// (bundle_next, bundle_progress, prereq_done, delay_fit) of a catalogue service.
-fn bundle_features(cat: &Catalogue, profile: &Profile, c: u32, now: i64) -> (f32, f32, f32, f32) {
+///
+/// Steps done offline never appear in the log, so a step counts as next in proportion to the
+/// share of its dependencies seen done. Its timing uses the delay learned from the log between
+/// the latest dependency seen and the step (median and spread), or the catalogue's range when
+/// the log never saw that pair: `delay_fit` is 1 until the median plus the spread has passed,
+/// then decays (a step long overdue was most likely done offline).
+fn bundle_features(cat: &Catalogue, stats: &ItemStats, profile: &Profile, c: u32, now: i64) -> (f32, f32, f32, f32) {
     let svc = cat.service(c);
     let done = |s: u32| profile.count(s).is_some_and(|m| m.needs > 0);
     let (mut next, mut progress, mut fit) = (0.0f32, 0.0f32, 0.0f32);
@@ -296,28 +318,32 @@ fn bundle_features(cat: &Catalogue, profile: &Profile, c: u32, now: i64) -> (f32
         }
         let bundle = &cat.bundles()[b as usize];
         let st = &bundle.steps[step as usize];
-        // The latest of the step's dependencies; skip the step if one is not done yet.
-        let mut base = None;
-        let mut ready = true;
+        // The latest dependency seen done, and the share of dependencies seen.
+        let mut base: Option<(i64, u16)> = None;
+        let mut seen = 0usize;
         for &a in &st.after {
-            match pb.done(a) {
-                Some(t) => base = Some(base.map_or(t, |b: i64| b.max(t))),
-                None => ready = false,
+            if let Some(t) = pb.done(a) {
+                seen += 1;
+                if base.is_none_or(|(bt, _)| t > bt) {
+                    base = Some((t, a));
+                }
             }
         }
-        if !ready {
-            continue;
-        }
-        let base = base.unwrap_or_else(|| pb.steps.iter().map(|s| s.1).min().unwrap_or(now));
-        let share = pb.steps.len() as f32 / bundle.steps.len() as f32;
-        let typical = f64::from(st.delay_days.0 + st.delay_days.1) / 2.0;
-        let elapsed = ((now - base).max(0) as f64) / DAY as f64;
-        let f = (-(((elapsed + 0.5) / (typical + 0.5)).ln().abs())).exp() as f32;
-        next = 1.0;
-        if share > progress {
-            progress = share;
-        }
-        fit = fit.max(f);
+        let ready = if st.after.is_empty() { 1.0 } else { seen as f32 / st.after.len() as f32 };
+        let (base_at, dep) = match base {
+            Some((t, a)) => (t, Some(bundle.steps[a as usize].service)),
+            None => (pb.steps.iter().map(|s| s.1).min().unwrap_or(now), None),
+        };
+        let (median, spread) = dep.and_then(|d| stats.delay(d, c)).unwrap_or_else(|| {
+            let (lo, hi) = st.delay_days;
+            (f64::from(lo + hi) / 2.0, f64::from(hi - lo) / 2.0)
+        });
+        let elapsed = ((now - base_at).max(0) as f64) / DAY as f64;
+        let due = median + spread;
+        let f = if elapsed <= due { 1.0 } else { (-(elapsed - due) / (due + 7.0)).exp() as f32 };
+        next = next.max(ready);
+        progress = progress.max(pb.steps.len() as f32 / bundle.steps.len() as f32);
+        fit = fit.max(f * ready);
     }
     let prereq = if svc.prerequisites.is_empty() {
         1.0
@@ -345,6 +371,10 @@ fn urgency(cat: &Catalogue, profile: &Profile, c: u32, rule: Rule, now: i64, tod
             let at = |(m, d): (u8, u8)| Date::new(today.year, m, d).map(|x| x.start_shanghai().0);
             let (Some(lo), Some(hi)) = (at(from), at(to)) else { return 0.0 };
             let hi = hi + DAY;
+            if now < lo && lo - now <= SOON_DAYS * DAY {
+                // The window opens soon.
+                return 0.3 * (1.0 - (lo - now) as f32 / (SOON_DAYS * DAY) as f32);
+            }
             if now < lo || now >= hi || last_start.is_some_and(|l| l >= lo) {
                 return 0.0;
             }

@@ -41,7 +41,10 @@ pub enum Protocol {
 /// Negatives of the sampled protocol.
 #[derive(Debug, Clone)]
 pub enum Negatives {
-    Sampled { count: usize, seed: u64 },
+    Sampled {
+        count: usize,
+        seed: u64,
+    },
     /// Per subject index, its negatives.
     Given(HashMap<u32, Vec<u32>>),
 }
@@ -334,7 +337,7 @@ pub fn split_last(log: &EventLog, k: usize) -> (EventLog, Vec<TestCase>) {
     let mut cases = Vec::new();
     for evs in log.by_subject() {
         let starts: Vec<usize> = (0..evs.len()).filter(|&i| is_start(evs[i].kind, evs[i].channel)).collect();
-        if starts.len() >= 3 && starts.len() >= k + 1 {
+        if starts.len() >= 3 && starts.len() > k {
             let cut = starts[starts.len() - k];
             let e = evs[cut];
             cases.push(TestCase { subject: e.subject, target: e.service, now: e.at.0 });
@@ -355,6 +358,95 @@ fn history(log: &EventLog) -> HashMap<u32, Vec<u32>> {
         h.insert(evs[0].subject, items);
     }
     h
+}
+
+/// A log the ranker learns from: its events, its cases (first starts after its end), its end.
+pub type Fit = (EventLog, Vec<TestCase>, i64);
+
+/// Fits for a log ending at `now`: the same task one horizon earlier, and in the same season
+/// one year earlier (yearly windows and seasons), when the log reaches back that far.
+pub fn temporal_fits(log: &EventLog, now: i64, horizon: i64) -> Vec<Fit> {
+    let mut fits = Vec::new();
+    for cut in [now - horizon, now - 365 * 86_400] {
+        let mut inner = log.empty_like();
+        inner.events = log.events.iter().filter(|e| e.at.0 < cut).copied().collect();
+        let cases = first_starts(&log.events, cut, cut + horizon, cut);
+        if !inner.events.is_empty() && !cases.is_empty() {
+            fits.push((inner, cases, cut));
+        }
+    }
+    fits
+}
+
+/// Learns the ranker from fits: statistics and profiles of each fit's log, its cases as
+/// positives, sampled candidates as negatives; one logistic regression over all of them.
+pub fn fit_ranker(
+    fits: &[Fit],
+    segments: &[u16],
+    catalogue: Option<Arc<Catalogue>>,
+    params: &ModelParams,
+    exclude_history: bool,
+) -> Result<Ranker, ModelError> {
+    let per_fit = (params.ranker.max_cases / fits.len().max(1)).max(10);
+    let mut set = crate::ranker::TrainingSet::default();
+    for (log, cases, now) in fits {
+        let m0 = Model::build(log, segments, catalogue.clone(), params, *now, Ranker::uniform(&[0]))?;
+        let profiles = m0.profiles(log, segments);
+        let cases: Vec<Case> =
+            cases.iter().map(|c| Case { subject: c.subject, target: c.target, now: c.now }).collect();
+        set.extend(m0.training_set(&profiles, &cases, exclude_history, per_fit)?);
+    }
+    Ok(Ranker::fit(&set, &params.ranker.check()?)?)
+}
+
+/// How `tongban train` learns from a whole log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainStyle {
+    /// Timed logs: first starts within a horizon after internal cut-offs.
+    Temporal { horizon_days: u32 },
+    /// Sequences without real time: each subject's last start.
+    LastItem { exclude_history: bool },
+}
+
+/// Trains a model on a whole log (the production path): the ranker from internal splits, the
+/// statistics from everything.
+pub fn train(
+    log: &EventLog,
+    segments: &[u16],
+    catalogue: Option<Arc<Catalogue>>,
+    params: &ModelParams,
+    style: TrainStyle,
+) -> Result<Model, ModelError> {
+    let now = max_time(&log.events) + 1;
+    let (fits, exclude) = match style {
+        TrainStyle::Temporal { horizon_days } => (temporal_fits(log, now, i64::from(horizon_days) * 86_400), false),
+        TrainStyle::LastItem { exclude_history } => {
+            let (l, c) = split_last(log, 1);
+            let n = max_time(&l.events) + 1;
+            (vec![(l, c, n)], exclude_history)
+        }
+    };
+    let ranker = fit_ranker(&fits, segments, catalogue.clone(), params, exclude)?;
+    Model::build(log, segments, catalogue, params, now, ranker)
+}
+
+/// Each subject's first start in `[from, to)`, as cases scored at `now`.
+fn first_starts(events: &[LogEvent], from: i64, to: i64, now: i64) -> Vec<TestCase> {
+    let mut first: HashMap<u32, LogEvent> = HashMap::new();
+    for e in events.iter().filter(|e| e.at.0 >= from && e.at.0 < to && is_start(e.kind, e.channel)) {
+        first
+            .entry(e.subject)
+            .and_modify(|f| {
+                if e.at < f.at {
+                    *f = *e
+                }
+            })
+            .or_insert(*e);
+    }
+    let mut cases: Vec<TestCase> =
+        first.values().map(|e| TestCase { subject: e.subject, target: e.service, now }).collect();
+    cases.sort_by_key(|c| c.subject);
+    cases
 }
 
 fn max_time(events: &[LogEvent]) -> i64 {
@@ -378,64 +470,57 @@ pub struct EvalInput<'a> {
 pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport, ModelError> {
     let log = input.log;
     let segs = input.segments;
-    let (train_log, cases, mask, now, ranker_cases): (EventLog, Vec<TestCase>, bool, i64, Option<(EventLog, Vec<TestCase>, i64)>) =
-        match protocol {
-            Protocol::LooFull { mask_history } | Protocol::LooSampled { mask_history, .. } => {
-                let (lt, ct) = split_last(log, 1);
-                let (lv, cv) = split_last(log, 2);
-                let now = max_time(&lt.events) + 1;
-                let nv = max_time(&lv.events) + 1;
-                (lt, ct, *mask_history, now, Some((lv, cv, nv)))
-            }
-            Protocol::Temporal { future, .. } => {
-                let now = max_time(&log.events) + 1;
-                let end = max_time(&future.events).max(now + 86_400);
-                let mut first: HashMap<u32, LogEvent> = HashMap::new();
-                for e in future.events.iter().filter(|e| is_start(e.kind, e.channel) && e.at.0 >= now) {
-                    first.entry(e.subject).and_modify(|f| if e.at < f.at { *f = *e }).or_insert(*e);
-                }
-                let mut cases: Vec<TestCase> =
-                    first.values().map(|e| TestCase { subject: e.subject, target: e.service, now }).collect();
-                cases.sort_by_key(|c| c.subject);
-                // The ranker learns the same task one horizon earlier, inside the training log.
-                let cut = now - (end - now);
-                let mut inner = log.empty_like();
-                inner.events = log.events.iter().filter(|e| e.at.0 < cut).copied().collect();
-                let mut firsts: HashMap<u32, LogEvent> = HashMap::new();
-                for e in log.events.iter().filter(|e| e.at.0 >= cut && is_start(e.kind, e.channel)) {
-                    firsts.entry(e.subject).or_insert(*e);
-                }
-                let mut inner_cases: Vec<TestCase> =
-                    firsts.values().map(|e| TestCase { subject: e.subject, target: e.service, now: cut }).collect();
-                inner_cases.sort_by_key(|c| c.subject);
-                let mut full = log.clone();
-                full.subjects = future.subjects.clone();
-                (full, cases, false, now, Some((inner, inner_cases, cut)))
-            }
-        };
+    // The test split, and the splits the ranker learns from (never the test targets).
+    let (train_log, cases, mask, now, fits): (EventLog, Vec<TestCase>, bool, i64, Vec<Fit>) = match protocol {
+        Protocol::LooFull { mask_history } | Protocol::LooSampled { mask_history, .. } => {
+            let (lt, ct) = split_last(log, 1);
+            let (lv, cv) = split_last(log, 2);
+            let now = max_time(&lt.events) + 1;
+            let nv = max_time(&lv.events) + 1;
+            (lt, ct, *mask_history, now, vec![(lv, cv, nv)])
+        }
+        Protocol::Temporal { future, .. } => {
+            let now = max_time(&log.events) + 1;
+            let horizon = (max_time(&future.events) - now).max(86_400);
+            let cases = first_starts(&future.events, now, now + horizon, now);
+            // The ranker learns the same task inside the training log: one horizon earlier,
+            // and in the same season one year earlier (yearly windows, seasons).
+            let fits = temporal_fits(log, now, horizon);
+            let mut full = log.clone();
+            full.subjects = future.subjects.clone();
+            (full, cases, false, now, fits)
+        }
+    };
     let mut segments = segs.to_vec();
     segments.resize(train_log.subjects.len(), 0);
 
-    let (model, trained) = match input.model {
-        Some(m) => (m.clone(), None),
+    // Baselines always use statistics of the training part; a given model keeps its own.
+    let (model, base, trained) = match input.model {
+        Some(m) => {
+            let base = Model::build(
+                &train_log,
+                &segments,
+                input.catalogue.clone(),
+                &input.params,
+                now,
+                Ranker::uniform(&[0]),
+            )?;
+            (m.clone(), Some(base), None)
+        }
         None => {
-            let (vlog, vcases, vnow) = ranker_cases.expect("every protocol defines its training cases");
-            let m0 = Model::build(&vlog, &segments, input.catalogue.clone(), &input.params, vnow, Ranker::uniform(&[0]))?;
-            let profiles = m0.profiles(&vlog, &segments);
-            let train_cases: Vec<Case> =
-                vcases.iter().map(|c| Case { subject: c.subject, target: c.target, now: c.now }).collect();
-            let ranker = m0.train(&profiles, &train_cases, mask)?;
+            let ranker = fit_ranker(&fits, &segments, input.catalogue.clone(), &input.params, mask)?;
             let m = Model::build(&train_log, &segments, input.catalogue.clone(), &input.params, now, ranker.clone())?;
-            (m, Some(ranker))
+            (m, None, Some(ranker))
         }
     };
+    let base = base.as_ref().unwrap_or(&model);
     let profiles = model.profiles(&train_log, &segments);
     let masks = if mask { Some(history(&train_log)) } else { None };
     let mut scorers: Vec<Box<dyn FullScorer>> = vec![
         Box::new(Ranked { model: &model, name: "tongban".into() }),
-        Box::new(Popularity(&model)),
-        Box::new(Markov(&model)),
-        Box::new(ItemKnn::new(&model, &train_log)),
+        Box::new(Popularity(base)),
+        Box::new(Markov(base)),
+        Box::new(ItemKnn::new(base, &train_log)),
     ];
     let truth = match protocol {
         Protocol::Temporal { truth: Some(t), .. } => Some(t),
@@ -445,7 +530,9 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
         scorers.push(Box::new(Oracle(t)));
     }
     let sampled: Option<Vec<Vec<u32>>> = match protocol {
-        Protocol::LooSampled { negatives, .. } => Some(sample_negatives(&cases, negatives, masks.as_ref(), model.service_count())),
+        Protocol::LooSampled { negatives, .. } => {
+            Some(sample_negatives(&cases, negatives, masks.as_ref(), model.service_count()))
+        }
         _ => None,
     };
     let ks = &input.ks;
@@ -524,7 +611,12 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
     })
 }
 
-fn sample_negatives(cases: &[TestCase], neg: &Negatives, masks: Option<&HashMap<u32, Vec<u32>>>, n: usize) -> Vec<Vec<u32>> {
+fn sample_negatives(
+    cases: &[TestCase],
+    neg: &Negatives,
+    masks: Option<&HashMap<u32, Vec<u32>>>,
+    n: usize,
+) -> Vec<Vec<u32>> {
     use rand::{Rng, SeedableRng};
     cases
         .iter()
@@ -537,7 +629,7 @@ fn sample_negatives(cases: &[TestCase], neg: &Negatives, masks: Option<&HashMap<
                 let want = (*count).min(n.saturating_sub(1 + hist.map_or(0, |h| h.len())));
                 while out.len() < want {
                     let s = rng.gen_range(0..n as u32);
-                    if s != c.target && !out.contains(&s) && !hist.is_some_and(|h| h.binary_search(&s).is_ok()) {
+                    if s != c.target && !out.contains(&s) && hist.is_none_or(|h| h.binary_search(&s).is_err()) {
                         out.push(s);
                     }
                 }

@@ -45,7 +45,7 @@ pub struct RankerParams {
 
 impl Default for RankerParams {
     fn default() -> Self {
-        RankerParams { alpha: 1e-3, max_iterations: 150, negatives: 30, max_cases: 60_000, seed: 7 }
+        RankerParams { alpha: 1e-3, max_iterations: 150, negatives: 20, max_cases: 20_000, seed: 7 }
     }
 }
 
@@ -138,21 +138,18 @@ impl Ranker {
         if pos == 0 || pos == set.len() {
             return Err(RankerError::NoCases);
         }
-        let x = Array2::from_shape_vec((set.len(), INPUT), set.rows.iter().map(|&v| f64::from(v)).collect())
+        let x = Array2::from_shape_vec((set.len(), INPUT), set.rows.clone())
             .map_err(|e| RankerError::Fit(e.to_string()))?;
         let y = Array1::from_vec(set.labels.clone());
         let ds = Dataset::new(x, y);
         let fitted = LogisticRegression::default()
-            .alpha(p.alpha)
+            .alpha(p.alpha as f32)
             .max_iterations(p.max_iterations)
             .fit(&ds)
             .map_err(|e| RankerError::Fit(e.to_string()))?;
         // linfa-logistic 0.8.1 names its positive class by first appearance, not by value.
-        let sign = if fitted.labels().pos.class == 1 { 1.0 } else { -1.0 };
-        Ok(Ranker {
-            weights: fitted.params().iter().map(|&w| (sign * w) as f32).collect(),
-            bias: (sign * fitted.intercept()) as f32,
-        })
+        let sign = if fitted.labels().pos.class == 1 { 1.0f32 } else { -1.0 };
+        Ok(Ranker { weights: fitted.params().iter().map(|&w| sign * w).collect(), bias: sign * fitted.intercept() })
     }
 
     /// The score of one schema vector (higher = more likely next).
@@ -199,7 +196,10 @@ mod tests {
     #[test]
     fn bad_hyperparameters_are_refused_before_fitting() {
         assert!(matches!(RankerParams { alpha: -1.0, ..RankerParams::default() }.check(), Err(RankerError::Alpha(_))));
-        assert!(matches!(RankerParams { negatives: 0, ..RankerParams::default() }.check(), Err(RankerError::Negatives(0))));
+        assert!(matches!(
+            RankerParams { negatives: 0, ..RankerParams::default() }.check(),
+            Err(RankerError::Negatives(0))
+        ));
         let set = TrainingSet::default();
         assert!(matches!(Ranker::fit(&set, &RankerParams::default().check().unwrap()), Err(RankerError::NoCases)));
     }

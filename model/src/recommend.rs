@@ -400,7 +400,7 @@ impl Model {
             if req.category.is_some_and(|c| c != svc.category) {
                 return false;
             }
-            !(!svc.repeatable && profile.count(s).is_some_and(|c| c.completed > 0))
+            svc.repeatable || profile.count(s).is_none_or(|c| c.completed == 0)
         };
         let mut w = 0;
         for i in 0..scratch.cands.len() {
@@ -416,7 +416,13 @@ impl Model {
     }
 
     /// Top-k suggestions with scores and reasons.
-    pub fn recommend(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) -> Vec<Suggestion> {
+    pub fn recommend(
+        &self,
+        profile: &Profile,
+        req: &Request<'_>,
+        now: i64,
+        scratch: &mut ScoreScratch,
+    ) -> Vec<Suggestion> {
         self.score_candidates(profile, req, now, scratch);
         let ScoreScratch { cands, scores, src, order, feats, .. } = scratch;
         order.clear();
@@ -452,13 +458,26 @@ impl Model {
     /// statistics came from) and the service it started next. `exclude_history` removes the
     /// subject's own services from the candidates (the masked protocol).
     pub fn train(&self, profiles: &[Profile], cases: &[Case], exclude_history: bool) -> Result<Ranker, ModelError> {
+        let set = self.training_set(profiles, cases, exclude_history, self.params.ranker.max_cases)?;
+        Ok(Ranker::fit(&set, &self.params.ranker.check()?)?)
+    }
+
+    /// The ranker's training rows for cases (at most `max_cases`, sampled with the seed): the
+    /// positive and sampled negatives among each case's candidates.
+    pub fn training_set(
+        &self,
+        profiles: &[Profile],
+        cases: &[Case],
+        exclude_history: bool,
+        max_cases: usize,
+    ) -> Result<TrainingSet, ModelError> {
         use rayon::prelude::*;
         let p = self.params.ranker.check()?;
         let mut cases = cases.to_vec();
         let mut rng = ChaCha8Rng::seed_from_u64(p.get().seed);
-        if cases.len() > p.get().max_cases {
+        if cases.len() > max_cases {
             cases.shuffle(&mut rng);
-            cases.truncate(p.get().max_cases);
+            cases.truncate(max_cases);
         }
         let negatives = p.get().negatives;
         let sets: Vec<TrainingSet> = cases
@@ -483,7 +502,9 @@ impl Model {
                         }
                         set.push(&scratch.feats[pos * WIDTH..(pos + 1) * WIDTH], true);
                         // Seeded per case, so the sample does not depend on the thread.
-                        let mut r = ChaCha8Rng::seed_from_u64(p.get().seed ^ u64::from(case.subject) << 20 ^ u64::from(case.target));
+                        let mut r = ChaCha8Rng::seed_from_u64(
+                            p.get().seed ^ u64::from(case.subject) << 20 ^ u64::from(case.target),
+                        );
                         let mut idx: Vec<usize> = (0..cands.len()).filter(|&i| i != pos).collect();
                         let (chosen, _) = idx.partial_shuffle(&mut r, negatives);
                         for &i in chosen.iter() {
@@ -498,7 +519,7 @@ impl Model {
         for s in sets {
             all.extend(s);
         }
-        Ok(Ranker::fit(&all, &p)?)
+        Ok(all)
     }
 
     /// Profiles of every subject of `log` with this model's context.
