@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::domain::is_start;
 use crate::io::{EventLog, LogEvent};
 
+/// Transition and co-occurrence rows keep their this many largest counts (the tail changes no
+/// top-k list and would make every subject's feature preparation slower).
+pub const ROW_KEEP: usize = 50;
+
 /// Delay histogram bins: bin 0 is under one day, bin k covers [2^(k-1), 2^k) days.
 pub const DELAY_BINS: usize = 14;
 
@@ -51,19 +55,25 @@ pub struct Sparse {
 }
 
 impl Sparse {
-    fn from_map(n: usize, map: &FxHashMap<(u32, u32), u32>) -> Sparse {
+    /// Rows from pair counts, keeping the `keep` largest counts of each row (ties: smaller
+    /// target); totals count every pair, so probabilities stay those of the full data.
+    fn from_map(n: usize, map: &FxHashMap<(u32, u32), u32>, keep: usize) -> Sparse {
         let mut pairs: Vec<(u32, u32, u32)> = map.iter().map(|(&(a, b), &c)| (a, b, c)).collect();
-        pairs.sort_unstable();
+        pairs.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.2.cmp(&x.2)).then(x.1.cmp(&y.1)));
         let mut offsets = vec![0u32; n + 1];
         let mut totals = vec![0u32; n];
-        for &(a, _, c) in &pairs {
-            offsets[a as usize + 1] += 1;
-            totals[a as usize] += c;
+        let mut edges = Vec::with_capacity(pairs.len().min(n * keep));
+        for row in pairs.chunk_by(|x, y| x.0 == y.0) {
+            let a = row[0].0 as usize;
+            totals[a] = row.iter().map(|x| x.2).sum();
+            let start = edges.len();
+            edges.extend(row.iter().take(keep).map(|&(_, to, count)| Edge { to, count }));
+            edges[start..].sort_unstable_by_key(|e| e.to);
+            offsets[a + 1] = (edges.len() - start) as u32;
         }
         for i in 0..n {
             offsets[i + 1] += offsets[i];
         }
-        let edges = pairs.into_iter().map(|(_, to, count)| Edge { to, count }).collect();
         Sparse { offsets, edges, totals }
     }
 
@@ -248,9 +258,9 @@ impl ItemStats {
             season_totals,
             pop_season: p.pop_season,
             pop_recent: p.pop_recent,
-            trans1: Sparse::from_map(n, &p.trans1),
+            trans1: Sparse::from_map(n, &p.trans1, ROW_KEEP),
             trans2,
-            cooc: Sparse::from_map(n, &p.cooc),
+            cooc: Sparse::from_map(n, &p.cooc, ROW_KEEP),
             delays: p.delays,
             starts: p.starts,
         }

@@ -81,11 +81,23 @@ pub struct Scratch {
     /// Per service: [trans1_last, trans1_recent, trans2, cooc].
     acc: Vec<[f32; 4]>,
     touched: Vec<u32>,
+    /// Per service: its index + 1 in the profile's service counts, 0 when absent.
+    mine: Vec<u16>,
+    /// Per service: [bundle_next, bundle_progress, delay_fit] of a pending bundle step.
+    bundle: Vec<[f32; 3]>,
+    /// Services whose `mine` or `bundle` entries are set.
+    marked: Vec<u32>,
 }
 
 impl Scratch {
     pub fn new(services: usize) -> Scratch {
-        Scratch { acc: vec![[0.0; 4]; services], touched: Vec::new() }
+        Scratch {
+            acc: vec![[0.0; 4]; services],
+            touched: Vec::new(),
+            mine: vec![0; services],
+            bundle: vec![[0.0; 3]; services],
+            marked: Vec::new(),
+        }
     }
 
     /// Services reached by the subject's transition and co-occurrence rows since the last
@@ -111,15 +123,30 @@ impl Scratch {
         }
     }
 
+    fn mark_bundle(&mut self, s: u32, next: f32, progress: f32, fit: f32) {
+        let Some(b) = self.bundle.get_mut(s as usize) else { return };
+        if *b == [0.0; 3] && self.mine[s as usize] == 0 {
+            self.marked.push(s);
+        }
+        b[0] = b[0].max(next);
+        b[1] = b[1].max(progress);
+        b[2] = b[2].max(fit);
+    }
+
     fn reset(&mut self, services: usize) {
         if self.acc.len() != services {
-            self.acc = vec![[0.0; 4]; services];
-        } else {
-            for &t in &self.touched {
-                self.acc[t as usize] = [0.0; 4];
-            }
+            *self = Scratch::new(services);
+            return;
+        }
+        for &t in &self.touched {
+            self.acc[t as usize] = [0.0; 4];
+        }
+        for &t in &self.marked {
+            self.mine[t as usize] = 0;
+            self.bundle[t as usize] = [0.0; 3];
         }
         self.touched.clear();
+        self.marked.clear();
     }
 }
 
@@ -155,7 +182,7 @@ const BUNDLE_ACTIVE_DAYS: i64 = 365;
 /// A yearly window opening within this many days counts as a (weak) deadline.
 const SOON_DAYS: i64 = 90;
 /// Starts of the subject whose rows are summed: the last one, five before it, ten for cooc.
-const LAST_COOC: usize = 10;
+const LAST_COOC: usize = 6;
 
 fn month_day(s: &str) -> Option<(u8, u8)> {
     Date::parse(&format!("2024-{s}")).map(|d| (d.month, d.day))
@@ -200,7 +227,17 @@ impl Extractor {
     pub fn prepare(&self, profile: &Profile, now: i64, scratch: &mut Scratch) -> Prepared {
         let st = &*self.stats;
         scratch.reset(st.services());
-        let last: Vec<u32> = profile.starts().rev().take(LAST_COOC).map(|r| r.service).collect();
+        // The last distinct services started, newest first (a repeated monthly declaration
+        // counts once).
+        let mut last: Vec<u32> = Vec::with_capacity(LAST_COOC);
+        for r in profile.starts().rev() {
+            if last.len() == LAST_COOC {
+                break;
+            }
+            if !last.contains(&r.service) {
+                last.push(r.service);
+            }
+        }
         let t1 = st.trans1();
         if let Some(&l) = last.first() {
             let t = t1.total(l);
@@ -232,6 +269,17 @@ impl Extractor {
                 scratch.add(e.to, 3, e.count as f32 / p as f32, false);
             }
         }
+        for (i, c) in profile.services().iter().enumerate() {
+            if let Some(m) = scratch.mine.get_mut(c.service as usize) {
+                *m = i as u16 + 1;
+                scratch.marked.push(c.service);
+            }
+        }
+        if let Some(cat) = self.catalogue.as_deref() {
+            pending_steps(cat, st, profile, now, |svc, next, progress, fit| {
+                scratch.mark_bundle(svc, next, progress, fit)
+            });
+        }
         let mut signals: Vec<(u32, f32)> = Vec::new();
         let h = 7.0 * DAY as f32;
         for r in profile.recent() {
@@ -259,7 +307,10 @@ impl Extractor {
         let now = prep.now;
         let acc = scratch.acc.get(c as usize).copied().unwrap_or_default();
         let pop = self.pop.get(c as usize).copied().unwrap_or_default();
-        let mine = profile.count(c);
+        let mine = match scratch.mine.get(c as usize) {
+            Some(&i) if i > 0 => profile.services().get(i as usize - 1),
+            _ => None,
+        };
         let starts = mine.map_or(0, |m| m.starts);
         let recency = match mine {
             Some(m) if m.starts > 0 => (-((now - m.last_start).max(0) as f32) / (30.0 * DAY as f32)).exp(),
@@ -275,7 +326,18 @@ impl Extractor {
         row[6] = pop[1];
         let (next, progress, prereq, fit, deadline) = match self.catalogue.as_deref() {
             Some(cat) if (c as usize) < cat.services().len() => {
-                let (n, p, q, f) = bundle_features(cat, &self.stats, profile, c, now);
+                let [n, p, f] = scratch.bundle.get(c as usize).copied().unwrap_or_default();
+                let svc = cat.service(c);
+                let q = if svc.prerequisites.is_empty() {
+                    1.0
+                } else {
+                    let done = |p: u32| {
+                        scratch.mine.get(p as usize).is_some_and(|&i| {
+                            i > 0 && profile.services().get(i as usize - 1).is_some_and(|m| m.needs > 0)
+                        })
+                    };
+                    svc.prerequisites.iter().filter(|&&p| done(p)).count() as f32 / svc.prerequisites.len() as f32
+                };
                 let d = match (self.rules[c as usize], prep.today) {
                     (Some(rule), Some(today)) => urgency(cat, profile, c, rule, now, today),
                     _ => 0.0,
@@ -299,58 +361,58 @@ impl Extractor {
     }
 }
 
-/// (bundle_next, bundle_progress, prereq_done, delay_fit) of a catalogue service.
+/// Calls `f(service, bundle_next, bundle_progress, delay_fit)` for each pending step of the
+/// bundles the subject moved in within a year.
 ///
 /// Steps done offline never appear in the log, so a step counts as next in proportion to the
 /// share of its dependencies seen done. Its timing uses the delay learned from the log between
 /// the latest dependency seen and the step (median and spread), or the catalogue's range when
 /// the log never saw that pair: `delay_fit` is 1 until the median plus the spread has passed,
 /// then decays (a step long overdue was most likely done offline).
-fn bundle_features(cat: &Catalogue, stats: &ItemStats, profile: &Profile, c: u32, now: i64) -> (f32, f32, f32, f32) {
-    let svc = cat.service(c);
-    let done = |s: u32| profile.count(s).is_some_and(|m| m.needs > 0);
-    let (mut next, mut progress, mut fit) = (0.0f32, 0.0f32, 0.0f32);
-    for &(b, step) in &svc.in_bundles {
-        let Ok(i) = profile.bundles().binary_search_by_key(&b, |p| p.bundle) else { continue };
-        let pb = &profile.bundles()[i];
-        if pb.done(step).is_some() || now - pb.last_at() > BUNDLE_ACTIVE_DAYS * DAY {
+fn pending_steps(
+    cat: &Catalogue,
+    stats: &ItemStats,
+    profile: &Profile,
+    now: i64,
+    mut f: impl FnMut(u32, f32, f32, f32),
+) {
+    for pb in profile.bundles() {
+        if now - pb.last_at() > BUNDLE_ACTIVE_DAYS * DAY {
             continue;
         }
-        let bundle = &cat.bundles()[b as usize];
-        let st = &bundle.steps[step as usize];
-        // The latest dependency seen done, and the share of dependencies seen.
-        let mut base: Option<(i64, u16)> = None;
-        let mut seen = 0usize;
-        for &a in &st.after {
-            if let Some(t) = pb.done(a) {
-                seen += 1;
-                if base.is_none_or(|(bt, _)| t > bt) {
-                    base = Some((t, a));
+        let bundle = &cat.bundles()[pb.bundle as usize];
+        let progress = pb.steps.len() as f32 / bundle.steps.len() as f32;
+        let first = pb.steps.iter().map(|s| s.1).min().unwrap_or(now);
+        for (k, st) in bundle.steps.iter().enumerate() {
+            if pb.done(k as u16).is_some() {
+                continue;
+            }
+            // The latest dependency seen done, and the share of dependencies seen.
+            let mut base: Option<(i64, u16)> = None;
+            let mut seen = 0usize;
+            for &a in &st.after {
+                if let Some(t) = pb.done(a) {
+                    seen += 1;
+                    if base.is_none_or(|(bt, _)| t > bt) {
+                        base = Some((t, a));
+                    }
                 }
             }
+            let ready = if st.after.is_empty() { 1.0 } else { seen as f32 / st.after.len() as f32 };
+            let (base_at, dep) = match base {
+                Some((t, a)) => (t, Some(bundle.steps[a as usize].service)),
+                None => (first, None),
+            };
+            let (median, spread) = dep.and_then(|d| stats.delay(d, st.service)).unwrap_or_else(|| {
+                let (lo, hi) = st.delay_days;
+                (f64::from(lo + hi) / 2.0, f64::from(hi - lo) / 2.0)
+            });
+            let elapsed = ((now - base_at).max(0) as f64) / DAY as f64;
+            let due = median + spread;
+            let fit = if elapsed <= due { 1.0 } else { (-(elapsed - due) / (due + 7.0)).exp() as f32 };
+            f(st.service, ready, progress, fit * ready);
         }
-        let ready = if st.after.is_empty() { 1.0 } else { seen as f32 / st.after.len() as f32 };
-        let (base_at, dep) = match base {
-            Some((t, a)) => (t, Some(bundle.steps[a as usize].service)),
-            None => (pb.steps.iter().map(|s| s.1).min().unwrap_or(now), None),
-        };
-        let (median, spread) = dep.and_then(|d| stats.delay(d, c)).unwrap_or_else(|| {
-            let (lo, hi) = st.delay_days;
-            (f64::from(lo + hi) / 2.0, f64::from(hi - lo) / 2.0)
-        });
-        let elapsed = ((now - base_at).max(0) as f64) / DAY as f64;
-        let due = median + spread;
-        let f = if elapsed <= due { 1.0 } else { (-(elapsed - due) / (due + 7.0)).exp() as f32 };
-        next = next.max(ready);
-        progress = progress.max(pb.steps.len() as f32 / bundle.steps.len() as f32);
-        fit = fit.max(f * ready);
     }
-    let prereq = if svc.prerequisites.is_empty() {
-        1.0
-    } else {
-        svc.prerequisites.iter().filter(|&&p| done(p)).count() as f32 / svc.prerequisites.len() as f32
-    };
-    (next, progress, prereq, fit)
 }
 
 fn urgency(cat: &Catalogue, profile: &Profile, c: u32, rule: Rule, now: i64, today: Date) -> f32 {

@@ -131,8 +131,10 @@ pub struct ScoreScratch {
     features: Scratch,
     cands: Vec<u32>,
     src: Vec<u8>,
-    /// `mark[s] == epoch` when `s` is already a candidate (no clearing between calls).
+    /// `mark[s] == epoch` when `s` is already a candidate (no clearing between calls), at
+    /// position `pos[s]`.
     mark: Vec<u32>,
+    pos: Vec<u32>,
     epoch: u32,
     feats: Vec<f32>,
     scores: Vec<f32>,
@@ -141,12 +143,18 @@ pub struct ScoreScratch {
 
 impl ScoreScratch {
     pub fn new(services: usize) -> ScoreScratch {
-        ScoreScratch { features: Scratch::new(services), mark: vec![0; services], ..ScoreScratch::default() }
+        ScoreScratch {
+            features: Scratch::new(services),
+            mark: vec![0; services],
+            pos: vec![0; services],
+            ..ScoreScratch::default()
+        }
     }
 
     fn begin(&mut self, services: usize) {
         if self.mark.len() != services {
             self.mark = vec![0; services];
+            self.pos = vec![0; services];
             self.epoch = 0;
         }
         self.epoch = self.epoch.wrapping_add(1);
@@ -161,14 +169,18 @@ impl ScoreScratch {
     fn add(&mut self, s: u32, bits: u8) {
         let Some(m) = self.mark.get_mut(s as usize) else { return };
         if *m == self.epoch {
-            if let Some(i) = self.cands.iter().rposition(|&c| c == s) {
-                self.src[i] |= bits;
-            }
+            self.src[self.pos[s as usize] as usize] |= bits;
         } else {
             *m = self.epoch;
+            self.pos[s as usize] = self.cands.len() as u32;
             self.cands.push(s);
             self.src.push(bits);
         }
+    }
+
+    /// The feature rows of the last personalised [`Model::score_candidates`] call.
+    pub fn features_of_last(&self) -> &[f32] {
+        &self.feats[..(self.cands.len() * WIDTH).min(self.feats.len())]
     }
 
     /// The candidates and scores of the last [`Model::score_candidates`] call.
@@ -334,14 +346,12 @@ impl Model {
 
     fn personal_sources(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
         // Transition and co-occurrence neighbours, best `neighbours` by their summed scores.
-        let touched = scratch.features.touched().to_vec();
-        let mut ranked: Vec<(f32, u32)> = touched
-            .iter()
-            .map(|&s| {
-                let a = scratch.features.acc(s);
-                (a[0] + a[1] + a[2] + a[3], s)
-            })
-            .collect();
+        let mut ranked = std::mem::take(&mut scratch.order);
+        ranked.clear();
+        ranked.extend(scratch.features.touched().iter().map(|&s| {
+            let a = scratch.features.acc(s);
+            (a[0] + a[1] + a[2] + a[3], s)
+        }));
         let keep = self.params.neighbours.min(ranked.len());
         if keep < ranked.len() {
             ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -353,6 +363,7 @@ impl Model {
                 | if a[3] > 0.0 { reason::OFTEN_TOGETHER } else { 0 };
             scratch.add(s, bits);
         }
+        scratch.order = ranked;
         for c in profile.services() {
             if c.starts > 0 {
                 scratch.add(c.service, reason::REPEAT);
