@@ -18,6 +18,7 @@ use tongban_features::time::Date;
 mod model_cli;
 mod profile;
 mod report;
+mod serve;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +50,10 @@ enum Command {
     Eval(model_cli::EvalArgs),
     /// Random search of model parameters on the validation split; writes the best and the log.
     Tune(model_cli::TuneArgs),
+    /// Serve the HTTP API (memory store, or Redis with --redis).
+    Serve(serve::ServeArgs),
+    /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (memory store).
+    Demo(serve::DemoArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +224,8 @@ fn main() -> ExitCode {
         Command::Train(args) => model_cli::train(&args),
         Command::Eval(args) => model_cli::eval(&args),
         Command::Tune(args) => model_cli::tune(&args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Demo(args) => serve::demo(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,90 @@
+//! Prometheus metrics: requests and latency histograms by route, events ingested, store errors.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Latency bucket upper bounds in seconds.
+const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
+
+#[derive(Debug, Default)]
+struct Route {
+    /// Per status code.
+    count: BTreeMap<u16, u64>,
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    total: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<String, Route>>,
+    events: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe(&self, route: &str, status: u16, took: Duration) {
+        let secs = took.as_secs_f64();
+        let mut routes = self.routes.lock().expect("no panics while holding the lock");
+        let r = routes.entry(route.to_owned()).or_default();
+        *r.count.entry(status).or_default() += 1;
+        for (b, &le) in r.buckets.iter_mut().zip(&BUCKETS) {
+            if secs <= le {
+                *b += 1;
+            }
+        }
+        r.sum += secs;
+        r.total += 1;
+    }
+
+    pub fn events(&self, n: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, model: &str, store: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# TYPE tongban_model_info gauge\ntongban_model_info{{version=\"{model}\",store=\"{store}\"}} 1"
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tongban_events_ingested_total counter\ntongban_events_ingested_total {}",
+            self.events.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tongban_store_errors_total counter\ntongban_store_errors_total {}",
+            self.store_errors.load(Ordering::Relaxed)
+        );
+        let routes = self.routes.lock().expect("no panics while holding the lock");
+        let _ = writeln!(out, "# TYPE tongban_http_requests_total counter");
+        for (name, r) in routes.iter() {
+            for (status, n) in &r.count {
+                let _ = writeln!(out, "tongban_http_requests_total{{route=\"{name}\",status=\"{status}\"}} {n}");
+            }
+        }
+        let _ = writeln!(out, "# TYPE tongban_http_request_duration_seconds histogram");
+        for (name, r) in routes.iter() {
+            for (b, le) in r.buckets.iter().zip(&BUCKETS) {
+                let _ =
+                    writeln!(out, "tongban_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{le}\"}} {b}");
+            }
+            let _ = writeln!(
+                out,
+                "tongban_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {}",
+                r.total
+            );
+            let _ = writeln!(out, "tongban_http_request_duration_seconds_sum{{route=\"{name}\"}} {}", r.sum);
+            let _ = writeln!(out, "tongban_http_request_duration_seconds_count{{route=\"{name}\"}} {}", r.total);
+        }
+        out
+    }
+}

@@ -1,0 +1,86 @@
+//! Loaded models: the active one swapped atomically (arc-swap) under live traffic, and the
+//! ones before it for roll-back. A file that fails validation never replaces the active model.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde_json::{json, Value};
+use tongban_features::catalogue::Catalogue;
+use tongban_model::artifact::{self, ArtifactError, Header};
+use tongban_model::Model;
+
+/// A model being served.
+#[derive(Debug)]
+pub struct Served {
+    /// Created-at time and the first characters of the data fingerprint.
+    pub version: String,
+    pub model: Model,
+    pub header: Header,
+    pub path: PathBuf,
+}
+
+impl Served {
+    pub fn new(model: Model, header: Header, path: PathBuf) -> Served {
+        let fp: String = header.data.fingerprint.chars().take(8).collect();
+        Served { version: format!("{}-{fp}", header.created_at), model, header, path }
+    }
+}
+
+/// The active model and the history of activations.
+#[derive(Debug)]
+pub struct Models {
+    active: ArcSwap<Served>,
+    history: Mutex<Vec<Arc<Served>>>,
+    catalogue: Option<Arc<Catalogue>>,
+}
+
+impl Models {
+    pub fn new(first: Served, catalogue: Option<Arc<Catalogue>>) -> Models {
+        let first = Arc::new(first);
+        Models { active: ArcSwap::new(first.clone()), history: Mutex::new(vec![first]), catalogue }
+    }
+
+    pub fn active(&self) -> Arc<Served> {
+        self.active.load_full()
+    }
+
+    /// Loads and validates a model file with the serving catalogue, then activates it.
+    pub fn load_and_activate(&self, path: &Path) -> Result<String, ArtifactError> {
+        let (model, header) = artifact::load(path, self.catalogue.clone())?;
+        let served = Arc::new(Served::new(model, header, path.to_owned()));
+        let version = served.version.clone();
+        self.history.lock().expect("no panics while holding the lock").push(served.clone());
+        self.active.store(served);
+        Ok(version)
+    }
+
+    /// Re-activates the model before the active one; `None` if there is none.
+    pub fn rollback(&self) -> Option<String> {
+        let mut h = self.history.lock().expect("no panics while holding the lock");
+        if h.len() < 2 {
+            return None;
+        }
+        h.pop();
+        let prev = h.last().expect("at least one").clone();
+        let version = prev.version.clone();
+        self.active.store(prev);
+        Some(version)
+    }
+
+    pub fn list(&self) -> Value {
+        let active = self.active().version.clone();
+        let h = self.history.lock().expect("no panics while holding the lock");
+        let models: Vec<Value> = h
+            .iter()
+            .map(|s| {
+                json!({
+                    "version": s.version, "active": s.version == active, "path": s.path,
+                    "created_at": s.header.created_at, "schema_version": s.header.schema_version,
+                    "catalogue": s.header.catalogue_fingerprint, "data": s.header.data, "metrics": s.header.metrics,
+                })
+            })
+            .collect();
+        json!({ "active": active, "models": models })
+    }
+}

@@ -1,0 +1,173 @@
+//! The OpenAPI 3 document, generated from one route table (the e2e tests check that every
+//! route answers and that every answering route is in the table).
+
+use serde_json::{json, Map, Value};
+
+/// (method, path, summary, key scope, query parameters, request body schema, response schema).
+pub type RouteDoc = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    Option<&'static str>,
+    &'static str,
+);
+
+pub const ROUTES: &[RouteDoc] = &[
+    (
+        "get",
+        "/v1/users/{id}/recommendations",
+        "Top-k suggestions with reasons and guidance",
+        "portal",
+        &["k", "locale", "exclude", "category", "mode"],
+        None,
+        "Recommendations",
+    ),
+    ("delete", "/v1/users/{id}", "Erase a subject's profile (right to erasure)", "ingest", &[], None, "Empty"),
+    (
+        "post",
+        "/v1/sessions/recommendations",
+        "Suggestions for an anonymous session from its recent services",
+        "portal",
+        &[],
+        Some("Session"),
+        "Recommendations",
+    ),
+    (
+        "post",
+        "/v1/events",
+        "Ingest one event or a batch ({\"events\": [...]}), idempotent by event_id",
+        "ingest",
+        &[],
+        Some("Events"),
+        "Ingested",
+    ),
+    (
+        "post",
+        "/v1/feedback",
+        "Feedback on a suggestion or push: clicked, dismissed, done_elsewhere, rated",
+        "ingest",
+        &[],
+        Some("Feedback"),
+        "Ingested",
+    ),
+    (
+        "get",
+        "/v1/services/popular",
+        "Non-personalised list, optionally for a segment",
+        "portal",
+        &["k", "locale", "segment"],
+        None,
+        "Recommendations",
+    ),
+    ("get", "/v1/services/{id}", "Catalogue entry with guidance", "portal", &["locale"], None, "Service"),
+    (
+        "get",
+        "/v1/services/{id}/related",
+        "Services needed around this one",
+        "portal",
+        &["k", "locale"],
+        None,
+        "Related",
+    ),
+    ("get", "/healthz", "Liveness", "none", &[], None, "Text"),
+    ("get", "/readyz", "Readiness: the store answers and a model is loaded", "none", &[], None, "Ready"),
+    ("get", "/metrics", "Prometheus metrics", "none", &[], None, "Text"),
+    ("get", "/openapi.json", "This document", "none", &[], None, "Object"),
+    ("get", "/ping", "A static answer (the baseline of load tests)", "none", &[], None, "Text"),
+    ("get", "/admin/models", "Loaded models and their metadata", "operator", &[], None, "Object"),
+    ("post", "/admin/models", "Load, validate and activate a model file", "operator", &[], Some("Activate"), "Object"),
+    ("post", "/admin/models/rollback", "Re-activate the previous model", "operator", &[], None, "Object"),
+];
+
+fn schemas() -> Value {
+    let s = |t: &str| json!({ "type": t });
+    let event = json!({
+        "type": "object", "required": ["event_id", "subject", "service", "kind"], "additionalProperties": false,
+        "properties": {
+            "event_id": s("string"), "subject": s("string"), "service": s("string"),
+            "kind": { "type": "string", "enum": ["viewed", "applied", "completed", "rejected", "clicked", "dismissed", "rated", "push_opened"] },
+            "rating": { "type": "integer", "minimum": 1, "maximum": 5 },
+            "at": { "type": "string", "format": "date-time" },
+            "channel": { "type": "string", "enum": ["web", "app", "mini", "office", "push", "system"] }
+        }
+    });
+    json!({
+        "Event": event,
+        "Events": { "oneOf": [ { "$ref": "#/components/schemas/Event" },
+            { "type": "object", "required": ["events"], "properties": { "events": { "type": "array", "maxItems": 1000, "items": { "$ref": "#/components/schemas/Event" } } } } ] },
+        "Feedback": { "type": "object", "required": ["event_id", "subject", "service", "action"], "properties": {
+            "event_id": s("string"), "subject": s("string"), "service": s("string"),
+            "action": { "type": "string", "enum": ["clicked", "dismissed", "done_elsewhere", "rated"] },
+            "rating": { "type": "integer", "minimum": 1, "maximum": 5 }, "at": { "type": "string", "format": "date-time" } } },
+        "Session": { "type": "object", "required": ["recent"], "properties": { "recent": { "type": "array", "items": s("string") },
+            "k": s("integer"), "locale": s("string"), "exclude": s("string"), "category": s("string") } },
+        "Activate": { "type": "object", "required": ["path"], "properties": { "path": s("string") } },
+        "Material": { "type": "object", "properties": { "name": s("string"), "shared": s("boolean") } },
+        "Service": { "type": "object", "properties": {
+            "id": s("string"), "name": s("string"), "name_zh": s("string"), "name_en": s("string"), "department": s("string"),
+            "online": s("boolean"), "granted_without_applying": s("boolean"), "time_limit_days": s("integer"),
+            "materials": { "type": "array", "items": { "$ref": "#/components/schemas/Material" } },
+            "nothing_to_bring": s("boolean"), "deadline": { "type": "string", "nullable": true }, "link": s("string"),
+            "bundles": { "type": "array", "items": { "type": "object" } } } },
+        "Suggestion": { "type": "object", "properties": { "service": { "$ref": "#/components/schemas/Service" }, "score": s("number"),
+            "reasons": { "type": "array", "items": { "type": "string", "enum": ["FOLLOWS", "OFTEN_TOGETHER", "NEXT_IN_BUNDLE", "DEADLINE", "REPEAT", "POPULAR_IN_SEGMENT"] } },
+            "reason_text": s("string") } },
+        "Recommendations": { "type": "object", "properties": { "subject": { "type": "string", "nullable": true }, "model": s("string"),
+            "locale": s("string"), "mode": s("string"), "fallback": { "type": "string", "nullable": true },
+            "suggestions": { "type": "array", "items": { "$ref": "#/components/schemas/Suggestion" } } } },
+        "Related": { "type": "object", "properties": { "service": s("string"), "related": { "type": "array", "items": { "type": "object" } } } },
+        "Ingested": { "type": "object", "properties": { "accepted": s("integer"), "duplicates": s("integer") } },
+        "Ready": { "type": "object", "properties": { "store": s("string"), "model": s("string") } },
+        "Problem": { "type": "object", "properties": { "type": s("string"), "title": s("string"), "status": s("integer"), "code": s("string"), "detail": s("string") } },
+        "Object": s("object"),
+        "Text": s("string"),
+        "Empty": s("object"),
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for &(method, path, summary, scope, query, body, resp) in ROUTES {
+        let mut params: Vec<Value> = query
+            .iter()
+            .map(|q| json!({ "name": q, "in": "query", "required": false, "schema": { "type": if *q == "k" { "integer" } else { "string" } } }))
+            .collect();
+        if path.contains("{id}") {
+            params.push(json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+        let ok = if resp == "Text" {
+            json!({ "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } })
+        } else if resp == "Empty" {
+            json!({ "description": "Done" })
+        } else {
+            json!({ "description": "OK", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{resp}") } } } })
+        };
+        let status = if resp == "Empty" { "204" } else { "200" };
+        let problem = json!({ "description": "Problem", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } });
+        let mut op = json!({
+            "summary": summary,
+            "parameters": params,
+            "responses": { status: ok, "default": problem },
+        });
+        if scope != "none" {
+            op["security"] = json!([{ "apiKey": [] }]);
+            op["description"] = json!(format!("Needs an API key of scope `{scope}` (or operator)."));
+        }
+        if let Some(b) = body {
+            op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{b}") } } } });
+        }
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        entry[method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "tongban", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Recommendation and proactive guidance API of a one-stop government services portal." },
+        "paths": paths,
+        "components": { "schemas": schemas(),
+            "securitySchemes": { "apiKey": { "type": "apiKey", "in": "header", "name": "x-api-key" } } },
+    })
+}

@@ -1,0 +1,283 @@
+//! Where profiles live: in process memory (the embedded default) or in Redis (shared by
+//! replicas). One interface, two backends, one test suite.
+//!
+//! Redis keys of one subject share a hash tag, so per-subject operations stay on one node of a
+//! Redis Cluster: `tb:{u:<id>}:p` (profile bytes), `tb:{u:<id>}:v` (version counter),
+//! `tb:{u:<id>}:e` (event ids seen, expiring after `SEEN_TTL`).
+//!
+//! An update is optimistic: read the profile and its version, apply the events in Rust, then
+//! a Lua script writes the new profile and the seen ids only if the version did not move
+//! (compare-and-set); on a conflict the update is retried. A write the store did not confirm is
+//! an error, never a silent drop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use redis::aio::ConnectionManager;
+use tongban_features::io::LogEvent;
+use tongban_features::profile::{Profile, ProfileContext, ProfileError};
+
+/// How long Redis remembers event ids for idempotency (the profile also ignores duplicates of
+/// its retained events).
+pub const SEEN_TTL_SECS: i64 = 30 * 86_400;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored profile unreadable: {0}")]
+    Corrupt(#[from] ProfileError),
+    #[error("too many concurrent updates of one subject")]
+    Contention,
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// What an ingest did for one subject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+/// One subject's events to apply; `ids` are the senders' event ids (for idempotency).
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    pub subject: &'a str,
+    pub events: &'a [LogEvent],
+    pub ids: &'a [String],
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    profile: Profile,
+    seen: HashSet<String>,
+}
+
+/// The embedded store: sharded mutexes over hash maps.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Vec<Mutex<HashMap<String, Entry>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+}
+
+impl MemoryStore {
+    fn shard(&self, subject: &str) -> &Mutex<HashMap<String, Entry>> {
+        let h = tongban_features::io::fnv1a(subject.as_bytes());
+        &self.shards[(h % self.shards.len() as u64) as usize]
+    }
+}
+
+/// The Redis store.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    cas: redis::Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// KEYS: profile, version, seen. ARGV: expected version, new profile, ttl, ids...
+const CAS: &str = r"
+local v = redis.call('GET', KEYS[2]) or '0'
+if v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+if #ARGV > 3 then
+  redis.call('SADD', KEYS[3], unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
+return 1
+";
+
+impl RedisStore {
+    /// Connects (and checks the connection with PING). `prefix` namespaces keys (tests use one
+    /// per test).
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let s = RedisStore { conn, prefix: prefix.to_owned(), cas: redis::Script::new(CAS) };
+        s.ping().await?;
+        Ok(s)
+    }
+
+    fn keys(&self, subject: &str) -> [String; 3] {
+        let tag = format!("{}tb:{{u:{subject}}}", self.prefix);
+        [format!("{tag}:p"), format!("{tag}:v"), format!("{tag}:e")]
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+}
+
+/// A store: memory or Redis.
+#[derive(Debug)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    pub fn memory() -> Store {
+        Store::Memory(MemoryStore::default())
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Checks that the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// The subject's profile, if any.
+    pub async fn profile(&self, subject: &str) -> Result<Option<Profile>, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                Ok(shard.get(subject).map(|e| e.profile.clone()))
+            }
+            Store::Redis(r) => {
+                let [p, _, _] = r.keys(subject);
+                let mut c = r.conn.clone();
+                let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(&p).query_async(&mut c).await?;
+                Ok(bytes.map(|b| Profile::decode(&b)).transpose()?)
+            }
+        }
+    }
+
+    /// Applies events to a subject's profile, ignoring event ids seen before. `segment` is set
+    /// on a new profile.
+    pub async fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Result<Applied, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut shard = m.shard(batch.subject).lock().expect("no panics while holding the lock");
+                let entry = shard
+                    .entry(batch.subject.to_owned())
+                    .or_insert_with(|| Entry { profile: Profile::new(segment), seen: HashSet::new() });
+                let mut out = Applied::default();
+                for (e, id) in batch.events.iter().zip(batch.ids) {
+                    if entry.seen.insert(id.clone()) && entry.profile.apply(e, ctx) {
+                        out.accepted += 1;
+                    } else {
+                        out.duplicates += 1;
+                    }
+                }
+                Ok(out)
+            }
+            Store::Redis(r) => {
+                let [pk, vk, ek] = r.keys(batch.subject);
+                for _ in 0..16 {
+                    let mut c = r.conn.clone();
+                    let (bytes, version): (Option<Vec<u8>>, Option<String>) =
+                        redis::pipe().cmd("GET").arg(&pk).cmd("GET").arg(&vk).query_async(&mut c).await?;
+                    let seen: Vec<bool> = if batch.ids.is_empty() {
+                        Vec::new()
+                    } else {
+                        redis::cmd("SMISMEMBER").arg(&ek).arg(batch.ids).query_async(&mut c).await?
+                    };
+                    let mut profile = match bytes {
+                        Some(b) => Profile::decode(&b)?,
+                        None => Profile::new(segment),
+                    };
+                    let mut out = Applied::default();
+                    let mut new_ids: Vec<&str> = Vec::new();
+                    for ((e, id), was) in batch.events.iter().zip(batch.ids).zip(&seen) {
+                        if !was && !new_ids.contains(&id.as_str()) && profile.apply(e, ctx) {
+                            out.accepted += 1;
+                            new_ids.push(id);
+                        } else {
+                            out.duplicates += 1;
+                        }
+                    }
+                    if out.accepted == 0 {
+                        return Ok(out);
+                    }
+                    let ok: i64 = r
+                        .cas
+                        .key(&pk)
+                        .key(&vk)
+                        .key(&ek)
+                        .arg(version.as_deref().unwrap_or("0"))
+                        .arg(profile.encode())
+                        .arg(SEEN_TTL_SECS)
+                        .arg(&new_ids)
+                        .invoke_async(&mut c)
+                        .await?;
+                    if ok == 1 {
+                        return Ok(out);
+                    }
+                }
+                Err(StoreError::Contention)
+            }
+        }
+    }
+
+    /// Stores a whole profile (bulk import at start-up), replacing any.
+    pub async fn put_profile(&self, subject: &str, profile: &Profile) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                shard.entry(subject.to_owned()).or_default().profile = profile.clone();
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let [pk, vk, _] = r.keys(subject);
+                let mut c = r.conn.clone();
+                let _: () = redis::pipe()
+                    .cmd("SET")
+                    .arg(&pk)
+                    .arg(profile.encode())
+                    .cmd("INCR")
+                    .arg(&vk)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Erases everything kept about a subject. Returns whether anything existed.
+    pub async fn erase(&self, subject: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                Ok(m.shard(subject).lock().expect("no panics while holding the lock").remove(subject).is_some())
+            }
+            Store::Redis(r) => {
+                let keys = r.keys(subject);
+                let mut c = r.conn.clone();
+                let n: i64 = redis::cmd("DEL").arg(&keys[..]).query_async(&mut c).await?;
+                Ok(n > 0)
+            }
+        }
+    }
+}
