@@ -392,8 +392,24 @@ impl Model {
     }
 
     fn apply_rules(&self, profile: &Profile, req: &Request<'_>, scratch: &mut ScoreScratch) {
-        let audience = req.audience.or_else(|| audience_of(profile.segment()));
         let cat = self.catalogue();
+        // Person or enterprise: asked, else from the segment, else from the services used.
+        let audience = req.audience.or_else(|| audience_of(profile.segment())).or_else(|| {
+            let cat = cat?;
+            let used = |a: Audience| {
+                profile
+                    .services()
+                    .iter()
+                    .any(|c| cat.services().get(c.service as usize).is_some_and(|s| s.audience == a))
+            };
+            if used(Audience::Enterprise) {
+                Some(SubjectKind::Enterprise)
+            } else if used(Audience::Person) {
+                Some(SubjectKind::Person)
+            } else {
+                None
+            }
+        });
         let keep = |s: u32| {
             if req.exclude.binary_search(&s).is_ok() {
                 return false;
