@@ -171,7 +171,9 @@ pub fn protocol(args: &EvalArgs, data: &mut Data) -> Result<Protocol> {
         "temporal" => {
             let Some(f) = &args.future else { bail!("--protocol temporal needs --future FILE (future.csv)") };
             let (future, _) = read_log_into(f, data.format, args.data.log.policy(), data.log.empty_like())?;
+            // Services first seen in the future log extend the index (old indices are a prefix).
             data.log.subjects = future.subjects.clone();
+            data.log.services = future.services.clone();
             let truth = match &args.truth {
                 Some(t) => Some(read_truth(t, &mut data.log)?),
                 None => None,
@@ -350,6 +352,12 @@ pub struct TuneArgs {
 pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
     use rand::{Rng, SeedableRng};
     let ev = &args.eval;
+    if args.trials == 0 {
+        bail!("--trials: expected at least 1");
+    }
+    if ev.k.is_empty() || ev.k.contains(&0) {
+        bail!("--k: expected positive cut-offs such as 5,10");
+    }
     let mut data = ev.data.load()?;
     // The validation task: the same protocol one step earlier.
     let (log, protocol) = match ev.protocol.as_str() {

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     pub max_batch: usize,
     #[arg(long, env = "TONGBAN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Requests per second per API key (429 with Retry-After beyond); 0 = no limit.
+    #[arg(long, env = "TONGBAN_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
 }
 
 /// API keys come from the environment only (never flags, which `ps` shows):
@@ -94,7 +97,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         Some(url) => Store::Redis(
             tongban_server::store::RedisStore::connect(url, &args.redis_prefix)
                 .await
-                .with_context(|| format!("connecting to Redis at {url}"))?,
+                .with_context(|| format!("connecting to Redis at {}", tongban_server::store::redact(url)))?,
         ),
         None => Store::memory(),
     };
@@ -111,18 +114,24 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             None => vec![0; log.subjects.len()],
         };
         let profiles = model.profiles(&log, &segs);
+        let mut kept = 0;
         for (i, p) in profiles.iter().enumerate() {
             let id = log.subjects.name(i as u32);
-            store.put_profile(id, p).await.with_context(|| format!("importing the profile of {id}"))?;
+            if !store.import_profile(id, p).await.with_context(|| format!("importing the profile of {id}"))? {
+                kept += 1;
+            }
             segments.insert(id.to_owned(), segs[i]);
         }
         eprintln!(
-            "imported {} events of {} subjects into the {} store in {:.1} s",
+            "imported {} events of {} subjects into the {} store ({kept} existing profiles kept) in {:.1} s",
             log.events.len(),
             log.subjects.len(),
             store.kind(),
             started.elapsed().as_secs_f64()
         );
+    }
+    if args.max_batch == 0 || args.max_batch > tongban_server::store::MAX_IDS_PER_WRITE {
+        bail!("--max-batch {}: expected 1 to {}", args.max_batch, tongban_server::store::MAX_IDS_PER_WRITE);
     }
     let keys = keys_from_env();
     if keys.is_open() {
@@ -135,6 +144,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         max_k: 50,
         portal_url: args.portal_url.clone(),
         fixed_now,
+        rate_per_key: args.rate_limit,
     };
     let served = Served::new(model, header, args.model.clone());
     let version = served.version.clone();
@@ -255,6 +265,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         portal_url: "https://zwfw.dl.gov.cn".into(),
         max_batch: 1000,
         max_body_bytes: 4 << 20,
+        rate_limit: 0,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(run(&serve_args, Some(banner)))

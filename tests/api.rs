@@ -136,6 +136,10 @@ enum Backend {
 
 /// Starts the app on a free port with the fixture's profiles imported.
 async fn start(backend: Backend, keys: ApiKeys) -> (App, Option<RedisServer>) {
+    start_with(backend, keys, 0).await
+}
+
+async fn start_with(backend: Backend, keys: ApiKeys, rate: u32) -> (App, Option<RedisServer>) {
     let f = fixture();
     let (model, header) = artifact::load(f.model_file.path(), Some(f.catalogue.clone())).unwrap();
     let (store, redis) = match backend {
@@ -148,9 +152,9 @@ async fn start(backend: Backend, keys: ApiKeys) -> (App, Option<RedisServer>) {
     // Import the history of ten subjects (all of them would only slow the test down).
     let profiles = model.profiles(&f.log, &[]);
     for (i, p) in profiles.iter().enumerate().take(10) {
-        store.put_profile(f.log.subjects.name(i as u32), p).await.unwrap();
+        assert!(store.import_profile(f.log.subjects.name(i as u32), p).await.unwrap());
     }
-    let settings = Settings { keys, max_batch: 100, fixed_now: Some(f.now), ..Settings::default() };
+    let settings = Settings { keys, max_batch: 100, fixed_now: Some(f.now), rate_per_key: rate, ..Settings::default() };
     let served = Served::new(model, header, f.model_file.path().to_owned());
     let state = tongban_server::state(Models::new(served, Some(f.catalogue.clone())), store, settings, HashMap::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -202,7 +206,7 @@ async fn suite(backend: Backend) {
     // An unknown subject still gets an answer; events change it.
     let fresh = "e-new-company";
     let (status, cold) = app.get(&format!("/v1/users/{fresh}/recommendations?k=5")).await;
-    assert_eq!(status, 200);
+    assert_eq!((status, cold["fallback"].as_str()), (200, Some("no_history")), "{cold}");
     assert_eq!(cold["suggestions"].as_array().unwrap().len(), 5);
     let batch = json!({ "events": [
         { "event_id": "n1", "subject": fresh, "service": "e.entry.registration", "kind": "applied" },
@@ -258,8 +262,10 @@ async fn suite(backend: Backend) {
         let (_, r) = app.get(&format!("/v1/users/{known}/recommendations?{q}")).await;
         assert_eq!(r["code"], code, "{q}: {r}");
     }
-    let (status, _) = app.get(&format!("/v1/users/{known}/recommendations?unknown=1")).await;
-    assert_eq!(status, 400);
+    let (status, r) = app.get(&format!("/v1/users/{known}/recommendations?unknown=1")).await;
+    assert_eq!((status, r["code"].as_str()), (400, Some("bad_query")), "{r}");
+    let (status, r) = app.get(&format!("/v1/users/{known}/recommendations?k=abc")).await;
+    assert_eq!((status, r["code"].as_str()), (400, Some("bad_query")), "{r}");
 
     // Guidance, related, popular, sessions.
     let (status, g) = app.get("/v1/services/e.entry.registration?locale=en").await;
@@ -417,4 +423,30 @@ async fn models_swap_under_load_and_a_bad_file_never_replaces_the_active_one() {
     assert_eq!(list["models"].as_array().unwrap().len(), 6);
     let (status, _) = app.post("/admin/models/rollback", "").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_do_not() {
+    let keys = ApiKeys { portal: vec!["a".into(), "b".into()], ..ApiKeys::default() };
+    let (app, _) = start_with(Backend::Memory, keys, 5).await;
+    let url = format!("{}/v1/services/popular?k=1", app.base);
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = app.client.get(&url).header("x-api-key", "a").send().await.unwrap();
+        if r.status().as_u16() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("key a is limited within 20 quick requests at 5/s");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(app.client.get(&url).header("x-api-key", "b").send().await.unwrap().status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_with_413() {
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let big = format!("{{\"events\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20));
+    let (status, r) = app.post("/v1/events", &big).await;
+    assert_eq!((status, r["code"].as_str()), (413, Some("too_large")), "{r}");
 }

@@ -280,7 +280,7 @@ pub fn read_into<R: BufRead>(
             LogFormat::NativeJsonl => parse_native_json(row, &mut log),
             LogFormat::Pairs => parse_generic(row, &mut log, &mut seq, false),
             LogFormat::Lines => parse_generic(row, &mut log, &mut seq, true),
-            LogFormat::Tsv => parse_tsv(row, &mut log),
+            LogFormat::Tsv => parse_tsv(row, &mut log, &mut seq),
         };
         if let Err(reason) = res {
             log.events.truncate(before);
@@ -376,10 +376,11 @@ fn push_native(
     Ok(())
 }
 
-fn generic_event(log: &mut EventLog, user: u32, item: &str, at: i64) -> Result<(), String> {
+/// `seq` numbers the rows of the file: the event id, so that equal times are distinct events.
+fn generic_event(log: &mut EventLog, user: u32, item: &str, at: i64, seq: i64) -> Result<(), String> {
     ServiceId::parse(item).map_err(|e| format!("item: {e}"))?;
     let service = log.service(item)?;
-    let id = (u64::from(user) << 32) ^ (at as u64);
+    let id = (u64::from(user) << 32) ^ (seq as u64);
     log.events.push(LogEvent {
         id,
         subject: user,
@@ -405,12 +406,12 @@ fn parse_generic(row: &str, log: &mut EventLog, seq: &mut i64, many: bool) -> Re
     let u = log.subjects.intern(user);
     for item in items {
         *seq += 1;
-        generic_event(log, u, item, *seq)?;
+        generic_event(log, u, item, *seq, *seq)?;
     }
     Ok(())
 }
 
-fn parse_tsv(row: &str, log: &mut EventLog) -> Result<(), String> {
+fn parse_tsv(row: &str, log: &mut EventLog, seq: &mut i64) -> Result<(), String> {
     let f: Vec<&str> = row.split(['\t', ' ']).filter(|s| !s.is_empty()).collect();
     let [user, item, rating, ts] = f[..] else {
         return Err(format!("expected 4 fields `user item rating timestamp`, got {}", f.len()));
@@ -424,7 +425,8 @@ fn parse_tsv(row: &str, log: &mut EventLog) -> Result<(), String> {
     let at = Timestamp::parse(ts)
         .ok_or_else(|| format!("field `timestamp`: expected epoch seconds or RFC 3339, got {:?}", clip(ts)))?;
     let u = log.subjects.intern(user);
-    generic_event(log, u, item, at.0)
+    *seq += 1;
+    generic_event(log, u, item, at.0, *seq)
 }
 
 /// Segments: 0 unknown, 1-10 persons by age decade (0-9 ... 90+), 11-13 enterprises S/M/L.

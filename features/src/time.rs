@@ -111,10 +111,22 @@ impl Timestamp {
             if h > 23 || mi > 59 || se > 60 {
                 return None;
             }
-            let offset = match &b[19..] {
+            // Fractional seconds (as JavaScript's toISOString writes them) are accepted and dropped.
+            let mut rest = &b[19..];
+            if let [b'.', tail @ ..] = rest {
+                let digits_len = tail.iter().take_while(|c| c.is_ascii_digit()).count();
+                if digits_len == 0 || digits_len > 9 {
+                    return None;
+                }
+                rest = &tail[digits_len..];
+            }
+            let offset = match rest {
                 b"Z" => 0,
                 [sign @ (b'+' | b'-'), oh @ .., b':', om1, om2] if oh.len() == 2 => {
                     let o = i64::from(digits(oh)? * 3600 + digits(&[*om1, *om2])? * 60);
+                    if o > 14 * 3600 {
+                        return None;
+                    }
                     if *sign == b'+' {
                         o
                     } else {
@@ -186,6 +198,10 @@ mod tests {
         let t = Timestamp::parse("2024-03-01T09:15:00+08:00").unwrap();
         assert_eq!(t.to_string(), "2024-03-01T01:15:00Z");
         assert_eq!(Timestamp::parse("2024-03-01T01:15:00Z"), Some(t));
+        assert_eq!(Timestamp::parse("2024-03-01T01:15:00.123Z"), Some(t));
+        assert_eq!(Timestamp::parse("2024-03-01T09:15:00.5+08:00"), Some(t));
+        assert_eq!(Timestamp::parse("2024-03-01T01:15:00.Z"), None);
+        assert_eq!(Timestamp::parse("2024-03-01T01:15:00+15:00"), None);
         assert_eq!(Timestamp::parse(&t.0.to_string()), Some(t));
         assert_eq!(t.date_shanghai(), Date::new(2024, 3, 1).unwrap());
         assert_eq!(Timestamp::parse("2024-13-01T00:00:00Z"), None);

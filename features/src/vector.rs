@@ -430,9 +430,16 @@ fn urgency(cat: &Catalogue, profile: &Profile, c: u32, rule: Rule, now: i64, tod
             }
         }
         Rule::Yearly { from, to } => {
-            let at = |(m, d): (u8, u8)| Date::new(today.year, m, d).map(|x| x.start_shanghai().0);
-            let (Some(lo), Some(hi)) = (at(from), at(to)) else { return 0.0 };
-            let hi = hi + DAY;
+            // This year's window while it is not over, else next year's (in December, a window
+            // opening on 1 January is "soon").
+            let window = |y: i32| {
+                let lo = Date::new(y, from.0, from.1)?.start_shanghai().0;
+                let hi = Date::new(y, to.0, to.1)?.start_shanghai().0 + DAY;
+                Some((lo, hi))
+            };
+            let Some((lo, hi)) = window(today.year).filter(|w| now < w.1).or_else(|| window(today.year + 1)) else {
+                return 0.0;
+            };
             if now < lo && lo - now <= SOON_DAYS * DAY {
                 // The window opens soon.
                 return 0.3 * (1.0 - (lo - now) as f32 / (SOON_DAYS * DAY) as f32);

@@ -38,6 +38,8 @@ pub struct Settings {
     pub portal_url: String,
     /// Server time source: `None` reads the clock; tests pin it.
     pub fixed_now: Option<i64>,
+    /// Requests per second allowed per API key (burst: one second's worth); 0 = no limit.
+    pub rate_per_key: u32,
 }
 
 impl std::fmt::Debug for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             max_k: 50,
             portal_url: "https://zwfw.dl.gov.cn".into(),
             fixed_now: None,
+            rate_per_key: 0,
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Segments of known subjects (from an imported subjects file).
     pub segments: HashMap<String, u16>,
+    /// Token buckets per API key (by a hash of the key, never the key itself).
+    pub buckets: std::sync::Mutex<HashMap<u64, (f64, Instant)>>,
 }
 
 impl AppState {
@@ -154,8 +159,10 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(String),
-    #[error("request body larger than {0} bytes")]
-    TooLarge(usize),
+    #[error("request body too large (the server's limit is set by --max-body-bytes)")]
+    TooLarge,
+    #[error("too many requests for this API key; retry after a second")]
+    RateLimited,
     #[error("the store is unavailable; nothing was stored, retry later")]
     StoreUnavailable(#[source] StoreError),
     #[error("internal error")]
@@ -179,7 +186,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -195,23 +203,47 @@ impl IntoResponse for ApiError {
         });
         let mut r = (status, Json(body)).into_response();
         r.headers_mut().insert("content-type", HeaderValue::from_static("application/problem+json"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         r
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
-    if state.settings.keys.is_open() {
+/// A token bucket per key: `rate` tokens a second, at most `rate` stored.
+fn rate_check(state: &AppState, key: &str) -> Result<(), ApiError> {
+    let rate = f64::from(state.settings.rate_per_key);
+    if rate == 0.0 {
         return Ok(());
     }
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+    let now = Instant::now();
+    let mut buckets = state.buckets.lock().expect("no panics while holding the lock");
+    if buckets.len() > 10_000 {
+        // Only configured keys reach here, so this bounds memory against a misconfiguration.
+        buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
+    }
+    let (tokens, at) = buckets.entry(fnv1a(key.as_bytes())).or_insert((rate, now));
+    *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+    *at = now;
+    if *tokens < 1.0 {
+        return Err(ApiError::RateLimited);
+    }
+    *tokens -= 1.0;
+    Ok(())
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    if state.settings.keys.is_open() {
+        // Without keys, one bucket for everyone: a client cannot mint itself new buckets.
+        return rate_check(state, "");
+    }
+    let key = key.ok_or(ApiError::Unauthorized)?;
     let scopes = state.settings.keys.scopes(key);
     if scopes.is_empty() {
         Err(ApiError::Unauthorized)
     } else if scopes.contains(&scope) {
-        Ok(())
+        rate_check(state, key)
     } else {
         Err(ApiError::Forbidden)
     }
@@ -225,9 +257,21 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge(0)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
             Err(e) => Err(ApiError::BadRequest("bad_json", e.body_text())),
         }
+    }
+}
+
+/// Query-string extraction with our problem bodies instead of axum's plain text.
+struct QueryParams<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))
     }
 }
 
@@ -305,18 +349,13 @@ fn suggest(
     state: &AppState,
     profile: &Profile,
     ask: &Ask,
+    personalised: bool,
     fallback: Option<&'static str>,
     subject: Option<String>,
 ) -> RecResponse {
     let served = state.models.active();
     let model = &served.model;
-    let req = ModelRequest {
-        k: ask.k,
-        exclude: &ask.exclude,
-        personalised: ask.personalised && fallback.is_none(),
-        category: ask.category,
-        audience: None,
-    };
+    let req = ModelRequest { k: ask.k, exclude: &ask.exclude, personalised, category: ask.category, audience: None };
     let now = state.now();
     let sugs = SCRATCH.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -353,7 +392,7 @@ async fn recommendations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<RecQuery>,
+    QueryParams(q): QueryParams<RecQuery>,
 ) -> Result<Json<RecResponse>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
@@ -370,9 +409,10 @@ async fn recommendations(
             (Profile::new(segment), Some("store_unavailable"))
         }
     };
-    // Unknown subjects still get a useful, non-personalised answer.
-    let fallback = if fallback == Some("no_history") && ask.personalised { None } else { fallback };
-    Ok(Json(suggest(&state, &profile, &ask, fallback, Some(subject.to_string()))))
+    // Unknown subjects still get a useful answer: the model with an empty profile ranks by
+    // segment popularity and open deadlines; `fallback` says why it is not personal.
+    let personalised = ask.personalised && fallback != Some("store_unavailable");
+    Ok(Json(suggest(&state, &profile, &ask, personalised, fallback, Some(subject.to_string()))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,7 +459,7 @@ async fn session_recommendations(
             &ctx,
         );
     }
-    Ok(Json(suggest(&state, &profile, &ask, None, None)))
+    Ok(Json(suggest(&state, &profile, &ask, true, None, None)))
 }
 
 /// One event on the wire.
@@ -501,7 +541,7 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
         by_subject[slot].2.push(v.id.clone());
     }
     let ctx = served.model.profile_context();
-    let (mut accepted, mut duplicates) = (0, 0);
+    let (mut accepted, mut duplicates, mut too_late) = (0, 0, 0);
     for (subject, evs, ids) in &by_subject {
         let segment = state.segments.get(*subject).copied().unwrap_or(0);
         let done = state
@@ -511,9 +551,10 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
             .inspect_err(|_| state.metrics.store_error())?;
         accepted += done.accepted;
         duplicates += done.duplicates;
+        too_late += done.too_late;
     }
     state.metrics.events(accepted as u64);
-    Ok(json!({ "accepted": accepted, "duplicates": duplicates }))
+    Ok(json!({ "accepted": accepted, "duplicates": duplicates, "too_late": too_late }))
 }
 
 async fn post_events(
@@ -590,7 +631,7 @@ async fn service_guidance(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<LocaleQuery>,
+    QueryParams(q): QueryParams<LocaleQuery>,
 ) -> Result<Json<render::ServiceOut>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let served = state.models.active();
@@ -603,7 +644,7 @@ async fn related(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<LocaleQuery>,
+    QueryParams(q): QueryParams<LocaleQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let served = state.models.active();
@@ -639,7 +680,7 @@ async fn related(
 async fn popular(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(q): Query<LocaleQuery>,
+    QueryParams(q): QueryParams<LocaleQuery>,
 ) -> Result<Json<RecResponse>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let segment = match q.segment.as_deref() {
@@ -653,7 +694,7 @@ async fn popular(
     let served = state.models.active();
     let rq = RecQuery { k: q.k, locale: q.locale.clone(), exclude: None, category: None, mode: Some("popular".into()) };
     let ask = parse_ask(&state, &rq, &served.model)?;
-    Ok(Json(suggest(&state, &Profile::new(segment), &ask, None, None)))
+    Ok(Json(suggest(&state, &Profile::new(segment), &ask, false, None, None)))
 }
 
 async fn erase(
@@ -683,6 +724,10 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
+}
+
+async fn docs() -> axum::response::Html<String> {
+    axum::response::Html(crate::openapi::html())
 }
 
 /// A static route of the same server, for load tests' side-by-side baseline.
@@ -756,6 +801,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
         .route("/ping", get(ping))
         .route("/admin/models", get(admin_models).post(admin_activate))
         .route("/admin/models/rollback", post(admin_rollback))

@@ -35,7 +35,14 @@ pub async fn serve(
 
 /// Builds the state from its parts.
 pub fn state(models: Models, store: Store, settings: Settings, segments: HashMap<String, u16>) -> Arc<AppState> {
-    Arc::new(AppState { models, store, settings, metrics: metrics::Metrics::default(), segments })
+    Arc::new(AppState {
+        models,
+        store,
+        settings,
+        metrics: metrics::Metrics::default(),
+        segments,
+        buckets: Default::default(),
+    })
 }
 
 /// The address a listener is bound to (for logs and tests).

@@ -75,6 +75,7 @@ pub const ROUTES: &[RouteDoc] = &[
     ("get", "/readyz", "Readiness: the store answers and a model is loaded", "none", &[], None, "Ready"),
     ("get", "/metrics", "Prometheus metrics", "none", &[], None, "Text"),
     ("get", "/openapi.json", "This document", "none", &[], None, "Object"),
+    ("get", "/docs", "This document as a readable page", "none", &[], None, "Text"),
     ("get", "/ping", "A static answer (the baseline of load tests)", "none", &[], None, "Text"),
     ("get", "/admin/models", "Loaded models and their metadata", "operator", &[], None, "Object"),
     ("post", "/admin/models", "Load, validate and activate a model file", "operator", &[], Some("Activate"), "Object"),
@@ -170,4 +171,34 @@ pub fn document() -> Value {
         "components": { "schemas": schemas(),
             "securitySchemes": { "apiKey": { "type": "apiKey", "in": "header", "name": "x-api-key" } } },
     })
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A self-contained page listing every route (the docs UI).
+pub fn html() -> String {
+    let mut rows = String::new();
+    for &(method, path, summary, scope, query, body, resp) in ROUTES {
+        let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&amp;")) };
+        rows += &format!(
+            "<tr><td><b>{}</b></td><td><code>{}{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            method.to_uppercase(),
+            escape(path),
+            q,
+            escape(summary),
+            scope,
+            body.unwrap_or("-"),
+            resp
+        );
+    }
+    format!(
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>tongban API</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}</style></head>\
+         <body><h1>tongban API v1</h1><p>Send API keys in the <code>x-api-key</code> header. Errors are \
+         <code>application/problem+json</code> with a stable <code>code</code>. Machine-readable: \
+         <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.0.3).</p>\
+         <table><tr><th>method</th><th>path</th><th>what</th><th>key scope</th><th>body</th><th>answer</th></tr>{rows}</table></body></html>"
+    )
 }

@@ -2,8 +2,14 @@
 //! replicas). One interface, two backends, one test suite.
 //!
 //! Redis keys of one subject share a hash tag, so per-subject operations stay on one node of a
-//! Redis Cluster: `tb:{u:<id>}:p` (profile bytes), `tb:{u:<id>}:v` (version counter),
-//! `tb:{u:<id>}:e` (event ids seen, expiring after `SEEN_TTL`).
+//! Redis Cluster: `tb:{u:<id>}:p` (profile bytes), `tb:{u:<id>}:v` (version counter, never
+//! deleted, so a write prepared before an erasure cannot land after it), `tb:{u:<id>}:e` (event
+//! ids seen; the set expires `SEEN_TTL_SECS` after the subject's last write: while a subject
+//! stays active the set keeps growing, a known limit of this first version; the memory store's
+//! set never expires).
+//!
+//! An event older than every event of a full profile window is acknowledged as `too_late` and
+//! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
 //!
 //! An update is optimistic: read the profile and its version, apply the events in Rust, then
 //! a Lua script writes the new profile and the seen ids only if the version did not move
@@ -43,6 +49,8 @@ impl From<redis::RedisError> for StoreError {
 pub struct Applied {
     pub accepted: usize,
     pub duplicates: usize,
+    /// Older than the whole retained window of a full profile: acknowledged, not applied.
+    pub too_late: usize,
 }
 
 /// One subject's events to apply; `ids` are the senders' event ids (for idempotency).
@@ -84,6 +92,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     cas: redis::Script,
+    import: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -105,17 +114,42 @@ end
 return 1
 ";
 
+/// KEYS: profile, version. ARGV: profile. Stores only where the subject has no profile yet.
+const IMPORT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
+return 1
+";
+
+/// The most ids one compare-and-set may add (Lua's `unpack` limit is about 8,000).
+pub const MAX_IDS_PER_WRITE: usize = 5000;
+
+/// A Redis URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 impl RedisStore {
     /// Connects (and checks the connection with PING). `prefix` namespaces keys (tests use one
     /// per test).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {}: {}", redact(url), e.category())))?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
             .set_response_timeout(Some(std::time::Duration::from_secs(2)))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client, cfg).await?;
-        let s = RedisStore { conn, prefix: prefix.to_owned(), cas: redis::Script::new(CAS) };
+        let s = RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            cas: redis::Script::new(CAS),
+            import: redis::Script::new(IMPORT),
+        };
         s.ping().await?;
         Ok(s)
     }
@@ -186,8 +220,15 @@ impl Store {
                     .or_insert_with(|| Entry { profile: Profile::new(segment), seen: HashSet::new() });
                 let mut out = Applied::default();
                 for (e, id) in batch.events.iter().zip(batch.ids) {
-                    if entry.seen.insert(id.clone()) && entry.profile.apply(e, ctx) {
+                    if !entry.seen.insert(id.clone()) {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    let late = entry.profile.too_late();
+                    if entry.profile.apply(e, ctx) {
                         out.accepted += 1;
+                    } else if entry.profile.too_late() > late {
+                        out.too_late += 1;
                     } else {
                         out.duplicates += 1;
                     }
@@ -212,9 +253,16 @@ impl Store {
                     let mut out = Applied::default();
                     let mut new_ids: Vec<&str> = Vec::new();
                     for ((e, id), was) in batch.events.iter().zip(batch.ids).zip(&seen) {
-                        if !was && !new_ids.contains(&id.as_str()) && profile.apply(e, ctx) {
+                        if *was || new_ids.contains(&id.as_str()) {
+                            out.duplicates += 1;
+                            continue;
+                        }
+                        let late = profile.too_late();
+                        if profile.apply(e, ctx) {
                             out.accepted += 1;
                             new_ids.push(id);
+                        } else if profile.too_late() > late {
+                            out.too_late += 1;
                         } else {
                             out.duplicates += 1;
                         }
@@ -242,40 +290,47 @@ impl Store {
         }
     }
 
-    /// Stores a whole profile (bulk import at start-up), replacing any.
-    pub async fn put_profile(&self, subject: &str, profile: &Profile) -> Result<(), StoreError> {
+    /// Stores a profile built offline (bulk import at start-up) unless the subject already has
+    /// one: a restarted replica never overwrites what live ingest wrote. Returns whether it
+    /// stored it.
+    pub async fn import_profile(&self, subject: &str, profile: &Profile) -> Result<bool, StoreError> {
         match self {
             Store::Memory(m) => {
                 let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
-                shard.entry(subject.to_owned()).or_default().profile = profile.clone();
-                Ok(())
+                if shard.contains_key(subject) {
+                    return Ok(false);
+                }
+                shard.insert(subject.to_owned(), Entry { profile: profile.clone(), seen: HashSet::new() });
+                Ok(true)
             }
             Store::Redis(r) => {
                 let [pk, vk, _] = r.keys(subject);
                 let mut c = r.conn.clone();
-                let _: () = redis::pipe()
-                    .cmd("SET")
-                    .arg(&pk)
-                    .arg(profile.encode())
-                    .cmd("INCR")
-                    .arg(&vk)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(())
+                let stored: i64 = r.import.key(&pk).key(&vk).arg(profile.encode()).invoke_async(&mut c).await?;
+                Ok(stored == 1)
             }
         }
     }
 
-    /// Erases everything kept about a subject. Returns whether anything existed.
+    /// Erases everything kept about a subject. Returns whether anything existed. The version
+    /// counter moves on, so an update prepared before the erasure fails its compare-and-set.
     pub async fn erase(&self, subject: &str) -> Result<bool, StoreError> {
         match self {
             Store::Memory(m) => {
                 Ok(m.shard(subject).lock().expect("no panics while holding the lock").remove(subject).is_some())
             }
             Store::Redis(r) => {
-                let keys = r.keys(subject);
+                let [pk, vk, ek] = r.keys(subject);
                 let mut c = r.conn.clone();
-                let n: i64 = redis::cmd("DEL").arg(&keys[..]).query_async(&mut c).await?;
+                let (n, _): (i64, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("DEL")
+                    .arg(&pk)
+                    .arg(&ek)
+                    .cmd("INCR")
+                    .arg(&vk)
+                    .query_async(&mut c)
+                    .await?;
                 Ok(n > 0)
             }
         }
