@@ -288,14 +288,14 @@ struct RecQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct RecResponse {
+struct RecResponse<'a> {
     subject: Option<String>,
     model: String,
     locale: &'static str,
     mode: &'static str,
     /// Why the answer is not personalised, when it is not.
     fallback: Option<&'static str>,
-    suggestions: Vec<SuggestionOut>,
+    suggestions: Vec<SuggestionOut<'a>>,
 }
 
 fn parse_category(s: Option<&str>) -> Result<Option<Stage>, ApiError> {
@@ -352,7 +352,7 @@ fn suggest(
     personalised: bool,
     fallback: Option<&'static str>,
     subject: Option<String>,
-) -> RecResponse {
+) -> Response {
     let served = state.models.active();
     let model = &served.model;
     let req = ModelRequest { k: ask.k, exclude: &ask.exclude, personalised, category: ask.category, audience: None };
@@ -378,14 +378,16 @@ fn suggest(
             .collect(),
         None => Vec::new(),
     };
-    RecResponse {
+    // Serialised here: the suggestions borrow the served model's catalogue.
+    Json(RecResponse {
         subject,
         model: served.version.clone(),
         locale: ask.locale.tag(),
         mode: if req.personalised { "personalised" } else { "popular" },
         fallback,
         suggestions,
-    }
+    })
+    .into_response()
 }
 
 async fn recommendations(
@@ -393,7 +395,7 @@ async fn recommendations(
     headers: HeaderMap,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<RecQuery>,
-) -> Result<Json<RecResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
     let served = state.models.active();
@@ -412,7 +414,7 @@ async fn recommendations(
     // Unknown subjects still get a useful answer: the model with an empty profile ranks by
     // segment popularity and open deadlines; `fallback` says why it is not personal.
     let personalised = ask.personalised && fallback != Some("store_unavailable");
-    Ok(Json(suggest(&state, &profile, &ask, personalised, fallback, Some(subject.to_string()))))
+    Ok(suggest(&state, &profile, &ask, personalised, fallback, Some(subject.to_string())))
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,7 +432,7 @@ async fn session_recommendations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SessionIn>,
-) -> Result<Json<RecResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let served = state.models.active();
     let q = RecQuery { k: body.k, locale: body.locale, exclude: body.exclude, category: body.category, mode: None };
@@ -459,7 +461,7 @@ async fn session_recommendations(
             &ctx,
         );
     }
-    Ok(Json(suggest(&state, &profile, &ask, true, None, None)))
+    Ok(suggest(&state, &profile, &ask, true, None, None))
 }
 
 /// One event on the wire.
@@ -541,18 +543,12 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
         by_subject[slot].2.push(v.id.clone());
     }
     let ctx = served.model.profile_context();
-    let (mut accepted, mut duplicates, mut too_late) = (0, 0, 0);
-    for (subject, evs, ids) in &by_subject {
-        let segment = state.segments.get(*subject).copied().unwrap_or(0);
-        let done = state
-            .store
-            .apply(&Batch { subject, events: evs, ids }, &ctx, segment)
-            .await
-            .inspect_err(|_| state.metrics.store_error())?;
-        accepted += done.accepted;
-        duplicates += done.duplicates;
-        too_late += done.too_late;
-    }
+    let batches: Vec<Batch> = by_subject.iter().map(|(subject, events, ids)| Batch { subject, events, ids }).collect();
+    let segments: Vec<u16> = by_subject.iter().map(|(s, _, _)| state.segments.get(*s).copied().unwrap_or(0)).collect();
+    let done = state.store.apply_many(&batches, &segments, &ctx).await.inspect_err(|_| state.metrics.store_error())?;
+    let accepted: usize = done.iter().map(|d| d.accepted).sum();
+    let duplicates: usize = done.iter().map(|d| d.duplicates).sum();
+    let too_late: usize = done.iter().map(|d| d.too_late).sum();
     state.metrics.events(accepted as u64);
     Ok(json!({ "accepted": accepted, "duplicates": duplicates, "too_late": too_late }))
 }
@@ -632,12 +628,12 @@ async fn service_guidance(
     headers: HeaderMap,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<LocaleQuery>,
-) -> Result<Json<render::ServiceOut>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let served = state.models.active();
     let cat = served.model.catalogue().ok_or_else(|| ApiError::NotFound("catalogue".into()))?;
     let idx = cat.lookup(&id).ok_or_else(|| ApiError::NotFound(format!("service {id:?}")))?;
-    Ok(Json(render::service(cat, idx, locale_of(&q)?, &state.settings.portal_url)))
+    Ok(Json(render::service(cat, idx, locale_of(&q)?, &state.settings.portal_url)).into_response())
 }
 
 async fn related(
@@ -681,7 +677,7 @@ async fn popular(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<LocaleQuery>,
-) -> Result<Json<RecResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let segment = match q.segment.as_deref() {
         None => 0,
@@ -694,7 +690,7 @@ async fn popular(
     let served = state.models.active();
     let rq = RecQuery { k: q.k, locale: q.locale.clone(), exclude: None, category: None, mode: Some("popular".into()) };
     let ask = parse_ask(&state, &rq, &served.model)?;
-    Ok(Json(suggest(&state, &Profile::new(segment), &ask, false, None, None)))
+    Ok(suggest(&state, &Profile::new(segment), &ask, false, None, None))
 }
 
 async fn erase(
@@ -774,14 +770,10 @@ async fn not_found() -> ApiError {
 
 /// Counts requests and latency by route.
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let started = Instant::now();
     let res = next.run(req).await;
-    state.metrics.observe(&route, res.status().as_u16(), started.elapsed());
+    state.metrics.observe(route.as_ref().map_or("unmatched", |p| p.as_str()), res.status().as_u16(), started.elapsed());
     res
 }
 

@@ -28,7 +28,10 @@ impl Metrics {
     pub fn observe(&self, route: &str, status: u16, took: Duration) {
         let secs = took.as_secs_f64();
         let mut routes = self.routes.lock().expect("no panics while holding the lock");
-        let r = routes.entry(route.to_owned()).or_default();
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), Route::default());
+        }
+        let r = routes.get_mut(route).expect("just inserted");
         *r.count.entry(status).or_default() += 1;
         for (b, &le) in r.buckets.iter_mut().zip(&BUCKETS) {
             if secs <= le {

@@ -31,16 +31,16 @@ impl Locale {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct MaterialOut {
-    pub name: String,
+pub struct MaterialOut<'a> {
+    pub name: &'a str,
     /// The data is already shared between departments: nothing to bring.
     pub shared: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct BundleOut {
-    pub id: String,
-    pub name: String,
+pub struct BundleOut<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
     /// 1-based step position and the number of steps.
     pub step: usize,
     pub of: usize,
@@ -48,28 +48,28 @@ pub struct BundleOut {
 
 /// A service's guidance (also the body of `GET /v1/services/{id}`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ServiceOut {
-    pub id: String,
-    pub name: String,
-    pub name_zh: String,
-    pub name_en: String,
-    pub department: String,
+pub struct ServiceOut<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub name_zh: &'a str,
+    pub name_en: &'a str,
+    pub department: &'a str,
     pub online: bool,
     pub granted_without_applying: bool,
     /// Legal time limit in working days (0: on the spot).
     pub time_limit_days: u32,
-    pub materials: Vec<MaterialOut>,
+    pub materials: Vec<MaterialOut<'a>>,
     /// True when every material is already shared.
     pub nothing_to_bring: bool,
     pub deadline: Option<String>,
     pub link: String,
-    pub bundles: Vec<BundleOut>,
+    pub bundles: Vec<BundleOut<'a>>,
 }
 
 /// One rendered suggestion.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SuggestionOut {
-    pub service: ServiceOut,
+pub struct SuggestionOut<'a> {
+    pub service: ServiceOut<'a>,
     pub score: f32,
     pub reasons: Vec<&'static str>,
     pub reason_text: String,
@@ -83,14 +83,11 @@ fn quote(locale: Locale, s: &str) -> String {
 }
 
 /// Guidance for a catalogue service.
-pub fn service(cat: &Catalogue, idx: u32, locale: Locale, portal: &str) -> ServiceOut {
+pub fn service<'a>(cat: &'a Catalogue, idx: u32, locale: Locale, portal: &str) -> ServiceOut<'a> {
     let s = cat.service(idx);
     let zh = locale == Locale::ZhCn;
-    let materials: Vec<MaterialOut> = s
-        .materials
-        .iter()
-        .map(|m| MaterialOut { name: if zh { m.zh.clone() } else { m.en.clone() }, shared: m.shared })
-        .collect();
+    let materials: Vec<MaterialOut> =
+        s.materials.iter().map(|m| MaterialOut { name: if zh { &m.zh } else { &m.en }, shared: m.shared }).collect();
     let deadline = s.deadline.as_ref().map(|d| match (d, zh) {
         (Deadline::AfterEvent { days, .. }, true) => format!("相关事件发生后{days}日内办理"),
         (Deadline::AfterEvent { days, .. }, false) => format!("within {days} days of the event"),
@@ -104,20 +101,15 @@ pub fn service(cat: &Catalogue, idx: u32, locale: Locale, portal: &str) -> Servi
         .iter()
         .map(|&(b, step)| {
             let b = &cat.bundles()[b as usize];
-            BundleOut {
-                id: b.id.clone(),
-                name: if zh { b.zh.clone() } else { b.en.clone() },
-                step: step as usize + 1,
-                of: b.steps.len(),
-            }
+            BundleOut { id: &b.id, name: if zh { &b.zh } else { &b.en }, step: step as usize + 1, of: b.steps.len() }
         })
         .collect();
     ServiceOut {
-        id: s.id.clone(),
-        name: if zh { s.zh.clone() } else { s.en.clone() },
-        name_zh: s.zh.clone(),
-        name_en: s.en.clone(),
-        department: if zh || s.department_en.is_empty() { s.department.clone() } else { s.department_en.clone() },
+        id: &s.id,
+        name: if zh { &s.zh } else { &s.en },
+        name_zh: &s.zh,
+        name_en: &s.en,
+        department: if zh || s.department_en.is_empty() { &s.department } else { &s.department_en },
         online: s.online,
         granted_without_applying: s.granted_without_applying,
         time_limit_days: s.time_limit_days,
