@@ -27,6 +27,10 @@ mod serve;
     about = "Recommendation and proactive push engine for one-stop government portals"
 )]
 struct Cli {
+    /// A TOML file of settings (`addr = "0.0.0.0:8080"`, `redis_url = "redis://..."`, ...): each key
+    /// stands for its `TONGBAN_*` variable. Flags override the environment, which overrides it.
+    #[arg(long, global = true, env = "TONGBAN_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,7 +216,45 @@ struct InspectArgs {
     json: bool,
 }
 
+/// `--config FILE` (or `TONGBAN_CONFIG`): a TOML file of settings, lowest precedence. Each key
+/// `some_key = value` becomes the variable `TONGBAN_SOME_KEY` unless the environment already has
+/// it, and flags override both: flags > environment > file > defaults.
+fn apply_config_file() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_owned)))
+        .or_else(|| std::env::var("TONGBAN_CONFIG").ok());
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
+    let table: toml::Table = text.parse().with_context(|| format!("{path}: not valid TOML"))?;
+    for (key, value) in table {
+        let var = format!("TONGBAN_{}", key.to_uppercase().replace('-', "_"));
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(a) => {
+                a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(",")
+            }
+            _ => bail!("{path}: key {key:?}: expected a string, number, boolean or list"),
+        };
+        if std::env::var_os(&var).is_none() {
+            // Single-threaded here: nothing else reads the environment yet.
+            std::env::set_var(&var, value);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Err(e) = apply_config_file() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Catalogue { command: CatalogueCommand::Check { catalogue, json } } => {

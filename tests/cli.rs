@@ -177,3 +177,18 @@ fn bad_arguments_get_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cat.toml"));
 }
+
+#[test]
+fn a_config_file_sets_defaults_that_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tongban.toml");
+    std::fs::write(&cfg, "catalogue = \"/nonexistent/from-config\"\n").unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/from-config"));
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check", "--catalogue", "catalogue"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&cfg, "catalogue = [\n").unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
+}
