@@ -7,29 +7,9 @@ use tongban_features::domain::{Channel, EventKind};
 use tongban_features::io::{read_into, BadRowPolicy, EventLog, LogEvent, LogFormat, SEGMENTS};
 use tongban_features::profile::{BundleIndex, Profile, ProfileBuilder, ProfileContext, ProfileParams};
 use tongban_features::stats::{ItemStats, StatsParams};
-use tongban_features::synth::{generate, GenParams, GenSink};
+use tongban_features::synth::{generate, GenParams, MemorySink};
 use tongban_features::time::Timestamp;
 use tongban_features::vector::{Extractor, Scratch, WIDTH};
-
-#[derive(Default)]
-struct Events(String);
-
-impl GenSink for Events {
-    fn events(&mut self, t: &str) -> std::io::Result<()> {
-        self.0.push_str(t);
-        Ok(())
-    }
-    fn future(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn subjects(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn truth(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn progress(&mut self, _: u64, _: u64) {}
-}
 
 fn catalogue() -> Catalogue {
     Catalogue::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/catalogue"))).expect("catalogue")
@@ -39,10 +19,10 @@ fn catalogue() -> Catalogue {
 fn log(cat: &Catalogue, subjects: u64) -> EventLog {
     let params =
         GenParams { persons: subjects * 20 / 21, enterprises: subjects / 21, truth_samples: 0, ..GenParams::default() };
-    let mut sink = Events::default();
+    let mut sink = MemorySink::default();
     generate(cat, &params, &mut sink).expect("no IO");
     let base = EventLog::for_catalogue(cat);
-    read_into(sink.0.as_bytes(), std::path::Path::new("gen"), LogFormat::NativeCsv, BadRowPolicy::Fail, base)
+    read_into(sink.events.as_bytes(), std::path::Path::new("gen"), LogFormat::NativeCsv, BadRowPolicy::Fail, base)
         .expect("reads")
         .0
 }

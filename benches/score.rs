@@ -7,36 +7,12 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use tongban_features::catalogue::Catalogue;
 use tongban_features::io::{read_into, read_subjects, BadRowPolicy, EventLog, LogFormat};
 use tongban_features::profile::Profile;
-use tongban_features::synth::{generate, GenParams, GenSink, SUBJECTS_HEADER};
+use tongban_features::synth::{generate, GenParams, MemorySink, SUBJECTS_HEADER};
 use tongban_features::time::Timestamp;
 use tongban_features::vector::WIDTH;
 use tongban_model::eval::{train, TrainStyle};
 use tongban_model::ranker::Ranker;
 use tongban_model::{Model, ModelParams, Request};
-
-#[derive(Default)]
-struct Files {
-    events: String,
-    subjects: String,
-}
-
-impl GenSink for Files {
-    fn events(&mut self, t: &str) -> std::io::Result<()> {
-        self.events.push_str(t);
-        Ok(())
-    }
-    fn future(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn subjects(&mut self, t: &str) -> std::io::Result<()> {
-        self.subjects.push_str(t);
-        Ok(())
-    }
-    fn truth(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn progress(&mut self, _: u64, _: u64) {}
-}
 
 /// A trained model over the real catalogue grown to `services`, and some subjects' profiles.
 fn setup(services: usize) -> (Model, Vec<Profile>, i64) {
@@ -44,7 +20,7 @@ fn setup(services: usize) -> (Model, Vec<Profile>, i64) {
         .expect("catalogue")
         .with_long_tail(services);
     let params = GenParams { persons: 20_000, enterprises: 1_000, truth_samples: 0, ..GenParams::default() };
-    let mut files = Files::default();
+    let mut files = MemorySink::default();
     generate(&cat, &params, &mut files).expect("no IO");
     let base = EventLog::for_catalogue(&cat);
     let (mut log, _) =

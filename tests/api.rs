@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tongban_features::catalogue::Catalogue;
 use tongban_features::io::{read_into, BadRowPolicy, EventLog, LogFormat};
-use tongban_features::synth::{generate, GenParams, GenSink};
+use tongban_features::synth::{generate, GenParams, MemorySink};
 use tongban_model::artifact::{self, DataInfo};
 use tongban_model::eval::{train, TrainStyle};
 use tongban_model::ModelParams;
@@ -58,28 +58,6 @@ impl Drop for RedisServer {
     }
 }
 
-#[derive(Default)]
-struct Files {
-    events: String,
-}
-
-impl GenSink for Files {
-    fn events(&mut self, t: &str) -> std::io::Result<()> {
-        self.events.push_str(t);
-        Ok(())
-    }
-    fn future(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn subjects(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn truth(&mut self, _: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn progress(&mut self, _: u64, _: u64) {}
-}
-
 struct Fixture {
     catalogue: Arc<Catalogue>,
     model_file: tempfile::NamedTempFile,
@@ -92,7 +70,7 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let cat = Arc::new(Catalogue::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogue")).unwrap());
-        let mut files = Files::default();
+        let mut files = MemorySink::default();
         generate(
             &cat,
             &GenParams { persons: 1500, enterprises: 300, truth_samples: 0, ..GenParams::default() },

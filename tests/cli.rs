@@ -192,3 +192,24 @@ fn a_config_file_sets_defaults_that_flags_override() {
     let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
 }
+
+#[test]
+fn the_generated_files_do_not_depend_on_the_number_of_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &Path, threads: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_tongban"))
+            .args(["generate", "--persons", "1500", "--enterprises", "100", "--truth-samples", "20", "--out"])
+            .arg(out)
+            .env("RAYON_NUM_THREADS", threads)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+    run(&one, "1");
+    run(&three, "3");
+    for f in ["events.csv", "future.csv", "subjects.csv", "truth.jsonl", "manifest.json"] {
+        assert_eq!(sha(&one.join(f)), sha(&three.join(f)), "{f} differs");
+    }
+}

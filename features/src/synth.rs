@@ -994,6 +994,35 @@ pub trait GenSink {
     fn progress(&mut self, done: u64, total: u64);
 }
 
+/// Collects the generated text in memory (tests, benchmarks, small runs).
+#[derive(Debug, Default, Clone)]
+pub struct MemorySink {
+    pub events: String,
+    pub future: String,
+    pub subjects: String,
+    pub truth: String,
+}
+
+impl GenSink for MemorySink {
+    fn events(&mut self, text: &str) -> std::io::Result<()> {
+        self.events.push_str(text);
+        Ok(())
+    }
+    fn future(&mut self, text: &str) -> std::io::Result<()> {
+        self.future.push_str(text);
+        Ok(())
+    }
+    fn subjects(&mut self, text: &str) -> std::io::Result<()> {
+        self.subjects.push_str(text);
+        Ok(())
+    }
+    fn truth(&mut self, text: &str) -> std::io::Result<()> {
+        self.truth.push_str(text);
+        Ok(())
+    }
+    fn progress(&mut self, _: u64, _: u64) {}
+}
+
 /// The header of `subjects.csv`.
 pub const SUBJECTS_HEADER: &str = "subject,kind,born,district,group,class";
 

@@ -5,39 +5,11 @@ use std::path::Path;
 
 use tongban_features::catalogue::{Catalogue, Deadline};
 use tongban_features::domain::SubjectKind;
-use tongban_features::synth::{generate, is_start, simulate_subject, GenParams, GenSink};
+use tongban_features::synth::{generate, is_start, simulate_subject, GenParams, MemorySink};
 use tongban_features::time::{Date, DAY};
 
 fn catalogue() -> Catalogue {
     Catalogue::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue")).expect("the real catalogue loads")
-}
-
-#[derive(Default)]
-struct Memory {
-    events: String,
-    future: String,
-    subjects: String,
-    truth: String,
-}
-
-impl GenSink for Memory {
-    fn events(&mut self, t: &str) -> std::io::Result<()> {
-        self.events.push_str(t);
-        Ok(())
-    }
-    fn future(&mut self, t: &str) -> std::io::Result<()> {
-        self.future.push_str(t);
-        Ok(())
-    }
-    fn subjects(&mut self, t: &str) -> std::io::Result<()> {
-        self.subjects.push_str(t);
-        Ok(())
-    }
-    fn truth(&mut self, t: &str) -> std::io::Result<()> {
-        self.truth.push_str(t);
-        Ok(())
-    }
-    fn progress(&mut self, _: u64, _: u64) {}
 }
 
 fn params(persons: u64, enterprises: u64, seed: u64) -> GenParams {
@@ -48,7 +20,7 @@ fn params(persons: u64, enterprises: u64, seed: u64) -> GenParams {
 fn the_same_seed_gives_identical_output_and_another_seed_does_not() {
     let cat = catalogue();
     let run = |seed| {
-        let mut m = Memory::default();
+        let mut m = MemorySink::default();
         generate(&cat, &params(300, 40, seed), &mut m).unwrap();
         m
     };
@@ -64,7 +36,7 @@ fn the_same_seed_gives_identical_output_and_another_seed_does_not() {
 #[test]
 fn truth_covers_every_subject_with_a_future_start_and_sums_to_one() {
     let cat = catalogue();
-    let mut m = Memory::default();
+    let mut m = MemorySink::default();
     generate(&cat, &params(400, 60, 3), &mut m).unwrap();
     let mut with_future = std::collections::BTreeSet::new();
     for line in m.future.lines().skip(1) {

@@ -84,6 +84,18 @@ impl MemoryStore {
         let h = tongban_features::io::fnv1a(subject.as_bytes());
         &self.shards[(h % self.shards.len() as u64) as usize]
     }
+
+    /// Applies one subject's batch under its shard's lock.
+    fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Applied {
+        let mut shard = self.shard(batch.subject).lock().expect("no panics while holding the lock");
+        let entry = shard
+            .entry(batch.subject.to_owned())
+            .or_insert_with(|| Entry { profile: Profile::new(segment), seen: HashSet::new() });
+        let seen: Vec<bool> = batch.ids.iter().map(|id| entry.seen.contains(id)).collect();
+        let (out, new_ids) = apply_events(&mut entry.profile, batch, &seen, ctx);
+        entry.seen.extend(new_ids.into_iter().map(str::to_owned));
+        out
+    }
 }
 
 /// The Redis store.
@@ -175,6 +187,34 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+/// Applies a batch's events to a profile; `seen[i]` says whether event `i`'s id was seen
+/// before. Returns the counts and the ids newly applied.
+fn apply_events<'b>(
+    profile: &mut Profile,
+    batch: &Batch<'b>,
+    seen: &[bool],
+    ctx: &ProfileContext,
+) -> (Applied, Vec<&'b str>) {
+    let mut out = Applied::default();
+    let mut new_ids: Vec<&str> = Vec::new();
+    for ((e, id), was) in batch.events.iter().zip(batch.ids).zip(seen) {
+        if *was || new_ids.contains(&id.as_str()) {
+            out.duplicates += 1;
+            continue;
+        }
+        let late = profile.too_late();
+        if profile.apply(e, ctx) {
+            out.accepted += 1;
+            new_ids.push(id);
+        } else if profile.too_late() > late {
+            out.too_late += 1;
+        } else {
+            out.duplicates += 1;
+        }
+    }
+    (out, new_ids)
+}
+
 impl Store {
     pub fn memory() -> Store {
         Store::Memory(MemoryStore::default())
@@ -215,80 +255,8 @@ impl Store {
     /// on a new profile.
     pub async fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Result<Applied, StoreError> {
         match self {
-            Store::Memory(m) => {
-                let mut shard = m.shard(batch.subject).lock().expect("no panics while holding the lock");
-                let entry = shard
-                    .entry(batch.subject.to_owned())
-                    .or_insert_with(|| Entry { profile: Profile::new(segment), seen: HashSet::new() });
-                let mut out = Applied::default();
-                for (e, id) in batch.events.iter().zip(batch.ids) {
-                    if !entry.seen.insert(id.clone()) {
-                        out.duplicates += 1;
-                        continue;
-                    }
-                    let late = entry.profile.too_late();
-                    if entry.profile.apply(e, ctx) {
-                        out.accepted += 1;
-                    } else if entry.profile.too_late() > late {
-                        out.too_late += 1;
-                    } else {
-                        out.duplicates += 1;
-                    }
-                }
-                Ok(out)
-            }
-            Store::Redis(r) => {
-                let [pk, vk, ek] = r.keys(batch.subject);
-                for _ in 0..16 {
-                    let mut c = r.conn.clone();
-                    let (bytes, version): (Option<Vec<u8>>, Option<String>) =
-                        redis::pipe().cmd("GET").arg(&pk).cmd("GET").arg(&vk).query_async(&mut c).await?;
-                    let seen: Vec<bool> = if batch.ids.is_empty() {
-                        Vec::new()
-                    } else {
-                        redis::cmd("SMISMEMBER").arg(&ek).arg(batch.ids).query_async(&mut c).await?
-                    };
-                    let mut profile = match bytes {
-                        Some(b) => Profile::decode(&b)?,
-                        None => Profile::new(segment),
-                    };
-                    let mut out = Applied::default();
-                    let mut new_ids: Vec<&str> = Vec::new();
-                    for ((e, id), was) in batch.events.iter().zip(batch.ids).zip(&seen) {
-                        if *was || new_ids.contains(&id.as_str()) {
-                            out.duplicates += 1;
-                            continue;
-                        }
-                        let late = profile.too_late();
-                        if profile.apply(e, ctx) {
-                            out.accepted += 1;
-                            new_ids.push(id);
-                        } else if profile.too_late() > late {
-                            out.too_late += 1;
-                        } else {
-                            out.duplicates += 1;
-                        }
-                    }
-                    if out.accepted == 0 {
-                        return Ok(out);
-                    }
-                    let ok: i64 = r
-                        .cas
-                        .key(&pk)
-                        .key(&vk)
-                        .key(&ek)
-                        .arg(version.as_deref().unwrap_or("0"))
-                        .arg(profile.encode())
-                        .arg(SEEN_TTL_SECS)
-                        .arg(&new_ids)
-                        .invoke_async(&mut c)
-                        .await?;
-                    if ok == 1 {
-                        return Ok(out);
-                    }
-                }
-                Err(StoreError::Contention)
-            }
+            Store::Memory(m) => Ok(m.apply(batch, ctx, segment)),
+            Store::Redis(_) => Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx).await?[0]),
         }
     }
 
@@ -301,12 +269,11 @@ impl Store {
         segments: &[u16],
         ctx: &ProfileContext,
     ) -> Result<Vec<Applied>, StoreError> {
-        let Store::Redis(r) = self else {
-            let mut out = Vec::with_capacity(batches.len());
-            for (b, &seg) in batches.iter().zip(segments) {
-                out.push(self.apply(b, ctx, seg).await?);
+        let r = match self {
+            Store::Memory(m) => {
+                return Ok(batches.iter().zip(segments).map(|(b, &seg)| m.apply(b, ctx, seg)).collect())
             }
-            return Ok(out);
+            Store::Redis(r) => r,
         };
         let mut results = vec![Applied::default(); batches.len()];
         let mut pending: Vec<usize> = (0..batches.len()).collect();
@@ -336,23 +303,7 @@ impl Store {
                     Some(x) => Profile::decode(&x)?,
                     None => Profile::new(segments[i]),
                 };
-                let mut out = Applied::default();
-                let mut new_ids: Vec<&str> = Vec::new();
-                for ((e, id), was) in b.events.iter().zip(b.ids).zip(&seen) {
-                    if *was || new_ids.contains(&id.as_str()) {
-                        out.duplicates += 1;
-                        continue;
-                    }
-                    let late = profile.too_late();
-                    if profile.apply(e, ctx) {
-                        out.accepted += 1;
-                        new_ids.push(id);
-                    } else if profile.too_late() > late {
-                        out.too_late += 1;
-                    } else {
-                        out.duplicates += 1;
-                    }
-                }
+                let (out, new_ids) = apply_events(&mut profile, b, &seen, ctx);
                 results[i] = out;
                 if out.accepted > 0 {
                     let [pk, vk, ek] = r.keys(b.subject);
