@@ -369,11 +369,13 @@ fn suggest(
     let suggestions = match model.catalogue() {
         Some(cat) => sugs
             .iter()
-            .map(|s| SuggestionOut {
-                service: render::service(cat, s.service, ask.locale, &state.settings.portal_url),
-                score: s.score,
-                reasons: reason::codes(s.reasons).collect(),
-                reason_text: render::reason_text(cat, s, Some(profile), ask.locale),
+            .filter_map(|s| {
+                Some(SuggestionOut {
+                    service: served.guidance(s.service, ask.locale, &state.settings.portal_url)?,
+                    score: s.score,
+                    reasons: reason::codes(s.reasons).collect(),
+                    reason_text: render::reason_text(cat, s, Some(profile), ask.locale),
+                })
             })
             .collect(),
         None => Vec::new(),

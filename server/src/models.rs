@@ -2,13 +2,16 @@
 //! ones before it for roll-back. A file that fails validation never replaces the active model.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tongban_features::catalogue::Catalogue;
 use tongban_model::artifact::{self, ArtifactError, Header};
 use tongban_model::Model;
+
+use crate::render::{self, Locale};
 
 /// A model being served.
 #[derive(Debug)]
@@ -18,12 +21,33 @@ pub struct Served {
     pub model: Model,
     pub header: Header,
     pub path: PathBuf,
+    /// Per service, its guidance JSON in zh-CN and en, built on first use.
+    guidance: OnceLock<Vec<[Box<RawValue>; 2]>>,
 }
 
 impl Served {
     pub fn new(model: Model, header: Header, path: PathBuf) -> Served {
         let fp: String = header.data.fingerprint.chars().take(8).collect();
-        Served { version: format!("{}-{fp}", header.created_at), model, header, path }
+        Served { version: format!("{}-{fp}", header.created_at), model, header, path, guidance: OnceLock::new() }
+    }
+
+    /// The serialised guidance of a service in a locale. Every suggestion repeats the same few
+    /// hundred services, so rendering them once per model takes most of the JSON work off the
+    /// request path. `portal` is fixed for a server's lifetime.
+    pub fn guidance(&self, service: u32, locale: Locale, portal: &str) -> Option<&RawValue> {
+        let cat = self.model.catalogue()?;
+        let all = self.guidance.get_or_init(|| {
+            (0..cat.services().len() as u32)
+                .map(|s| {
+                    [Locale::ZhCn, Locale::En].map(|l| {
+                        serde_json::value::to_raw_value(&render::service(cat, s, l, portal))
+                            .expect("guidance serialises")
+                    })
+                })
+                .collect()
+        });
+        let i = usize::from(locale == Locale::En);
+        all.get(service as usize).map(|g| &*g[i])
     }
 }
 

@@ -67,9 +67,10 @@ pub struct ServiceOut<'a> {
 }
 
 /// One rendered suggestion.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SuggestionOut<'a> {
-    pub service: ServiceOut<'a>,
+    /// The service's guidance, serialised once per model and locale (see `Served::guidance`).
+    pub service: &'a serde_json::value::RawValue,
     pub score: f32,
     pub reasons: Vec<&'static str>,
     pub reason_text: String,
