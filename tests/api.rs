@@ -224,6 +224,19 @@ async fn suite(backend: Backend) {
     let (_, r) = app.post("/v1/events", &good.to_string()).await;
     assert_eq!(r["accepted"], 1, "the good event of the refused batches was never stored: {r}");
 
+    // An event older than a full profile window is acknowledged as too late, not as a
+    // duplicate (the default window is 64 events).
+    let late_subject = "u-late";
+    let events: Vec<Value> = (0..70)
+        .map(|i| json!({ "event_id": format!("w{i}"), "subject": late_subject, "service": "p.med.reimburse", "kind": "viewed",
+            "at": format!("2025-06-{:02}T{:02}:00:00Z", 1 + i / 24, i % 24) }))
+        .collect();
+    let (_, r) = app.post("/v1/events", &json!({ "events": events }).to_string()).await;
+    assert_eq!(r["accepted"], 70, "{r}");
+    let old = json!({ "event_id": "w-old", "subject": late_subject, "service": "p.med.reimburse", "kind": "viewed", "at": "2024-01-01T00:00:00Z" });
+    let (status, r) = app.post("/v1/events", &old.to_string()).await;
+    assert_eq!((status, r["too_late"].as_u64(), r["duplicates"].as_u64()), (200, Some(1), Some(0)), "{r}");
+
     // Feedback is stored as an event.
     let fb = json!({ "event_id": "f1", "subject": fresh, "service": "e.entry.seal", "action": "dismissed" });
     let (status, r) = app.post("/v1/feedback", &fb.to_string()).await;
@@ -286,7 +299,7 @@ async fn suite(backend: Backend) {
         metrics.contains("tongban_http_request_duration_seconds_bucket{route=\"/v1/users/{id}/recommendations\""),
         "{metrics}"
     );
-    assert!(metrics.contains("tongban_events_ingested_total 4"), "{metrics}");
+    assert!(metrics.contains("tongban_events_ingested_total 74"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
