@@ -186,13 +186,19 @@ fn step(cmd: &mut std::process::Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A subject with an open bundle whose last step is recent: a good first example.
+/// The company that most recently completed its business registration: its opening bundle is
+/// still open, a good first example.
 fn example_subject(events: &Path) -> Option<(String, String)> {
     let text = std::fs::read_to_string(events).ok()?;
     let mut last: Option<(String, String)> = None;
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() == 7 && f[3] == "completed" && f[2] == "e.entry.registration" {
+        // RFC 3339 times in UTC compare as strings.
+        if f.len() == 7
+            && f[3] == "completed"
+            && f[2] == "e.entry.registration"
+            && last.as_ref().is_none_or(|l| f[5] > l.1.as_str())
+        {
             last = Some((f[1].to_owned(), f[5].to_owned()));
         }
     }
