@@ -45,6 +45,9 @@ pub struct ServeArgs {
     pub max_batch: usize,
     #[arg(long, env = "TONGBAN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Push templates folder (`zh-CN.toml`, `en.toml`), checked at start-up.
+    #[arg(long, env = "TONGBAN_TEMPLATES", default_value = "templates")]
+    pub templates: PathBuf,
     /// Requests per second per API key (429 with Retry-After beyond); 0 = no limit.
     #[arg(long, env = "TONGBAN_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
@@ -148,7 +151,14 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     };
     let served = Served::new(model, header, args.model.clone());
     let version = served.version.clone();
-    let state = tongban_server::state(Models::new(served, catalogue), store, settings, segments);
+    let templates = match &catalogue {
+        Some(cat) => Some(
+            tongban_server::push::Templates::load(&args.templates, cat)
+                .map_err(|e| anyhow::anyhow!("push templates: {e}"))?,
+        ),
+        None => None,
+    };
+    let state = tongban_server::state(Models::new(served, catalogue), store, settings, segments, templates);
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     eprintln!("tongban serving model {version} with the {} store on http://{}", state.store.kind(), args.addr);
     if let Some(b) = banner {
@@ -272,6 +282,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         max_batch: 1000,
         max_body_bytes: 4 << 20,
         rate_limit: 0,
+        templates: PathBuf::from("templates"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(run(&serve_args, Some(banner)))

@@ -134,7 +134,16 @@ async fn start_with(backend: Backend, keys: ApiKeys, rate: u32) -> (App, Option<
     }
     let settings = Settings { keys, max_batch: 100, fixed_now: Some(f.now), rate_per_key: rate, ..Settings::default() };
     let served = Served::new(model, header, f.model_file.path().to_owned());
-    let state = tongban_server::state(Models::new(served, Some(f.catalogue.clone())), store, settings, HashMap::new());
+    let templates =
+        tongban_server::push::Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), &f.catalogue)
+            .unwrap();
+    let state = tongban_server::state(
+        Models::new(served, Some(f.catalogue.clone())),
+        store,
+        settings,
+        HashMap::new(),
+        Some(templates),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tongban_server::serve(listener, state, std::future::pending()));
@@ -352,15 +361,20 @@ async fn openapi_covers_every_route_and_every_route_answers() {
     );
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let url = format!("{}{}", app.base, path.replace("{id}", "e.entry.registration"));
+            let url = format!("{}{}", app.base, path.replace("{id}", "e.entry.registration").replace("{msg}", "TB-0"));
             let req = match method.as_str() {
                 "get" => app.client.get(&url),
                 "post" => app.client.post(&url).header("content-type", "application/json").body("{}"),
+                "put" => app.client.put(&url).header("content-type", "application/json").body("{}"),
                 "delete" => app.client.delete(&url),
                 m => panic!("unexpected method {m}"),
             };
-            let status = req.send().await.unwrap().status().as_u16();
-            assert!(status != 404 && status != 405, "{method} {path} answered {status}");
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            // A 404 about a missing message is the route answering; a missing route says "route".
+            let route_missing = status == 404 && body["detail"].as_str().is_none_or(|d| d.starts_with("route"));
+            assert!(!route_missing && status != 405, "{method} {path} answered {status}: {body}");
         }
     }
     // A route missing from the document answers 404.
@@ -440,4 +454,136 @@ async fn an_oversized_body_is_refused_with_413() {
     let big = format!("{{\"events\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20));
     let (status, r) = app.post("/v1/events", &big).await;
     assert_eq!((status, r["code"].as_str()), (413, Some("too_large")), "{r}");
+}
+
+async fn push_flow(backend: Backend) {
+    let (app, _redis) = start(backend, ApiKeys::default()).await;
+    let opening = |subject: &str, id: &str| {
+        json!({ "events": [
+            { "event_id": format!("{id}-a"), "subject": subject, "service": "e.entry.registration", "kind": "applied" },
+            { "event_id": format!("{id}-c"), "subject": subject, "service": "e.entry.registration", "kind": "completed" },
+        ]})
+        .to_string()
+    };
+    // The pinned clock is 00:00 in Shanghai: inside the default quiet hours, so the message
+    // waits (stored, not shown yet).
+    let (_, r) = app.post("/v1/events", &opening("co-quiet", "q")).await;
+    assert_eq!(r["pushed"], 1, "{r}");
+    let (_, inbox) = app.get("/v1/users/co-quiet/inbox").await;
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 0, "deferred by quiet hours: {inbox}");
+
+    // Without quiet hours the guidance is in the inbox at once, in zh-CN, naming the bundle,
+    // its next steps and their materials.
+    let put = app
+        .client
+        .put(format!("{}/v1/users/co-open/preferences", app.base))
+        .header("content-type", "application/json")
+        .body(json!({ "quiet_hours": null }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let (_, r) = app.post("/v1/events", &opening("co-open", "o")).await;
+    assert_eq!(r["pushed"], 1, "{r}");
+    let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
+    let msgs = inbox["messages"].as_array().unwrap();
+    assert_eq!((msgs.len(), inbox["unread"].as_u64()), (1, Some(1)), "{inbox}");
+    let m = &msgs[0];
+    assert!(m["title"].as_str().unwrap().contains("开办企业一件事"), "{m}");
+    let body = m["body"].as_str().unwrap();
+    assert!(body.contains("公章刻制备案") && body.contains("承诺时限"), "{body}");
+    assert!(m["sms"].as_str().unwrap().chars().count() <= 70);
+    assert!(m["id"].as_str().unwrap().starts_with("TB-") && !m["id"].as_str().unwrap().contains("co-open"));
+
+    // Another step of the same bundle in the same window: de-duplicated, not a second message.
+    let seal = json!({ "event_id": "o-seal", "subject": "co-open", "service": "e.entry.seal", "kind": "completed" });
+    let (_, r) = app.post("/v1/events", &seal.to_string()).await;
+    assert_eq!((r["accepted"].as_u64(), r["pushed"].as_u64()), (Some(1), Some(0)), "{r}");
+
+    // Read marks.
+    let url = format!("/v1/users/co-open/inbox/{}/read", m["id"].as_str().unwrap());
+    assert_eq!(app.client.post(format!("{}{url}", app.base)).send().await.unwrap().status().as_u16(), 204);
+    let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
+    assert_eq!(inbox["unread"], 0);
+    assert_eq!(
+        app.client
+            .post(format!("{}/v1/users/co-open/inbox/TB-NONE/read", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // The off switch.
+    let put = app
+        .client
+        .put(format!("{}/v1/users/co-off/preferences", app.base))
+        .header("content-type", "application/json")
+        .body(json!({ "push": false }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let (_, r) = app.post("/v1/events", &opening("co-off", "f")).await;
+    assert_eq!((r["accepted"].as_u64(), r["pushed"].as_u64()), (Some(2), Some(0)), "{r}");
+
+    // Bad preferences are refused; personalisation off gives popularity only.
+    let bad = app
+        .client
+        .put(format!("{}/v1/users/co-off/preferences", app.base))
+        .header("content-type", "application/json")
+        .body(json!({ "quiet_hours": [25, 3] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let put = app
+        .client
+        .put(format!("{}/v1/users/co-open/preferences", app.base))
+        .header("content-type", "application/json")
+        .body(json!({ "personalised": false }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let (_, v) = app.get("/v1/users/co-open/recommendations?k=3").await;
+    assert_eq!((v["mode"].as_str(), v["fallback"].as_str()), (Some("popular"), Some("personalisation_off")), "{v}");
+
+    // Erasure takes the inbox and preferences too.
+    assert_eq!(
+        app.client.delete(format!("{}/v1/users/co-open", app.base)).send().await.unwrap().status().as_u16(),
+        204
+    );
+    let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 0);
+    let (_, prefs) = app.get("/v1/users/co-open/preferences").await;
+    assert_eq!(prefs["personalised"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_bundle_step_puts_guidance_in_the_inbox_memory() {
+    push_flow(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_bundle_step_puts_guidance_in_the_inbox_redis() {
+    push_flow(Backend::Redis).await;
+}
+
+#[test]
+fn templates_with_an_unknown_placeholder_or_a_long_sms_are_refused_at_start_up() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    std::fs::copy(base.join("en.toml"), dir.path().join("en.toml")).unwrap();
+    let zh = std::fs::read_to_string(base.join("zh-CN.toml")).unwrap();
+    std::fs::write(dir.path().join("zh-CN.toml"), zh.replace("((bundle))下一步", "((nickname))下一步")).unwrap();
+    let err = tongban_server::push::Templates::load(dir.path(), &f.catalogue).unwrap_err();
+    assert!(err.contains("unknown placeholder ((nickname))") && err.contains("zh-CN.toml"), "{err}");
+    std::fs::write(dir.path().join("zh-CN.toml"), zh.replace("请登录一网通办办理", &"请登录一网通办办理".repeat(6)))
+        .unwrap();
+    let err = tongban_server::push::Templates::load(dir.path(), &f.catalogue).unwrap_err();
+    assert!(err.contains("field `sms`") && err.contains("at most 70"), "{err}");
 }

@@ -134,6 +134,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Segments of known subjects (from an imported subjects file).
     pub segments: HashMap<String, u16>,
+    /// Push templates (present when the model has a catalogue and templates were loaded).
+    pub templates: Option<crate::push::Templates>,
+    pub caps: crate::push::Caps,
     /// Token buckets per API key (by a hash of the key, never the key itself).
     pub buckets: std::sync::Mutex<HashMap<u64, (f64, Instant)>>,
 }
@@ -404,18 +407,24 @@ async fn recommendations(
     let ask = parse_ask(&state, &q, &served.model)?;
     let segment = state.segments.get(subject.as_str()).copied().unwrap_or(0);
     // A store outage must not take suggestions down: answer from popularity instead.
-    let (profile, fallback) = match state.store.profile(subject.as_str()).await {
-        Ok(Some(p)) => (p, None),
-        Ok(None) => (Profile::new(segment), Some("no_history")),
+    let (profile, fallback, opted_out) = match state.store.profile_and_prefs(subject.as_str()).await {
+        Ok((p, prefs)) => {
+            let opted_out = prefs.is_some_and(|p| !p.personalised);
+            match p {
+                Some(p) => (p, opted_out.then_some("personalisation_off"), opted_out),
+                None => (Profile::new(segment), Some("no_history"), opted_out),
+            }
+        }
         Err(e) => {
             state.metrics.store_error();
             eprintln!("warning: store read failed, answering from popularity: {e}");
-            (Profile::new(segment), Some("store_unavailable"))
+            (Profile::new(segment), Some("store_unavailable"), false)
         }
     };
     // Unknown subjects still get a useful answer: the model with an empty profile ranks by
-    // segment popularity and open deadlines; `fallback` says why it is not personal.
-    let personalised = ask.personalised && fallback != Some("store_unavailable");
+    // segment popularity and open deadlines; `fallback` says why it is not personal. A subject
+    // who switched personalisation off gets popularity only.
+    let personalised = ask.personalised && !opted_out && fallback != Some("store_unavailable");
     Ok(suggest(&state, &profile, &ask, personalised, fallback, Some(subject.to_string())))
 }
 
@@ -546,13 +555,92 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
     }
     let ctx = served.model.profile_context();
     let batches: Vec<Batch> = by_subject.iter().map(|(subject, events, ids)| Batch { subject, events, ids }).collect();
+    let mut pushed = 0;
     let segments: Vec<u16> = by_subject.iter().map(|(s, _, _)| state.segments.get(*s).copied().unwrap_or(0)).collect();
     let done = state.store.apply_many(&batches, &segments, &ctx).await.inspect_err(|_| state.metrics.store_error())?;
     let accepted: usize = done.iter().map(|d| d.accepted).sum();
     let duplicates: usize = done.iter().map(|d| d.duplicates).sum();
     let too_late: usize = done.iter().map(|d| d.too_late).sum();
+    // Triggers: a completed bundle step proposes its bundle's next steps to the inbox. The
+    // events are stored already; a failure here loses a message, never an event.
+    for (b, d) in batches.iter().zip(&done) {
+        if d.accepted == 0 {
+            continue;
+        }
+        let completed: Vec<u32> =
+            b.events.iter().filter(|e| e.kind == EventKind::Completed).map(|e| e.service).collect();
+        if completed.is_empty() {
+            continue;
+        }
+        match push_after(state, &served, b.subject, &completed).await {
+            Ok(n) => pushed += n,
+            Err(e) => {
+                state.metrics.store_error();
+                eprintln!("warning: push trigger for one subject failed: {e}");
+            }
+        }
+    }
     state.metrics.events(accepted as u64);
-    Ok(json!({ "accepted": accepted, "duplicates": duplicates, "too_late": too_late }))
+    Ok(json!({ "accepted": accepted, "duplicates": duplicates, "too_late": too_late, "pushed": pushed }))
+}
+
+/// Proposes, checks and stores inbox messages after `completed` events of one subject.
+async fn push_after(
+    state: &AppState,
+    served: &crate::models::Served,
+    subject: &str,
+    completed: &[u32],
+) -> Result<usize, StoreError> {
+    let (Some(templates), Some(cat)) = (state.templates.as_ref(), served.model.catalogue()) else { return Ok(0) };
+    let (profile, prefs) = state.store.profile_and_prefs(subject).await?;
+    let Some(profile) = profile else { return Ok(0) };
+    let prefs = prefs.unwrap_or_default();
+    let locale = Locale::parse(Some(&prefs.locale)).unwrap_or(Locale::ZhCn);
+    let now = state.now();
+    let mut inbox = state.store.inbox(subject).await?;
+    let mut n = 0;
+    let mut seen_bundles = Vec::new();
+    for &done in completed {
+        for proposal in crate::push::propose(cat, &profile, done) {
+            if seen_bundles.contains(&proposal.bundle) {
+                continue;
+            }
+            seen_bundles.push(proposal.bundle);
+            let bundle = &cat.bundles()[proposal.bundle as usize];
+            let id = crate::push::push_id(subject, &bundle.id, "next_step", now, &state.caps);
+            if let Err(skip) = crate::push::decide(cat, &prefs, &profile, &proposal, &id, &inbox, now, &state.caps) {
+                state.metrics.push_skipped(skip);
+                continue;
+            }
+            let (title, body, sms) = templates.render(
+                cat,
+                locale,
+                proposal.bundle,
+                proposal.done,
+                &proposal.steps,
+                &state.settings.portal_url,
+                &id,
+            );
+            let msg = crate::push::InboxMessage {
+                id,
+                trigger: "next_step".into(),
+                bundle: Some(bundle.id.clone()),
+                services: proposal.steps.iter().map(|&s| cat.service(s).id.clone()).collect(),
+                title,
+                body,
+                sms,
+                created_at: now,
+                deliver_at: prefs.deliverable_at(now),
+                expires_at: now + state.caps.ttl_days * 86_400,
+                read: false,
+                model: served.version.clone(),
+            };
+            state.store.push_inbox(subject, &msg).await?;
+            inbox.insert(0, msg);
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 async fn post_events(
@@ -706,6 +794,63 @@ async fn erase(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn get_prefs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::push::Preferences>, ApiError> {
+    authorize(&state, &headers, Scope::Portal)?;
+    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    Ok(Json(state.store.profile_and_prefs(subject.as_str()).await?.1.unwrap_or_default()))
+}
+
+async fn put_prefs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(prefs): JsonBody<crate::push::Preferences>,
+) -> Result<Json<crate::push::Preferences>, ApiError> {
+    authorize(&state, &headers, Scope::Portal)?;
+    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    prefs.check().map_err(|e| ApiError::BadRequest("bad_preferences", e))?;
+    state.store.put_prefs(subject.as_str(), &prefs).await?;
+    Ok(Json(prefs))
+}
+
+async fn get_inbox(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Scope::Portal)?;
+    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let now = state.now();
+    // Deferred (quiet hours) and expired messages are not shown.
+    let messages: Vec<_> = state
+        .store
+        .inbox(subject.as_str())
+        .await?
+        .into_iter()
+        .filter(|m| m.deliver_at <= now && m.expires_at > now)
+        .collect();
+    let unread = messages.iter().filter(|m| !m.read).count();
+    Ok(Json(json!({ "subject": subject.as_str(), "unread": unread, "messages": messages })))
+}
+
+async fn read_message(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((id, msg)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers, Scope::Portal)?;
+    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    if state.store.mark_read(subject.as_str(), &msg).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("message {msg:?}")))
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -785,6 +930,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/users/{id}/recommendations", get(recommendations))
         .route("/v1/users/{id}", axum::routing::delete(erase))
+        .route("/v1/users/{id}/preferences", get(get_prefs).put(put_prefs))
+        .route("/v1/users/{id}/inbox", get(get_inbox))
+        .route("/v1/users/{id}/inbox/{msg}/read", post(read_message))
         .route("/v1/sessions/recommendations", post(session_recommendations))
         .route("/v1/events", post(post_events))
         .route("/v1/feedback", post(post_feedback))

@@ -4,13 +4,15 @@
 //! profiles (process memory or Redis: [`store`]), hot-swappable models ([`models`]), rendering
 //! of guidance in zh-CN and en ([`render`]), metrics and the OpenAPI document.
 //!
-//! It alone knows wire and storage formats; it converts them to domain types at the edge. The
-//! push pipeline (queue, workers, channels) is not built yet.
+//! It alone knows wire and storage formats; it converts them to domain types at the edge.
+//! Pushes ([`push`]) are a first slice: triggers after ingest, policy, templates, the inbox;
+//! the queue, workers and outbound channels are not built yet.
 
 pub mod api;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod push;
 pub mod render;
 pub mod store;
 
@@ -34,7 +36,13 @@ pub async fn serve(
 }
 
 /// Builds the state from its parts.
-pub fn state(models: Models, store: Store, settings: Settings, segments: HashMap<String, u16>) -> Arc<AppState> {
+pub fn state(
+    models: Models,
+    store: Store,
+    settings: Settings,
+    segments: HashMap<String, u16>,
+    templates: Option<push::Templates>,
+) -> Arc<AppState> {
     Arc::new(AppState {
         models,
         store,
@@ -42,6 +50,8 @@ pub fn state(models: Models, store: Store, settings: Settings, segments: HashMap
         metrics: metrics::Metrics::default(),
         segments,
         buckets: Default::default(),
+        templates,
+        caps: push::Caps::default(),
     })
 }
 

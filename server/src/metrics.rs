@@ -22,6 +22,8 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, Route>>,
     events: AtomicU64,
     store_errors: AtomicU64,
+    /// Pushes not stored, by reason.
+    skipped: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -46,6 +48,11 @@ impl Metrics {
         self.events.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn push_skipped(&self, why: crate::push::Skip) {
+        let name = serde_json::to_value(why).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        *self.skipped.lock().expect("no panics while holding the lock").entry(name).or_default() += 1;
+    }
+
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -67,6 +74,10 @@ impl Metrics {
             "# TYPE tongban_store_errors_total counter\ntongban_store_errors_total {}",
             self.store_errors.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "# TYPE tongban_pushes_skipped_total counter");
+        for (why, n) in self.skipped.lock().expect("no panics while holding the lock").iter() {
+            let _ = writeln!(out, "tongban_pushes_skipped_total{{reason=\"{why}\"}} {n}");
+        }
         let routes = self.routes.lock().expect("no panics while holding the lock");
         let _ = writeln!(out, "# TYPE tongban_http_requests_total counter");
         for (name, r) in routes.iter() {

@@ -24,7 +24,43 @@ pub const ROUTES: &[RouteDoc] = &[
         None,
         "Recommendations",
     ),
-    ("delete", "/v1/users/{id}", "Erase a subject's profile (right to erasure)", "ingest", &[], None, "Empty"),
+    (
+        "delete",
+        "/v1/users/{id}",
+        "Erase a subject's profile, preferences and inbox (right to erasure)",
+        "ingest",
+        &[],
+        None,
+        "Empty",
+    ),
+    (
+        "get",
+        "/v1/users/{id}/preferences",
+        "A subject's push and personalisation preferences",
+        "portal",
+        &[],
+        None,
+        "Preferences",
+    ),
+    (
+        "put",
+        "/v1/users/{id}/preferences",
+        "Set them: off switch, categories, quiet hours, time zone, personalisation, locale",
+        "portal",
+        &[],
+        Some("Preferences"),
+        "Preferences",
+    ),
+    (
+        "get",
+        "/v1/users/{id}/inbox",
+        "The portal inbox of guidance pushes (delivered, not expired)",
+        "portal",
+        &[],
+        None,
+        "Inbox",
+    ),
+    ("post", "/v1/users/{id}/inbox/{msg}/read", "Mark a message read", "portal", &[], None, "Empty"),
     (
         "post",
         "/v1/sessions/recommendations",
@@ -104,6 +140,12 @@ fn schemas() -> Value {
             "rating": { "type": "integer", "minimum": 1, "maximum": 5 }, "at": { "type": "string", "format": "date-time" } } },
         "Session": { "type": "object", "required": ["recent"], "properties": { "recent": { "type": "array", "items": s("string") },
             "k": s("integer"), "locale": s("string"), "exclude": s("string"), "category": s("string") } },
+        "Preferences": { "type": "object", "additionalProperties": false, "properties": {
+            "push": s("boolean"), "categories_off": { "type": "array", "items": s("string") },
+            "quiet_hours": { "type": "array", "items": s("integer"), "minItems": 2, "maxItems": 2, "nullable": true },
+            "utc_offset_minutes": s("integer"), "personalised": s("boolean"), "locale": s("string") } },
+        "Inbox": { "type": "object", "properties": { "subject": s("string"), "unread": s("integer"),
+            "messages": { "type": "array", "items": { "type": "object" } } } },
         "Activate": { "type": "object", "required": ["path"], "properties": { "path": s("string") } },
         "Material": { "type": "object", "properties": { "name": s("string"), "shared": s("boolean") } },
         "Service": { "type": "object", "properties": {
@@ -136,8 +178,10 @@ pub fn document() -> Value {
             .iter()
             .map(|q| json!({ "name": q, "in": "query", "required": false, "schema": { "type": if *q == "k" { "integer" } else { "string" } } }))
             .collect();
-        if path.contains("{id}") {
-            params.push(json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }));
+        for name in ["id", "msg"] {
+            if path.contains(&format!("{{{name}}}")) {
+                params.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
+            }
         }
         let ok = if resp == "Text" {
             json!({ "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } })

@@ -23,6 +23,8 @@ use redis::aio::ConnectionManager;
 use tongban_features::io::LogEvent;
 use tongban_features::profile::{Profile, ProfileContext, ProfileError};
 
+use crate::push::{InboxMessage, Preferences};
+
 /// How long Redis remembers event ids for idempotency (the profile also ignores duplicates of
 /// its retained events).
 pub const SEEN_TTL_SECS: i64 = 30 * 86_400;
@@ -65,7 +67,12 @@ pub struct Batch<'a> {
 struct Entry {
     profile: Profile,
     seen: HashSet<String>,
+    prefs: Option<Preferences>,
+    inbox: Vec<InboxMessage>,
 }
+
+/// Inbox messages kept per subject (the oldest go first).
+pub const INBOX_CAP: usize = 50;
 
 /// The embedded store: sharded mutexes over hash maps.
 #[derive(Debug)]
@@ -90,7 +97,7 @@ impl MemoryStore {
         let mut shard = self.shard(batch.subject).lock().expect("no panics while holding the lock");
         let entry = shard
             .entry(batch.subject.to_owned())
-            .or_insert_with(|| Entry { profile: Profile::new(segment), seen: HashSet::new() });
+            .or_insert_with(|| Entry { profile: Profile::new(segment), ..Entry::default() });
         let seen: Vec<bool> = batch.ids.iter().map(|id| entry.seen.contains(id)).collect();
         let (out, new_ids) = apply_events(&mut entry.profile, batch, &seen, ctx);
         entry.seen.extend(new_ids.into_iter().map(str::to_owned));
@@ -171,6 +178,12 @@ impl RedisStore {
     fn keys(&self, subject: &str) -> [String; 3] {
         let tag = format!("{}tb:{{u:{subject}}}", self.prefix);
         [format!("{tag}:p"), format!("{tag}:v"), format!("{tag}:e")]
+    }
+
+    /// Preferences, inbox (a list of JSON messages, newest first) and read marks of a subject.
+    fn push_keys(&self, subject: &str) -> [String; 3] {
+        let tag = format!("{}tb:{{u:{subject}}}", self.prefix);
+        [format!("{tag}:prefs"), format!("{tag}:inbox"), format!("{tag}:read")]
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -348,7 +361,7 @@ impl Store {
                 if shard.contains_key(subject) {
                     return Ok(false);
                 }
-                shard.insert(subject.to_owned(), Entry { profile: profile.clone(), seen: HashSet::new() });
+                shard.insert(subject.to_owned(), Entry { profile: profile.clone(), ..Entry::default() });
                 Ok(true)
             }
             Store::Redis(r) => {
@@ -370,16 +383,142 @@ impl Store {
             Store::Redis(r) => {
                 let [pk, vk, ek] = r.keys(subject);
                 let mut c = r.conn.clone();
+                let push = r.push_keys(subject);
                 let (n, _): (i64, i64) = redis::pipe()
                     .atomic()
                     .cmd("DEL")
                     .arg(&pk)
                     .arg(&ek)
+                    .arg(&push[..])
                     .cmd("INCR")
                     .arg(&vk)
                     .query_async(&mut c)
                     .await?;
                 Ok(n > 0)
+            }
+        }
+    }
+    /// The subject's profile and preferences, in one round trip.
+    pub async fn profile_and_prefs(&self, subject: &str) -> Result<(Option<Profile>, Option<Preferences>), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                Ok(shard.get(subject).map_or((None, None), |e| (Some(e.profile.clone()), e.prefs.clone())))
+            }
+            Store::Redis(r) => {
+                let [pk, _, _] = r.keys(subject);
+                let [fk, _, _] = r.push_keys(subject);
+                let mut c = r.conn.clone();
+                let (bytes, prefs): (Option<Vec<u8>>, Option<String>) =
+                    redis::pipe().cmd("GET").arg(&pk).cmd("GET").arg(&fk).query_async(&mut c).await?;
+                let profile = bytes.map(|b| Profile::decode(&b)).transpose()?;
+                // Preferences are validated before they are stored; unreadable ones fall back to
+                // the defaults rather than failing suggestions.
+                Ok((profile, prefs.and_then(|p| serde_json::from_str(&p).ok())))
+            }
+        }
+    }
+
+    pub async fn put_prefs(&self, subject: &str, prefs: &Preferences) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                shard.entry(subject.to_owned()).or_default().prefs = Some(prefs.clone());
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let [fk, _, _] = r.push_keys(subject);
+                let mut c = r.conn.clone();
+                let json = serde_json::to_string(prefs).expect("preferences serialise");
+                let _: () = redis::cmd("SET").arg(&fk).arg(json).query_async(&mut c).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The subject's inbox, newest first, with read marks.
+    pub async fn inbox(&self, subject: &str) -> Result<Vec<InboxMessage>, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                Ok(shard.get(subject).map(|e| e.inbox.iter().rev().cloned().collect()).unwrap_or_default())
+            }
+            Store::Redis(r) => {
+                let [_, ik, rk] = r.push_keys(subject);
+                let mut c = r.conn.clone();
+                let (items, read): (Vec<String>, Vec<String>) = redis::pipe()
+                    .cmd("LRANGE")
+                    .arg(&ik)
+                    .arg(0)
+                    .arg(-1)
+                    .cmd("SMEMBERS")
+                    .arg(&rk)
+                    .query_async(&mut c)
+                    .await?;
+                let mut out: Vec<InboxMessage> = Vec::with_capacity(items.len());
+                for item in items {
+                    let mut m: InboxMessage = serde_json::from_str(&item)
+                        .map_err(|e| StoreError::Unavailable(format!("unreadable inbox message: {e}")))?;
+                    m.read |= read.contains(&m.id);
+                    out.push(m);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Adds a message to the inbox (capped at `INBOX_CAP`, oldest dropped).
+    pub async fn push_inbox(&self, subject: &str, msg: &InboxMessage) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                let inbox = &mut shard.entry(subject.to_owned()).or_default().inbox;
+                inbox.push(msg.clone());
+                if inbox.len() > INBOX_CAP {
+                    inbox.remove(0);
+                }
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let [_, ik, _] = r.push_keys(subject);
+                let mut c = r.conn.clone();
+                let json = serde_json::to_string(msg).expect("messages serialise");
+                let _: () = redis::pipe()
+                    .atomic()
+                    .cmd("LPUSH")
+                    .arg(&ik)
+                    .arg(json)
+                    .ignore()
+                    .cmd("LTRIM")
+                    .arg(&ik)
+                    .arg(0)
+                    .arg(INBOX_CAP as i64 - 1)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks a message read; false when the inbox has no such message.
+    pub async fn mark_read(&self, subject: &str, id: &str) -> Result<bool, StoreError> {
+        if !self.inbox(subject).await?.iter().any(|m| m.id == id) {
+            return Ok(false);
+        }
+        match self {
+            Store::Memory(m) => {
+                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                if let Some(msg) = shard.get_mut(subject).and_then(|e| e.inbox.iter_mut().find(|x| x.id == id)) {
+                    msg.read = true;
+                }
+                Ok(true)
+            }
+            Store::Redis(r) => {
+                let [_, _, rk] = r.push_keys(subject);
+                let mut c = r.conn.clone();
+                let _: () = redis::cmd("SADD").arg(&rk).arg(id).query_async(&mut c).await?;
+                Ok(true)
             }
         }
     }
