@@ -257,15 +257,20 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .context("reading the demo manifest.json (delete the demo folder to regenerate)")?;
     let cutoff = manifest["cutoff"].as_str().context("manifest.json: cutoff")?.to_owned();
+    // 10:00 in Shanghai on the cut-off day: office hours, outside the default quiet hours.
+    let now = Timestamp(Timestamp::parse(&cutoff).context("manifest.json: cutoff")?.0 + 10 * 3600).to_string();
     let (subject, _) = example_subject(&events).unwrap_or_else(|| ("p0000001".into(), String::new()));
     let base = format!("http://{}", args.addr);
     let banner = format!(
-        "\ntongban demo is up (memory store, clock pinned to the data's cut-off {cutoff}). Try:\n\n  \
+        "\ntongban demo is up (memory store, clock pinned to {now}, just after the data's cut-off). Try:\n\n  \
          curl -s '{base}/v1/users/{subject}/recommendations?k=5' | jq\n  \
          curl -s '{base}/v1/users/{subject}/recommendations?k=5&locale=en' | jq\n  \
          curl -s -X POST {base}/v1/events -H 'content-type: application/json' \\\n    \
          -d '{{\"event_id\":\"demo-1\",\"subject\":\"{subject}\",\"service\":\"e.entry.seal\",\"kind\":\"completed\"}}'\n  \
          curl -s '{base}/v1/services/e.entry.registration' | jq\n  \
+         curl -s -X POST {base}/v1/events -H 'content-type: application/json' \\\n    \
+         -d '{{\"event_id\":\"demo-2\",\"subject\":\"e-demo\",\"service\":\"e.entry.registration\",\"kind\":\"completed\"}}'\n  \
+         curl -s '{base}/v1/users/e-demo/inbox' | jq\n  \
          curl -s '{base}/v1/services/popular?segment=person:30-39&k=5' | jq\n  \
          curl -s {base}/openapi.json | jq '.paths | keys'\n\nCtrl-C stops it.\n"
     );
@@ -277,7 +282,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         addr: args.addr,
         import: Some(events),
         subjects: None,
-        now: Some(cutoff),
+        now: Some(now),
         portal_url: "https://zwfw.dl.gov.cn".into(),
         max_batch: 1000,
         max_body_bytes: 4 << 20,

@@ -491,7 +491,7 @@ async fn push_flow(backend: Backend) {
     let m = &msgs[0];
     assert!(m["title"].as_str().unwrap().contains("开办企业一件事"), "{m}");
     let body = m["body"].as_str().unwrap();
-    assert!(body.contains("公章刻制备案") && body.contains("承诺时限"), "{body}");
+    assert!(body.contains("公章刻制备案") && body.contains("办理时限") && body.contains("办理入口"), "{body}");
     assert!(m["sms"].as_str().unwrap().chars().count() <= 70);
     assert!(m["id"].as_str().unwrap().starts_with("TB-") && !m["id"].as_str().unwrap().contains("co-open"));
 

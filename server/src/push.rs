@@ -258,10 +258,11 @@ impl Templates {
             } else {
                 to_bring.join(if zh { "、" } else { ", " })
             };
-            let time_limit = if zh {
-                format!("{}个工作日", svc.time_limit_days)
-            } else {
-                format!("{} working days", svc.time_limit_days)
+            let time_limit = match (svc.time_limit_days, zh) {
+                (0, true) => "当场办结".to_owned(),
+                (0, false) => "done on the spot".to_owned(),
+                (d, true) => format!("{d}个工作日"),
+                (d, false) => format!("{d} working days"),
             };
             lines.push(fill(
                 &t.step,
