@@ -5,13 +5,8 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-fn tongban(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tongban"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::tongban;
 
 fn stdout_json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

@@ -1,15 +1,10 @@
 //! End-to-end tests of `tongban train`, `eval` and `tune` on data made here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn tongban(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tongban"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::tongban;
 
 fn ok_json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));

@@ -235,6 +235,10 @@ fn rate_check(state: &AppState, key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn parse_subject(id: &str) -> Result<SubjectId, ApiError> {
+    SubjectId::parse(id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))
+}
+
 fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     if state.settings.keys.is_open() {
@@ -402,7 +406,7 @@ async fn recommendations(
     QueryParams(q): QueryParams<RecQuery>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
-    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let subject = parse_subject(&id)?;
     let served = state.models.active();
     let ask = parse_ask(&state, &q, &served.model)?;
     let segment = state.segments.get(subject.as_str()).copied().unwrap_or(0);
@@ -789,7 +793,7 @@ async fn erase(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, Scope::Ingest)?;
-    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let subject = parse_subject(&id)?;
     state.store.erase(subject.as_str()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -800,7 +804,7 @@ async fn get_prefs(
     Path(id): Path<String>,
 ) -> Result<Json<crate::push::Preferences>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
-    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let subject = parse_subject(&id)?;
     Ok(Json(state.store.profile_and_prefs(subject.as_str()).await?.1.unwrap_or_default()))
 }
 
@@ -811,7 +815,7 @@ async fn put_prefs(
     JsonBody(prefs): JsonBody<crate::push::Preferences>,
 ) -> Result<Json<crate::push::Preferences>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
-    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let subject = parse_subject(&id)?;
     prefs.check().map_err(|e| ApiError::BadRequest("bad_preferences", e))?;
     state.store.put_prefs(subject.as_str(), &prefs).await?;
     Ok(Json(prefs))
@@ -823,7 +827,7 @@ async fn get_inbox(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
-    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let subject = parse_subject(&id)?;
     let now = state.now();
     // Deferred (quiet hours) and expired messages are not shown.
     let messages: Vec<_> = state
@@ -843,7 +847,7 @@ async fn read_message(
     Path((id, msg)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
-    let subject = SubjectId::parse(&id).map_err(|e| ApiError::BadRequest("bad_subject", e.to_string()))?;
+    let subject = parse_subject(&id)?;
     if state.store.mark_read(subject.as_str(), &msg).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
