@@ -157,6 +157,17 @@ impl App {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
+    async fn put(&self, path: &str, body: &str) -> u16 {
+        let r = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    }
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let r = self
             .client
@@ -474,15 +485,7 @@ async fn push_flow(backend: Backend) {
 
     // Without quiet hours the guidance is in the inbox at once, in zh-CN, naming the bundle,
     // its next steps and their materials.
-    let put = app
-        .client
-        .put(format!("{}/v1/users/co-open/preferences", app.base))
-        .header("content-type", "application/json")
-        .body(json!({ "quiet_hours": null }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(app.put("/v1/users/co-open/preferences", &json!({ "quiet_hours": null }).to_string()).await, 200);
     let (_, r) = app.post("/v1/events", &opening("co-open", "o")).await;
     assert_eq!(r["pushed"], 1, "{r}");
     let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
@@ -517,37 +520,13 @@ async fn push_flow(backend: Backend) {
     );
 
     // The off switch.
-    let put = app
-        .client
-        .put(format!("{}/v1/users/co-off/preferences", app.base))
-        .header("content-type", "application/json")
-        .body(json!({ "push": false }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(app.put("/v1/users/co-off/preferences", &json!({ "push": false }).to_string()).await, 200);
     let (_, r) = app.post("/v1/events", &opening("co-off", "f")).await;
     assert_eq!((r["accepted"].as_u64(), r["pushed"].as_u64()), (Some(2), Some(0)), "{r}");
 
     // Bad preferences are refused; personalisation off gives popularity only.
-    let bad = app
-        .client
-        .put(format!("{}/v1/users/co-off/preferences", app.base))
-        .header("content-type", "application/json")
-        .body(json!({ "quiet_hours": [25, 3] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status().as_u16(), 400);
-    let put = app
-        .client
-        .put(format!("{}/v1/users/co-open/preferences", app.base))
-        .header("content-type", "application/json")
-        .body(json!({ "personalised": false }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(app.put("/v1/users/co-off/preferences", &json!({ "quiet_hours": [25, 3] }).to_string()).await, 400);
+    assert_eq!(app.put("/v1/users/co-open/preferences", &json!({ "personalised": false }).to_string()).await, 200);
     let (_, v) = app.get("/v1/users/co-open/recommendations?k=3").await;
     assert_eq!((v["mode"].as_str(), v["fallback"].as_str()), (Some("popular"), Some("personalisation_off")), "{v}");
 
