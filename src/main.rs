@@ -56,8 +56,13 @@ enum Command {
     Tune(model_cli::TuneArgs),
     /// Serve the HTTP API (memory store, or Redis with --redis).
     Serve(serve::ServeArgs),
-    /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (memory store).
+    /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (memory store,
+    /// with the push worker in process).
     Demo(serve::DemoArgs),
+    /// Deliver queued pushes from Redis (inbox, log, webhook) and run the periodic deadline scan.
+    Worker(serve::WorkerArgs),
+    /// Scan every profile in Redis once for deadlines and renewals coming due; enqueue pushes.
+    Scan(serve::ScanArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +273,8 @@ fn main() -> ExitCode {
         Command::Tune(args) => model_cli::tune(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Demo(args) => serve::demo(&args),
+        Command::Worker(args) => serve::worker(&args),
+        Command::Scan(args) => serve::scan(&args),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use tongban_features::catalogue::Catalogue;
 use tongban_features::io::{read_log_into, read_subjects, BadRowPolicy, EventLog, LogFormat};
 use tongban_features::time::Timestamp;
+use tongban_server::queue::Queue;
 use tongban_server::{ApiKeys, Models, Served, Settings, Store};
 
 #[derive(clap::Args, Debug)]
@@ -51,6 +52,190 @@ pub struct ServeArgs {
     /// Requests per second per API key (429 with Retry-After beyond); 0 = no limit.
     #[arg(long, env = "TONGBAN_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
+    /// Run the push worker (delivery and periodic scan) in this process. Always on with the
+    /// memory store, whose queue no other process can reach.
+    #[arg(long, env = "TONGBAN_WITH_WORKER")]
+    pub with_worker: bool,
+    #[command(flatten)]
+    pub push: PushArgs,
+}
+
+/// Push queue and delivery settings (serve, worker, scan).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PushArgs {
+    /// Queue partitions (Redis streams; the same number for every process of a deployment).
+    #[arg(long, env = "TONGBAN_PARTITIONS", default_value_t = 8)]
+    pub partitions: usize,
+    /// The webhook gateway for SMS and app pushes (http://...); the secret comes from
+    /// TONGBAN_WEBHOOK_SECRET (at least 16 bytes).
+    #[arg(long, env = "TONGBAN_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    #[arg(long, env = "TONGBAN_WEBHOOK_TIMEOUT_MS", default_value_t = 5000)]
+    pub webhook_timeout_ms: u64,
+    /// The log channel: one JSON line per delivered push, to this file (`-`: standard output).
+    #[arg(long, env = "TONGBAN_PUSH_LOG")]
+    pub push_log: Option<PathBuf>,
+    /// Attempts before a push is dead-lettered.
+    #[arg(long, env = "TONGBAN_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// The first retry's delay; each next one doubles (with jitter), up to an hour.
+    #[arg(long, env = "TONGBAN_BACKOFF_MS", default_value_t = 1000)]
+    pub backoff_ms: u64,
+    /// Pushes a worker claimed and did not finish within this time are reclaimed by another.
+    #[arg(long, env = "TONGBAN_RECLAIM_AFTER_MS", default_value_t = 30_000)]
+    pub reclaim_after_ms: u64,
+    /// Pushes claimed and delivered concurrently per round.
+    #[arg(long, env = "TONGBAN_WORKER_BATCH", default_value_t = 64)]
+    pub batch: usize,
+    /// The deadline scan's period in seconds (0: no periodic scan).
+    #[arg(long, env = "TONGBAN_SCAN_EVERY_SECS", default_value_t = 3600)]
+    pub scan_every_secs: u64,
+}
+
+impl PushArgs {
+    fn check(&self) -> Result<()> {
+        if !(1..=1024).contains(&self.partitions) {
+            bail!("--partitions {}: expected 1 to 1024", self.partitions);
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            bail!("--batch {}: expected 1 to 10000", self.batch);
+        }
+        if self.max_attempts == 0 {
+            bail!("--max-attempts: expected at least 1");
+        }
+        Ok(())
+    }
+
+    fn worker(&self, pusher: Arc<tongban_server::deliver::Pusher>) -> Result<tongban_server::deliver::Worker> {
+        use tongban_server::deliver::{Channels, LogChannel, Webhook, Worker, WorkerConfig};
+        let log = match &self.push_log {
+            Some(p) => Some(LogChannel::open(p).with_context(|| format!("--push-log {}", p.display()))?),
+            None => None,
+        };
+        let webhook = match &self.webhook_url {
+            Some(url) => {
+                let secret = std::env::var("TONGBAN_WEBHOOK_SECRET").unwrap_or_default();
+                Some(
+                    Webhook::new(url, secret.as_bytes(), std::time::Duration::from_millis(self.webhook_timeout_ms))
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                )
+            }
+            None => None,
+        };
+        let cfg = WorkerConfig {
+            batch: self.batch,
+            reclaim_idle_ms: self.reclaim_after_ms,
+            max_attempts: self.max_attempts,
+            backoff_base_ms: self.backoff_ms.max(1),
+            scan_every: (self.scan_every_secs > 0).then(|| std::time::Duration::from_secs(self.scan_every_secs)),
+            ..WorkerConfig::new()
+        };
+        Ok(Worker { pusher, channels: Channels { log, webhook }, cfg })
+    }
+}
+
+/// Connects the store and the queue: Redis when a URL is given, else process memory.
+async fn connect(redis: Option<&str>, prefix: &str, partitions: usize) -> Result<(Arc<Store>, Arc<Queue>)> {
+    Ok(match redis {
+        Some(url) => {
+            let r = tongban_server::store::RedisStore::connect(url, prefix)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", tongban_server::store::redact(url)))?;
+            let (conn, prefix) = r.connection();
+            let q = Queue::redis(conn, &prefix, partitions).await.context("creating the push queue in Redis")?;
+            (Arc::new(Store::Redis(r)), Arc::new(q))
+        }
+        None => (Arc::new(Store::memory()), Arc::new(Queue::memory())),
+    })
+}
+
+fn parse_now(now: &Option<String>) -> Result<Option<i64>> {
+    match now {
+        Some(t) => Ok(Some(Timestamp::parse(t).with_context(|| format!("--now {t:?}: expected RFC 3339"))?.0)),
+        None => Ok(None),
+    }
+}
+
+/// Settings of the processes that push without serving (worker, scan).
+#[derive(clap::Args, Debug)]
+pub struct PushProcessArgs {
+    /// Redis URL (redis://host:port/db): the store and queue the servers use.
+    #[arg(long, env = "TONGBAN_REDIS_URL")]
+    pub redis: String,
+    #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+    #[arg(long, env = "TONGBAN_CATALOGUE", default_value = "catalogue")]
+    pub catalogue: PathBuf,
+    #[arg(long, env = "TONGBAN_TEMPLATES", default_value = "templates")]
+    pub templates: PathBuf,
+    /// Pin the policy clock (RFC 3339).
+    #[arg(long, env = "TONGBAN_NOW")]
+    pub now: Option<String>,
+    #[arg(long, env = "TONGBAN_PORTAL_URL", default_value = "https://zwfw.dl.gov.cn")]
+    pub portal_url: String,
+    #[command(flatten)]
+    pub push: PushArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub common: PushProcessArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub common: PushProcessArgs,
+}
+
+async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::Pusher>> {
+    a.push.check()?;
+    let fixed_now = parse_now(&a.now)?;
+    let cat = Arc::new(
+        Catalogue::load(&a.catalogue).with_context(|| format!("loading the catalogue {}", a.catalogue.display()))?,
+    );
+    let templates =
+        tongban_server::push::Templates::load(&a.templates, &cat).map_err(|e| anyhow::anyhow!("push templates: {e}"))?;
+    let (store, queue) = connect(Some(&a.redis), &a.redis_prefix, a.push.partitions).await?;
+    Ok(Arc::new(tongban_server::deliver::Pusher {
+        store,
+        queue,
+        catalogue: cat,
+        templates,
+        caps: tongban_server::push::Caps::default(),
+        portal: a.portal_url.clone(),
+        fixed_now,
+    }))
+}
+
+pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let pusher = pusher_for(&args.common).await?;
+        let worker = args.common.push.worker(pusher)?;
+        eprintln!(
+            "tongban worker {} delivering from Redis ({} partitions)",
+            worker.cfg.consumer, args.common.push.partitions
+        );
+        worker.run(shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn scan(args: &ScanArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let pusher = pusher_for(&args.common).await?;
+        let report = pusher.scan().await.context("scanning profiles")?;
+        println!("{}", serde_json::to_string(&report).expect("reports serialise"));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("shutting down");
 }
 
 /// API keys come from the environment only (never flags, which `ps` shows):
@@ -79,10 +264,8 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
 
 /// Starts the server; `banner` is printed once it listens.
 async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
-    let fixed_now = match &args.now {
-        Some(t) => Some(Timestamp::parse(t).with_context(|| format!("--now {t:?}: expected RFC 3339"))?.0),
-        None => None,
-    };
+    let fixed_now = parse_now(&args.now)?;
+    args.push.check()?;
     let header = tongban_model::artifact::read_header(&args.model)?;
     let catalogue = match (&args.catalogue, &header.catalogue_fingerprint) {
         (Some(p), _) => Some(p.clone()),
@@ -96,14 +279,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         None => None,
     };
     let (model, header) = tongban_model::artifact::load(&args.model, catalogue.clone())?;
-    let store = match &args.redis {
-        Some(url) => Store::Redis(
-            tongban_server::store::RedisStore::connect(url, &args.redis_prefix)
-                .await
-                .with_context(|| format!("connecting to Redis at {}", tongban_server::store::redact(url)))?,
-        ),
-        None => Store::memory(),
-    };
+    let (store, queue) = connect(args.redis.as_deref(), &args.redis_prefix, args.push.partitions).await?;
     let mut segments = HashMap::new();
     if let Some(log_path) = &args.import {
         let started = std::time::Instant::now();
@@ -158,17 +334,31 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let state = tongban_server::state(Models::new(served, catalogue), store, settings, segments, templates);
+    let state = tongban_server::state(Models::new(served, catalogue), store, queue, settings, segments, templates);
+    let with_worker = args.with_worker || args.redis.is_none();
+    let worker = match (&state.pusher, with_worker) {
+        (Some(p), true) => Some(args.push.worker(p.clone())?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     eprintln!("tongban serving model {version} with the {} store on http://{}", state.store.kind(), args.addr);
     if let Some(b) = banner {
         println!("{b}");
     }
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker_task = worker.map(|w| {
+        eprintln!("push worker {} running in process ({} queue)", w.cfg.consumer, state.queue.kind());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move { w.run(async move { let _ = stopped.changed().await; }).await })
+    });
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
     };
     tongban_server::serve(listener, state, shutdown).await.context("serving")?;
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -288,6 +478,18 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         max_body_bytes: 4 << 20,
         rate_limit: 0,
         templates: PathBuf::from("templates"),
+        with_worker: true,
+        push: PushArgs {
+            partitions: 1,
+            webhook_url: None,
+            webhook_timeout_ms: 5000,
+            push_log: None,
+            max_attempts: 5,
+            backoff_ms: 1000,
+            reclaim_after_ms: 30_000,
+            batch: 64,
+            scan_every_secs: 3600,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(run(&serve_args, Some(banner)))

@@ -442,6 +442,25 @@ impl Model {
         scratch.src.truncate(w);
     }
 
+    /// The personalised score of one service for a subject (operators' campaigns: users for an
+    /// item), or `None` when the rules exclude it (audience, done and not repeatable).
+    pub fn score_one(&self, profile: &Profile, service: u32, now: i64, scratch: &mut ScoreScratch) -> Option<f32> {
+        if service as usize >= self.service_count() {
+            return None;
+        }
+        scratch.begin(self.service_count());
+        scratch.add(service, 0);
+        self.apply_rules(profile, &Request { k: 1, ..Request::default() }, scratch);
+        if scratch.cands.is_empty() {
+            return None;
+        }
+        let prep = self.extractor.prepare(profile, now, &mut scratch.features);
+        let ScoreScratch { features, cands, feats, .. } = scratch;
+        feats.resize(cands.len() * WIDTH, 0.0);
+        self.extractor.extract(profile, &prep, features, cands, feats);
+        Some(self.ranker.score(&feats[..WIDTH]))
+    }
+
     /// Top-k suggestions with scores and reasons.
     pub fn recommend(
         &self,

@@ -129,14 +129,15 @@ impl ApiKeys {
 #[derive(Debug)]
 pub struct AppState {
     pub models: Models,
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// The delivery queue (pushes).
+    pub queue: Arc<crate::queue::Queue>,
     pub settings: Settings,
     pub metrics: Metrics,
     /// Segments of known subjects (from an imported subjects file).
     pub segments: HashMap<String, u16>,
-    /// Push templates (present when the model has a catalogue and templates were loaded).
-    pub templates: Option<crate::push::Templates>,
-    pub caps: crate::push::Caps,
+    /// Pushes: present when the model has a catalogue and templates were loaded.
+    pub pusher: Option<Arc<crate::deliver::Pusher>>,
     /// Token buckets per API key (by a hash of the key, never the key itself).
     pub buckets: std::sync::Mutex<HashMap<u64, (f64, Instant)>>,
 }
@@ -565,86 +566,34 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
     let accepted: usize = done.iter().map(|d| d.accepted).sum();
     let duplicates: usize = done.iter().map(|d| d.duplicates).sum();
     let too_late: usize = done.iter().map(|d| d.too_late).sum();
-    // Triggers: a completed bundle step proposes its bundle's next steps to the inbox. The
-    // events are stored already; a failure here loses a message, never an event.
-    for (b, d) in batches.iter().zip(&done) {
-        if d.accepted == 0 {
-            continue;
-        }
-        let completed: Vec<u32> =
-            b.events.iter().filter(|e| e.kind == EventKind::Completed).map(|e| e.service).collect();
-        if completed.is_empty() {
-            continue;
-        }
-        match push_after(state, &served, b.subject, &completed).await {
-            Ok(n) => pushed += n,
-            Err(e) => {
-                state.metrics.store_error();
-                eprintln!("warning: push trigger for one subject failed: {e}");
+    // Triggers: a completed bundle step proposes its bundle's next steps. The events are stored
+    // already; a failure here loses a push (reported), never an event.
+    if let Some(pusher) = &state.pusher {
+        for (b, d) in batches.iter().zip(&done) {
+            if d.accepted == 0 {
+                continue;
+            }
+            let completed: Vec<u32> =
+                b.events.iter().filter(|e| e.kind == EventKind::Completed).map(|e| e.service).collect();
+            if completed.is_empty() {
+                continue;
+            }
+            match pusher.after_events(b.subject, &completed, &served.version).await {
+                Ok(o) => {
+                    pushed += o.queued;
+                    for (_, skip) in &o.skipped {
+                        state.metrics.push_skipped(*skip);
+                    }
+                }
+                Err(e) => {
+                    state.metrics.store_error();
+                    eprintln!("warning: push trigger for one subject failed: {e}");
+                }
             }
         }
     }
     state.metrics.events(accepted as u64);
     Ok(json!({ "accepted": accepted, "duplicates": duplicates, "too_late": too_late, "pushed": pushed }))
-}
-
-/// Proposes, checks and stores inbox messages after `completed` events of one subject.
-async fn push_after(
-    state: &AppState,
-    served: &crate::models::Served,
-    subject: &str,
-    completed: &[u32],
-) -> Result<usize, StoreError> {
-    let (Some(templates), Some(cat)) = (state.templates.as_ref(), served.model.catalogue()) else { return Ok(0) };
-    let (profile, prefs) = state.store.profile_and_prefs(subject).await?;
-    let Some(profile) = profile else { return Ok(0) };
-    let prefs = prefs.unwrap_or_default();
-    let locale = Locale::parse(Some(&prefs.locale)).unwrap_or(Locale::ZhCn);
-    let now = state.now();
-    let mut inbox = state.store.inbox(subject).await?;
-    let mut n = 0;
-    let mut seen_bundles = Vec::new();
-    for &done in completed {
-        for proposal in crate::push::propose(cat, &profile, done) {
-            if seen_bundles.contains(&proposal.bundle) {
-                continue;
-            }
-            seen_bundles.push(proposal.bundle);
-            let bundle = &cat.bundles()[proposal.bundle as usize];
-            let id = crate::push::push_id(subject, &bundle.id, "next_step", now, &state.caps);
-            if let Err(skip) = crate::push::decide(cat, &prefs, &profile, &proposal, &id, &inbox, now, &state.caps) {
-                state.metrics.push_skipped(skip);
-                continue;
-            }
-            let (title, body, sms) = templates.render(
-                cat,
-                locale,
-                proposal.bundle,
-                proposal.done,
-                &proposal.steps,
-                &state.settings.portal_url,
-                &id,
-            );
-            let msg = crate::push::InboxMessage {
-                id,
-                trigger: "next_step".into(),
-                bundle: Some(bundle.id.clone()),
-                services: proposal.steps.iter().map(|&s| cat.service(s).id.clone()).collect(),
-                title,
-                body,
-                sms,
-                created_at: now,
-                deliver_at: prefs.deliverable_at(now),
-                expires_at: now + state.caps.ttl_days * 86_400,
-                read: false,
-                model: served.version.clone(),
-            };
-            state.store.push_inbox(subject, &msg).await?;
-            inbox.insert(0, msg);
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 async fn post_events(
@@ -865,7 +814,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let body = state.metrics.render(&state.models.active().version, state.store.kind());
+    let mut body = state.metrics.render(&state.models.active().version, state.store.kind());
+    // Push counters live with the queue (in Redis: shared by every replica and worker).
+    if let (Ok(counts), Ok(depth)) = (state.queue.counts().await, state.queue.depth().await) {
+        crate::metrics::render_pushes(&mut body, &counts, &depth);
+    }
     ([("content-type", "text/plain; version=0.0.4")], body)
 }
 
@@ -915,6 +868,54 @@ async fn admin_rollback(State(state): State<Arc<AppState>>, headers: HeaderMap) 
     Ok(Json(json!({ "active": version })))
 }
 
+fn pusher(state: &AppState) -> Result<&Arc<crate::deliver::Pusher>, ApiError> {
+    state.pusher.as_ref().ok_or_else(|| {
+        ApiError::Unprocessable("no_pushes", "pushes need a model with a catalogue and templates".into())
+    })
+}
+
+async fn admin_push(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::queue::PushRecord>, ApiError> {
+    authorize(&state, &headers, Scope::Operator)?;
+    state.queue.record(&id).await?.map(Json).ok_or_else(|| ApiError::NotFound(format!("push {id:?}")))
+}
+
+async fn admin_queue(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Scope::Operator)?;
+    let depth = state.queue.depth().await?;
+    let dead: Vec<Value> = state
+        .queue
+        .dead_letters(20)
+        .await?
+        .into_iter()
+        .map(|(job, reason)| json!({ "id": job.message.id, "trigger": job.message.trigger, "attempts": job.attempts, "reason": reason }))
+        .collect();
+    Ok(Json(json!({ "backend": state.queue.kind(), "depth": depth, "dead_letters": dead })))
+}
+
+async fn admin_campaign(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<crate::deliver::CampaignIn>,
+) -> Result<Json<crate::deliver::CampaignReport>, ApiError> {
+    authorize(&state, &headers, Scope::Operator)?;
+    let pusher = pusher(&state)?;
+    if pusher.catalogue.lookup(&body.service).is_none() {
+        return Err(ApiError::Unprocessable("unknown_service", format!("service {:?} is not in the catalogue", body.service)));
+    }
+    if body.n == 0 || body.n > 1_000_000 {
+        return Err(ApiError::BadRequest("bad_n", format!("n: expected 1 to 1000000, got {}", body.n)));
+    }
+    if body.id.is_empty() || body.id.len() > 64 {
+        return Err(ApiError::BadRequest("bad_id", "id: expected 1 to 64 characters".into()));
+    }
+    let served = state.models.active();
+    Ok(Json(pusher.campaign(&served.model, &served.version, &body).await?))
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("route".into())
 }
@@ -951,6 +952,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(ping))
         .route("/admin/models", get(admin_models).post(admin_activate))
         .route("/admin/models/rollback", post(admin_rollback))
+        .route("/admin/pushes/{id}", get(admin_push))
+        .route("/admin/queue", get(admin_queue))
+        .route("/admin/campaigns", post(admin_campaign))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))

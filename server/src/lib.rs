@@ -5,14 +5,17 @@
 //! of guidance in zh-CN and en ([`render`]), metrics and the OpenAPI document.
 //!
 //! It alone knows wire and storage formats; it converts them to domain types at the edge.
-//! Pushes ([`push`]) are a first slice: triggers after ingest, policy, templates, the inbox;
-//! the queue, workers and outbound channels are not built yet.
+//! Pushes: triggers, policy and templates ([`push`]), the delivery queue on Redis Streams or
+//! in memory ([`queue`]), policy-and-enqueue and the delivery worker with its channels
+//! ([`deliver`]).
 
 pub mod api;
+pub mod deliver;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod push;
+pub mod queue;
 pub mod render;
 pub mod store;
 
@@ -35,23 +38,37 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
-/// Builds the state from its parts.
+/// Builds the state from its parts. Pushes are on when the active model has a catalogue and
+/// templates are given.
 pub fn state(
     models: Models,
-    store: Store,
+    store: Arc<Store>,
+    queue: Arc<queue::Queue>,
     settings: Settings,
     segments: HashMap<String, u16>,
     templates: Option<push::Templates>,
 ) -> Arc<AppState> {
+    let pusher = match (models.catalogue(), templates) {
+        (Some(cat), Some(templates)) => Some(Arc::new(deliver::Pusher {
+            store: store.clone(),
+            queue: queue.clone(),
+            catalogue: cat,
+            templates,
+            caps: push::Caps::default(),
+            portal: settings.portal_url.clone(),
+            fixed_now: settings.fixed_now,
+        })),
+        _ => None,
+    };
     Arc::new(AppState {
         models,
         store,
+        queue,
         settings,
         metrics: metrics::Metrics::default(),
         segments,
         buckets: Default::default(),
-        templates,
-        caps: push::Caps::default(),
+        pusher,
     })
 }
 

@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests and latency histograms by route, events ingested, store errors.
+//! Prometheus metrics: requests and latency histograms by route, events ingested, store errors,
+//! push transitions by status and trigger, queue depth.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,5 +101,18 @@ impl Metrics {
             let _ = writeln!(out, "tongban_http_request_duration_seconds_count{{route=\"{name}\"}} {}", r.total);
         }
         out
+    }
+}
+
+/// Appends push transitions by (status, trigger) and the queue's depth.
+pub fn render_pushes(out: &mut String, counts: &[(String, String, u64)], depth: &crate::queue::Depth) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# TYPE tongban_pushes_total counter");
+    for (status, trigger, n) in counts {
+        let _ = writeln!(out, "tongban_pushes_total{{status=\"{status}\",trigger=\"{trigger}\"}} {n}");
+    }
+    let _ = writeln!(out, "# TYPE tongban_push_queue gauge");
+    for (state, n) in [("ready", depth.ready), ("pending", depth.pending), ("delayed", depth.delayed), ("dead", depth.dead)] {
+        let _ = writeln!(out, "tongban_push_queue{{state=\"{state}\"}} {n}");
     }
 }

@@ -69,6 +69,11 @@ impl Models {
         self.active.load_full()
     }
 
+    /// The serving catalogue, if any.
+    pub fn catalogue(&self) -> Option<Arc<Catalogue>> {
+        self.catalogue.clone()
+    }
+
     /// Loads and validates a model file with the serving catalogue, then activates it.
     pub fn load_and_activate(&self, path: &Path) -> Result<String, ArtifactError> {
         let (model, header) = artifact::load(path, self.catalogue.clone())?;

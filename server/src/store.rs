@@ -23,7 +23,7 @@ use redis::aio::ConnectionManager;
 use tongban_features::io::LogEvent;
 use tongban_features::profile::{Profile, ProfileContext, ProfileError};
 
-use crate::push::{InboxMessage, Preferences};
+use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
 /// How long Redis remembers event ids for idempotency (the profile also ignores duplicates of
 /// its retained events).
@@ -69,7 +69,13 @@ struct Entry {
     seen: HashSet<String>,
     prefs: Option<Preferences>,
     inbox: Vec<InboxMessage>,
+    /// Pushes reserved: (id, at, critical).
+    sent: Vec<(String, i64, bool)>,
 }
+
+/// How long reserved push ids are remembered (de-duplication of yearly and once-per-event
+/// pushes); caps only look at the last week.
+pub const SENT_KEEP_SECS: i64 = 400 * 86_400;
 
 /// Inbox messages kept per subject (the oldest go first).
 pub const INBOX_CAP: usize = 50;
@@ -112,6 +118,8 @@ pub struct RedisStore {
     prefix: String,
     cas: redis::Script,
     import: redis::Script,
+    reserve: redis::Script,
+    inbox_add: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -138,6 +146,39 @@ const IMPORT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('INCR', KEYS[2])
+return 1
+";
+
+/// KEYS: sent, critical. ARGV: id, now, per day, per week, critical (0|1), critical per week,
+/// keep seconds. Answers `ok` or the reason to skip.
+const RESERVE: &str = r"
+local now = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 'duplicate' end
+local keep = tonumber(ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - keep)
+local key = KEYS[1]
+if ARGV[5] == '1' then
+  if redis.call('ZCOUNT', KEYS[2], now - 604799, '+inf') >= tonumber(ARGV[6]) then return 'critical_cap' end
+  key = KEYS[2]
+else
+  if redis.call('ZCOUNT', KEYS[1], now - 86399, '+inf') >= tonumber(ARGV[3]) then return 'daily_cap' end
+  if redis.call('ZCOUNT', KEYS[1], now - 604799, '+inf') >= tonumber(ARGV[4]) then return 'weekly_cap' end
+end
+redis.call('ZADD', key, now, ARGV[1])
+redis.call('EXPIRE', key, keep)
+return 'ok'
+";
+
+/// KEYS: inbox. ARGV: message JSON, its `"id":"..."` needle, cap, ttl seconds. Adds the message
+/// unless one with the same id is there (redelivery is harmless). Answers 1 when added.
+const INBOX_ADD: &str = r"
+for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.find(m, ARGV[2], 1, true) then return 0 end
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
 
@@ -168,6 +209,8 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             cas: redis::Script::new(CAS),
             import: redis::Script::new(IMPORT),
+            reserve: redis::Script::new(RESERVE),
+            inbox_add: redis::Script::new(INBOX_ADD),
         };
         s.ping().await?;
         let mut c = s.conn.clone();
@@ -180,10 +223,22 @@ impl RedisStore {
         [format!("{tag}:p"), format!("{tag}:v"), format!("{tag}:e")]
     }
 
-    /// Preferences, inbox (a list of JSON messages, newest first) and read marks of a subject.
-    fn push_keys(&self, subject: &str) -> [String; 3] {
+    /// Preferences, inbox (a list of JSON messages, newest first), read marks, and the pushes
+    /// reserved (normal and critical lane) of a subject.
+    fn push_keys(&self, subject: &str) -> [String; 5] {
         let tag = format!("{}tb:{{u:{subject}}}", self.prefix);
-        [format!("{tag}:prefs"), format!("{tag}:inbox"), format!("{tag}:read")]
+        [
+            format!("{tag}:prefs"),
+            format!("{tag}:inbox"),
+            format!("{tag}:read"),
+            format!("{tag}:sent"),
+            format!("{tag}:crit"),
+        ]
+    }
+
+    /// The connection and key prefix (the queue shares them).
+    pub fn connection(&self) -> (ConnectionManager, String) {
+        (self.conn.clone(), self.prefix.clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -407,7 +462,7 @@ impl Store {
             }
             Store::Redis(r) => {
                 let [pk, _, _] = r.keys(subject);
-                let [fk, _, _] = r.push_keys(subject);
+                let [fk, ..] = r.push_keys(subject);
                 let mut c = r.conn.clone();
                 let (bytes, prefs): (Option<Vec<u8>>, Option<String>) =
                     redis::pipe().cmd("GET").arg(&pk).cmd("GET").arg(&fk).query_async(&mut c).await?;
@@ -427,7 +482,7 @@ impl Store {
                 Ok(())
             }
             Store::Redis(r) => {
-                let [fk, _, _] = r.push_keys(subject);
+                let [fk, ..] = r.push_keys(subject);
                 let mut c = r.conn.clone();
                 let json = serde_json::to_string(prefs).expect("preferences serialise");
                 let _: () = redis::cmd("SET").arg(&fk).arg(json).query_async(&mut c).await?;
@@ -444,7 +499,7 @@ impl Store {
                 Ok(shard.get(subject).map(|e| e.inbox.iter().rev().cloned().collect()).unwrap_or_default())
             }
             Store::Redis(r) => {
-                let [_, ik, rk] = r.push_keys(subject);
+                let [_, ik, rk, ..] = r.push_keys(subject);
                 let mut c = r.conn.clone();
                 let (items, read): (Vec<String>, Vec<String>) = redis::pipe()
                     .cmd("LRANGE")
@@ -467,36 +522,98 @@ impl Store {
         }
     }
 
-    /// Adds a message to the inbox (capped at `INBOX_CAP`, oldest dropped).
-    pub async fn push_inbox(&self, subject: &str, msg: &InboxMessage) -> Result<(), StoreError> {
+    /// Adds a message to the inbox (capped at `INBOX_CAP`, oldest dropped; expiring `ttl_secs`
+    /// after the last message) unless a message with its id is there. Returns whether it added.
+    pub async fn push_inbox(&self, subject: &str, msg: &InboxMessage, ttl_secs: i64) -> Result<bool, StoreError> {
         match self {
             Store::Memory(m) => {
                 let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
                 let inbox = &mut shard.entry(subject.to_owned()).or_default().inbox;
+                if inbox.iter().any(|x| x.id == msg.id) {
+                    return Ok(false);
+                }
                 inbox.push(msg.clone());
                 if inbox.len() > INBOX_CAP {
                     inbox.remove(0);
                 }
-                Ok(())
+                Ok(true)
             }
             Store::Redis(r) => {
-                let [_, ik, _] = r.push_keys(subject);
+                let [_, ik, ..] = r.push_keys(subject);
                 let mut c = r.conn.clone();
                 let json = serde_json::to_string(msg).expect("messages serialise");
-                let _: () = redis::pipe()
-                    .atomic()
-                    .cmd("LPUSH")
-                    .arg(&ik)
+                let needle = format!("\"id\":{}", serde_json::to_string(&msg.id).expect("ids serialise"));
+                let added: i64 = r
+                    .inbox_add
+                    .key(&ik)
                     .arg(json)
-                    .ignore()
-                    .cmd("LTRIM")
-                    .arg(&ik)
-                    .arg(0)
-                    .arg(INBOX_CAP as i64 - 1)
-                    .ignore()
-                    .query_async(&mut c)
+                    .arg(needle)
+                    .arg(INBOX_CAP)
+                    .arg(ttl_secs.max(1))
+                    .invoke_async(&mut c)
                     .await?;
-                Ok(())
+                Ok(added == 1)
+            }
+        }
+    }
+
+    /// Reserves push `id` for a subject at `now`, atomically: not reserved before (within
+    /// `SENT_KEEP_SECS`), and within the caps (the critical lane has its own weekly cap).
+    pub async fn reserve(
+        &self,
+        subject: &str,
+        id: &str,
+        now: i64,
+        caps: &Caps,
+        critical: bool,
+    ) -> Result<Result<(), Skip>, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                let sent = &mut shard.entry(subject.to_owned()).or_default().sent;
+                if sent.iter().any(|(x, _, _)| x == id) {
+                    return Ok(Err(Skip::Duplicate));
+                }
+                sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
+                let within = |secs: i64, crit: bool| {
+                    sent.iter().filter(|&&(_, at, c)| c == crit && at > now - secs).count()
+                };
+                if critical && within(7 * 86_400, true) >= caps.critical_per_week {
+                    return Ok(Err(Skip::CriticalCap));
+                }
+                if !critical && within(86_400, false) >= caps.per_day {
+                    return Ok(Err(Skip::DailyCap));
+                }
+                if !critical && within(7 * 86_400, false) >= caps.per_week {
+                    return Ok(Err(Skip::WeeklyCap));
+                }
+                sent.push((id.to_owned(), now, critical));
+                Ok(Ok(()))
+            }
+            Store::Redis(r) => {
+                let [_, _, _, sk, ck] = r.push_keys(subject);
+                let mut c = r.conn.clone();
+                let answer: String = r
+                    .reserve
+                    .key(&sk)
+                    .key(&ck)
+                    .arg(id)
+                    .arg(now)
+                    .arg(caps.per_day)
+                    .arg(caps.per_week)
+                    .arg(if critical { 1 } else { 0 })
+                    .arg(caps.critical_per_week)
+                    .arg(SENT_KEEP_SECS)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok(match answer.as_str() {
+                    "ok" => Ok(()),
+                    "duplicate" => Err(Skip::Duplicate),
+                    "daily_cap" => Err(Skip::DailyCap),
+                    "weekly_cap" => Err(Skip::WeeklyCap),
+                    "critical_cap" => Err(Skip::CriticalCap),
+                    other => return Err(StoreError::Unavailable(format!("unexpected reservation answer {other:?}"))),
+                })
             }
         }
     }
@@ -515,11 +632,77 @@ impl Store {
                 Ok(true)
             }
             Store::Redis(r) => {
-                let [_, _, rk] = r.push_keys(subject);
+                let [_, _, rk, ..] = r.push_keys(subject);
                 let mut c = r.conn.clone();
                 let _: () = redis::cmd("SADD").arg(&rk).arg(id).query_async(&mut c).await?;
                 Ok(true)
             }
         }
     }
+
+    /// One page of subjects with their profiles and preferences, for scans and campaigns.
+    /// Start with cursor 0; the page returning cursor 0 is the last. On Redis this is `SCAN`:
+    /// a subject written during the scan may be missed or seen twice.
+    pub async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let i = cursor as usize;
+                let Some(shard) = m.shards.get(i) else { return Ok((0, Vec::new())) };
+                let out = shard
+                    .lock()
+                    .expect("no panics while holding the lock")
+                    .iter()
+                    .filter(|(_, e)| e.profile.events() > 0 || !e.profile.services().is_empty())
+                    .map(|(k, e)| (k.clone(), e.profile.clone(), e.prefs.clone()))
+                    .collect();
+                let next = if i + 1 < m.shards.len() { i as u64 + 1 } else { 0 };
+                Ok((next, out))
+            }
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                let pattern = format!("{}tb:{{u:*}}:p", r.prefix);
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await?;
+                let head = format!("{}tb:{{u:", r.prefix);
+                let subjects: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| k.strip_prefix(&head).and_then(|x| x.strip_suffix("}:p")).map(str::to_owned))
+                    .collect();
+                if subjects.is_empty() {
+                    return Ok((next, Vec::new()));
+                }
+                let mut pipe = redis::pipe();
+                for s in &subjects {
+                    let [pk, ..] = r.keys(s);
+                    let [fk, ..] = r.push_keys(s);
+                    pipe.cmd("GET").arg(pk).cmd("GET").arg(fk);
+                }
+                let values: Vec<(Option<Vec<u8>>, Option<String>)> = {
+                    let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                    flat.chunks(2)
+                        .map(|p| {
+                            let a = redis::FromRedisValue::from_redis_value(p[0].clone()).unwrap_or(None);
+                            let b = redis::FromRedisValue::from_redis_value(p[1].clone()).unwrap_or(None);
+                            (a, b)
+                        })
+                        .collect()
+                };
+                let mut out = Vec::with_capacity(subjects.len());
+                for (s, (bytes, prefs)) in subjects.into_iter().zip(values) {
+                    let Some(bytes) = bytes else { continue };
+                    out.push((s, Profile::decode(&bytes)?, prefs.and_then(|p| serde_json::from_str(&p).ok())));
+                }
+                Ok((next, out))
+            }
+        }
+    }
 }
+
+/// A subject's id, profile and preferences.
+pub type SubjectData = (String, Profile, Option<Preferences>);
