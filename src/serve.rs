@@ -195,8 +195,8 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
     let cat = Arc::new(
         Catalogue::load(&a.catalogue).with_context(|| format!("loading the catalogue {}", a.catalogue.display()))?,
     );
-    let templates =
-        tongban_server::push::Templates::load(&a.templates, &cat).map_err(|e| anyhow::anyhow!("push templates: {e}"))?;
+    let templates = tongban_server::push::Templates::load(&a.templates, &cat)
+        .map_err(|e| anyhow::anyhow!("push templates: {e}"))?;
     let (store, queue) = connect(Some(&a.redis), &a.redis_prefix, a.push.partitions).await?;
     Ok(Arc::new(tongban_server::deliver::Pusher {
         store,
@@ -349,7 +349,12 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let worker_task = worker.map(|w| {
         eprintln!("push worker {} running in process ({} queue)", w.cfg.consumer, state.queue.kind());
         let mut stopped = stopped.clone();
-        tokio::spawn(async move { w.run(async move { let _ = stopped.changed().await; }).await })
+        tokio::spawn(async move {
+            w.run(async move {
+                let _ = stopped.changed().await;
+            })
+            .await
+        })
     });
     let shutdown = async move {
         shutdown_signal().await;

@@ -15,8 +15,11 @@ use tongban_features::synth::{generate, GenParams, MemorySink};
 use tongban_model::artifact::{self, DataInfo};
 use tongban_model::eval::{train, TrainStyle};
 use tongban_model::ModelParams;
+use tongban_server::deliver::{Channels, Webhook, Worker, WorkerConfig};
+use tongban_server::push::{push_id, Caps, Trigger};
+use tongban_server::queue::Queue;
 use tongban_server::store::RedisStore;
-use tongban_server::{ApiKeys, Models, Served, Settings, Store};
+use tongban_server::{ApiKeys, AppState, Models, Served, Settings, Store};
 
 /// A `redis-server` of this test's own.
 struct RedisServer {
@@ -103,6 +106,7 @@ fn fixture() -> &'static Fixture {
 struct App {
     base: String,
     client: reqwest::Client,
+    state: Arc<AppState>,
     _redis: Option<RedisServer>,
 }
 
@@ -112,19 +116,51 @@ enum Backend {
     Redis,
 }
 
-/// Starts the app on a free port with the fixture's profiles imported.
-async fn start(backend: Backend, keys: ApiKeys) -> (App, Option<RedisServer>) {
-    start_with(backend, keys, 0).await
+/// Options of a test app.
+#[derive(Clone, Debug, Default)]
+struct Opts {
+    rate: u32,
+    /// Run the push worker in process.
+    worker: bool,
+    webhook: Option<String>,
+    max_attempts: u32,
 }
 
-async fn start_with(backend: Backend, keys: ApiKeys, rate: u32) -> (App, Option<RedisServer>) {
+/// Starts the app on a free port with the fixture's profiles imported, and the push worker.
+async fn start(backend: Backend, keys: ApiKeys) -> (App, Option<RedisServer>) {
+    start_opts(backend, keys, Opts { worker: true, ..Opts::default() }).await
+}
+
+/// A worker for tests: fast retries and reclaims, no periodic scan.
+fn test_worker(state: &AppState, webhook: Option<&str>, max_attempts: u32) -> Worker {
+    let hook = webhook.map(|u| Webhook::new(u, WEBHOOK_SECRET, Duration::from_secs(2)).unwrap());
+    Worker {
+        pusher: state.pusher.clone().expect("pushes on"),
+        channels: Channels { log: None, webhook: hook },
+        cfg: WorkerConfig {
+            consumer: "test-worker".into(),
+            reclaim_idle_ms: 1000,
+            max_attempts: max_attempts.max(1),
+            backoff_base_ms: 10,
+            scan_every: None,
+            ..WorkerConfig::new()
+        },
+    }
+}
+
+const WEBHOOK_SECRET: &[u8] = b"test-secret-0123456789";
+
+async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option<RedisServer>) {
     let f = fixture();
     let (model, header) = artifact::load(f.model_file.path(), Some(f.catalogue.clone())).unwrap();
-    let (store, redis) = match backend {
-        Backend::Memory => (Store::memory(), None),
+    let (store, queue, redis) = match backend {
+        Backend::Memory => (Store::memory(), Queue::memory(), None),
         Backend::Redis => {
             let r = RedisServer::start();
-            (Store::Redis(RedisStore::connect(&r.url(), "test:").await.unwrap()), Some(r))
+            let store = RedisStore::connect(&r.url(), "test:").await.unwrap();
+            let (conn, prefix) = store.connection();
+            let queue = Queue::redis(conn, &prefix, 4).await.unwrap();
+            (Store::Redis(store), queue, Some(r))
         }
     };
     // Import the history of ten subjects (all of them would only slow the test down).
@@ -132,26 +168,60 @@ async fn start_with(backend: Backend, keys: ApiKeys, rate: u32) -> (App, Option<
     for (i, p) in profiles.iter().enumerate().take(10) {
         assert!(store.import_profile(f.log.subjects.name(i as u32), p).await.unwrap());
     }
-    let settings = Settings { keys, max_batch: 100, fixed_now: Some(f.now), rate_per_key: rate, ..Settings::default() };
+    let settings =
+        Settings { keys, max_batch: 100, fixed_now: Some(f.now), rate_per_key: opts.rate, ..Settings::default() };
     let served = Served::new(model, header, f.model_file.path().to_owned());
     let templates =
         tongban_server::push::Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), &f.catalogue)
             .unwrap();
     let state = tongban_server::state(
         Models::new(served, Some(f.catalogue.clone())),
-        store,
+        Arc::new(store),
+        Arc::new(queue),
         settings,
         HashMap::new(),
         Some(templates),
     );
+    if opts.worker {
+        let w =
+            test_worker(&state, opts.webhook.as_deref(), if opts.max_attempts == 0 { 5 } else { opts.max_attempts });
+        tokio::spawn(async move { w.run(std::future::pending()).await });
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(tongban_server::serve(listener, state, std::future::pending()));
-    let app = App { base: format!("http://{addr}"), client: reqwest::Client::new(), _redis: None };
+    tokio::spawn(tongban_server::serve(listener, state.clone(), std::future::pending()));
+    let app = App { base: format!("http://{addr}"), client: reqwest::Client::new(), state, _redis: None };
     (app, redis)
 }
 
 impl App {
+    /// The subject's inbox once it holds `n` messages (the worker delivers asynchronously);
+    /// panics after five seconds.
+    async fn wait_inbox(&self, subject: &str, n: usize) -> Value {
+        for _ in 0..500 {
+            let (_, inbox) = self.get(&format!("/v1/users/{subject}/inbox")).await;
+            if inbox["messages"].as_array().is_some_and(|m| m.len() >= n) {
+                return inbox;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no {n} messages in the inbox of {subject} after 5 s");
+    }
+
+    /// A push's audit record once its status is `status`; panics after five seconds.
+    async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..500 {
+            let (code, rec) = self.get(&format!("/admin/pushes/{id}")).await;
+            if code == 200 && rec["status"] == status {
+                return rec;
+            }
+            last = rec;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("push {id} not {status} after 5 s: {last}");
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
         let status = r.status().as_u16();
@@ -444,7 +514,7 @@ async fn models_swap_under_load_and_a_bad_file_never_replaces_the_active_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_do_not() {
     let keys = ApiKeys { portal: vec!["a".into(), "b".into()], ..ApiKeys::default() };
-    let (app, _) = start_with(Backend::Memory, keys, 5).await;
+    let (app, _) = start_opts(Backend::Memory, keys, Opts { rate: 5, ..Opts::default() }).await;
     let url = format!("{}/v1/services/popular?k=1", app.base);
     let mut limited = None;
     for _ in 0..20 {
@@ -482,13 +552,19 @@ async fn push_flow(backend: Backend) {
     assert_eq!(r["pushed"], 1, "{r}");
     let (_, inbox) = app.get("/v1/users/co-quiet/inbox").await;
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 0, "deferred by quiet hours: {inbox}");
+    let f = fixture();
+    let window = f.now.div_euclid(Caps::default().dedup_days * 86_400);
+    let quiet_id = push_id("co-quiet", "b.e.open", Trigger::NextStep, window);
+    let rec = app.wait_status(&quiet_id, "deferred").await;
+    assert!(rec["decisions"].to_string().contains("quiet_hours:deferred_to"), "{rec}");
+    assert_eq!(rec["trigger"], "next_step");
 
     // Without quiet hours the guidance is in the inbox at once, in zh-CN, naming the bundle,
     // its next steps and their materials.
     assert_eq!(app.put("/v1/users/co-open/preferences", &json!({ "quiet_hours": null }).to_string()).await, 200);
     let (_, r) = app.post("/v1/events", &opening("co-open", "o")).await;
     assert_eq!(r["pushed"], 1, "{r}");
-    let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
+    let inbox = app.wait_inbox("co-open", 1).await;
     let msgs = inbox["messages"].as_array().unwrap();
     assert_eq!((msgs.len(), inbox["unread"].as_u64()), (1, Some(1)), "{inbox}");
     let m = &msgs[0];
@@ -497,6 +573,9 @@ async fn push_flow(backend: Backend) {
     assert!(body.contains("公章刻制备案") && body.contains("办理时限") && body.contains("办理入口"), "{body}");
     assert!(m["sms"].as_str().unwrap().chars().count() <= 70);
     assert!(m["id"].as_str().unwrap().starts_with("TB-") && !m["id"].as_str().unwrap().contains("co-open"));
+    let rec = app.wait_status(m["id"].as_str().unwrap(), "delivered").await;
+    assert_eq!((rec["detail"].as_str(), rec["model"].as_str()), (Some("inbox"), m["model"].as_str()), "{rec}");
+    assert!(!rec.to_string().contains("co-open"), "records name no subject: {rec}");
 
     // Another step of the same bundle in the same window: de-duplicated, not a second message.
     let seal = json!({ "event_id": "o-seal", "subject": "co-open", "service": "e.entry.seal", "kind": "completed" });
@@ -561,8 +640,318 @@ fn templates_with_an_unknown_placeholder_or_a_long_sms_are_refused_at_start_up()
     std::fs::write(dir.path().join("zh-CN.toml"), zh.replace("((bundle))下一步", "((nickname))下一步")).unwrap();
     let err = tongban_server::push::Templates::load(dir.path(), &f.catalogue).unwrap_err();
     assert!(err.contains("unknown placeholder ((nickname))") && err.contains("zh-CN.toml"), "{err}");
-    std::fs::write(dir.path().join("zh-CN.toml"), zh.replace("请登录一网通办办理", &"请登录一网通办办理".repeat(6)))
-        .unwrap();
+    std::fs::write(dir.path().join("zh-CN.toml"), zh.replace("详见一网通办", &"详见一网通办".repeat(6))).unwrap();
     let err = tongban_server::push::Templates::load(dir.path(), &f.catalogue).unwrap_err();
     assert!(err.contains("field `sms`") && err.contains("at most 70"), "{err}");
+    // Optional blocks are checked like plain placeholders.
+    std::fs::write(dir.path().join("zh-CN.toml"), zh.replace("((deadline??", "((due_date??")).unwrap();
+    let err = tongban_server::push::Templates::load(dir.path(), &f.catalogue).unwrap_err();
+    assert!(err.contains("unknown placeholder ((due_date))") && err.contains("[next_step]"), "{err}");
+}
+
+/// Posts the completion of `service` by `subject` (at the pinned clock, or `at`).
+async fn complete(app: &App, subject: &str, service: &str, at: Option<&str>) -> Value {
+    let mut e = json!({ "event_id": format!("{subject}-{service}-done"), "subject": subject, "service": service, "kind": "completed" });
+    if let Some(at) = at {
+        e["at"] = json!(at);
+    }
+    let (status, r) = app.post("/v1/events", &e.to_string()).await;
+    assert_eq!(status, 200, "{r}");
+    r
+}
+
+async fn no_quiet_hours(app: &App, subject: &str, channels: &[&str]) {
+    let prefs = json!({ "quiet_hours": null, "channels": channels }).to_string();
+    assert_eq!(app.put(&format!("/v1/users/{subject}/preferences"), &prefs).await, 200);
+}
+
+/// Runs worker rounds until the queue has nothing ready or pending.
+async fn drain(w: &Worker) {
+    for _ in 0..100 {
+        w.round().await.unwrap();
+        let d = w.pusher.queue.depth().await.unwrap();
+        if d.ready == 0 && d.pending == 0 {
+            return;
+        }
+    }
+    panic!("the queue did not drain");
+}
+
+fn next_step_id(subject: &str, bundle: &str) -> String {
+    push_id(subject, bundle, Trigger::NextStep, fixture().now.div_euclid(Caps::default().dedup_days * 86_400))
+}
+
+async fn policy_is_rechecked_at_delivery(backend: Backend) {
+    let (app, _redis) = start_opts(backend, ApiKeys::default(), Opts::default()).await;
+    let w = test_worker(&app.state, None, 3);
+    // Queued (no worker running), then every service it names is done meanwhile: skipped.
+    no_quiet_hours(&app, "co-done", &[]).await;
+    assert_eq!(complete(&app, "co-done", "e.entry.registration", None).await["pushed"], 1);
+    let id = next_step_id("co-done", "b.e.open");
+    let (_, rec) = app.get(&format!("/admin/pushes/{id}")).await;
+    assert_eq!(rec["status"], "queued", "{rec}");
+    for s in rec["services"].as_array().unwrap() {
+        complete(&app, "co-done", s.as_str().unwrap(), None).await;
+    }
+    drain(&w).await;
+    let (_, rec) = app.get(&format!("/admin/pushes/{id}")).await;
+    assert_eq!((rec["status"].as_str(), rec["detail"].as_str()), (Some("skipped"), Some("done_meanwhile")), "{rec}");
+    let (_, inbox) = app.get("/v1/users/co-done/inbox").await;
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 0, "{inbox}");
+
+    // A push whose deadline passed before delivery is never delivered.
+    no_quiet_hours(&app, "co-late", &[]).await;
+    complete(&app, "co-late", "e.entry.registration", None).await;
+    drain(&w).await;
+    let p = app.state.pusher.clone().unwrap();
+    let (profile, _) = app.state.store.profile_and_prefs("co-late").await.unwrap();
+    let svc = p.catalogue.lookup("e.tax.invoice").unwrap();
+    let cand = tongban_server::push::Candidate {
+        trigger: Trigger::Deadline,
+        kind: tongban_server::push::Kind::Due,
+        content: tongban_server::push::Content {
+            services: vec![svc],
+            deadline: Some(fixture().now),
+            ..Default::default()
+        },
+        key: "e.tax.invoice".into(),
+        window: 1,
+        critical: true,
+        expires_at: fixture().now,
+        done_after: 0,
+        reasons: vec!["deadline"],
+        stage: p.catalogue.service(svc).category,
+    };
+    let prefs = tongban_server::push::Preferences { quiet_hours: None, ..Default::default() };
+    let o = p.offer("co-late", &profile.unwrap(), &prefs, &[cand], "test").await.unwrap();
+    assert_eq!(o.queued, 1, "{o:?}");
+    drain(&w).await;
+    let (_, rec) = app.get(&format!("/admin/pushes/{}", o.ids[0])).await;
+    assert_eq!((rec["status"].as_str(), rec["detail"].as_str()), (Some("skipped"), Some("expired")), "{rec}");
+    assert_eq!(rec["decisions"][3], "lane:critical", "{rec}");
+    let (_, inbox) = app.get("/v1/users/co-late/inbox").await;
+    assert!(inbox["messages"].as_array().unwrap().iter().all(|m| m["trigger"] != "deadline"), "{inbox}");
+
+    // The counters by status and trigger are in /metrics.
+    let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("tongban_pushes_total{status=\"skipped\",trigger=\"next_step\"}"), "{text}");
+    assert!(text.contains("tongban_push_queue{state=\"ready\"} 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_meanwhile_and_expired_pushes_are_skipped_at_delivery_memory() {
+    policy_is_rechecked_at_delivery(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_meanwhile_and_expired_pushes_are_skipped_at_delivery_redis() {
+    policy_is_rechecked_at_delivery(Backend::Redis).await;
+}
+
+/// A webhook receiver answering `status`, counting requests with a valid signature (and all).
+async fn receiver(
+    status: Arc<std::sync::atomic::AtomicU16>,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let valid = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(AtomicUsize::new(0));
+    let (v, a) = (valid.clone(), all.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (v, a, status) = (v.clone(), a.clone(), status.clone());
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                let h = |k: &str| headers.get(k).and_then(|x| x.to_str().ok()).unwrap_or("").to_owned();
+                let ts: i64 = h("x-tongban-timestamp").parse().unwrap_or(0);
+                if h("x-tongban-signature") == tongban_server::deliver::sign(WEBHOOK_SECRET, ts, &body)
+                    && h("x-tongban-push-id").starts_with("TB-")
+                {
+                    v.fetch_add(1, Ordering::SeqCst);
+                }
+                axum::http::StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, valid, all)
+}
+
+async fn webhook_flow(backend: Backend) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let status = Arc::new(AtomicU16::new(500));
+    let (url, valid, all) = receiver(status.clone()).await;
+    let opts = Opts { worker: true, webhook: Some(url), max_attempts: 3, ..Opts::default() };
+    let (app, _redis) = start_opts(backend, ApiKeys::default(), opts).await;
+
+    // 500: retried with backoff, then dead-lettered after three attempts.
+    no_quiet_hours(&app, "co-hook", &["sms"]).await;
+    complete(&app, "co-hook", "e.entry.registration", None).await;
+    let rec = app.wait_status(&next_step_id("co-hook", "b.e.open"), "dead").await;
+    assert_eq!(rec["attempts"], 3, "{rec}");
+    assert!(rec["detail"].as_str().unwrap().contains("500"), "{rec}");
+    assert_eq!((valid.load(Ordering::SeqCst), all.load(Ordering::SeqCst)), (3, 3));
+    // The inbox got it once, however many attempts the webhook took.
+    assert_eq!(app.wait_inbox("co-hook", 1).await["messages"].as_array().unwrap().len(), 1);
+    let (_, q) = app.get("/admin/queue").await;
+    assert_eq!(q["depth"]["dead"], 1, "{q}");
+
+    // 404: dead-lettered at once.
+    status.store(404, Ordering::SeqCst);
+    no_quiet_hours(&app, "co-hook4", &["app"]).await;
+    complete(&app, "co-hook4", "e.entry.registration", None).await;
+    let rec = app.wait_status(&next_step_id("co-hook4", "b.e.open"), "dead").await;
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert_eq!(all.load(Ordering::SeqCst), 4);
+
+    // 200: delivered to both channels; a subject with no outbound channel gets the inbox only.
+    status.store(200, Ordering::SeqCst);
+    no_quiet_hours(&app, "co-hook2", &["app"]).await;
+    complete(&app, "co-hook2", "e.entry.registration", None).await;
+    let rec = app.wait_status(&next_step_id("co-hook2", "b.e.open"), "delivered").await;
+    assert_eq!(rec["detail"], "inbox,webhook", "{rec}");
+    no_quiet_hours(&app, "co-inbox", &[]).await;
+    complete(&app, "co-inbox", "e.entry.registration", None).await;
+    let rec = app.wait_status(&next_step_id("co-inbox", "b.e.open"), "delivered").await;
+    assert_eq!(rec["detail"], "inbox", "{rec}");
+    assert_eq!(all.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_failures_retry_then_dead_letter_memory() {
+    webhook_flow(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_failures_retry_then_dead_letter_redis() {
+    webhook_flow(Backend::Redis).await;
+}
+
+async fn caps_under_concurrency(backend: Backend) {
+    let (app, _redis) = start_opts(backend, ApiKeys::default(), Opts::default()).await;
+    let caps = Caps::default();
+    let now = fixture().now;
+    let run = |subject: &'static str, same_id: bool, critical: bool, n: usize| {
+        let state = app.state.clone();
+        async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let state = state.clone();
+                    let id = if same_id { "TB-SAME".to_owned() } else { format!("TB-{i:04}") };
+                    tokio::spawn(async move { state.store.reserve(subject, &id, now, &caps, critical).await.unwrap() })
+                })
+                .collect();
+            let mut ok = 0;
+            for t in tasks {
+                ok += usize::from(t.await.unwrap().is_ok());
+            }
+            ok
+        }
+    };
+    assert_eq!(run("cap-a", false, false, 40).await, caps.per_day, "daily cap");
+    assert_eq!(run("cap-b", true, false, 20).await, 1, "one push per id");
+    // The critical lane has its own cap, also with the normal lane full.
+    let again = app.state.store.reserve("cap-a", "TB-0000", now, &caps, true).await.unwrap();
+    assert_eq!(again, Err(tongban_server::push::Skip::Duplicate), "an id reserved in either lane is a duplicate");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let state = app.state.clone();
+            tokio::spawn(
+                async move { state.store.reserve("cap-a", &format!("TB-C{i}"), now, &caps, true).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap().is_ok());
+    }
+    assert_eq!(ok, caps.critical_per_week);
+    // The week: a day later the daily cap allows more, up to the weekly cap.
+    let mut total = caps.per_day;
+    for day in 1..7 {
+        for i in 0..5 {
+            let id = format!("TB-D{day}-{i}");
+            total += usize::from(
+                app.state.store.reserve("cap-a", &id, now + day * 86_400, &caps, false).await.unwrap().is_ok(),
+            );
+        }
+    }
+    assert_eq!(total, caps.per_week);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_and_dedup_hold_under_concurrent_triggers_memory() {
+    caps_under_concurrency(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_and_dedup_hold_under_concurrent_triggers_redis() {
+    caps_under_concurrency(Backend::Redis).await;
+}
+
+async fn scan_campaign_sensitive(backend: Backend) {
+    let (app, _redis) = start_opts(backend, ApiKeys::default(), Opts::default()).await;
+    let w = test_worker(&app.state, None, 3);
+    let f = fixture();
+    let p = app.state.pusher.clone().unwrap();
+
+    // An ID card last renewed 20 years minus 45 days ago: inside its 90-day renewal window.
+    no_quiet_hours(&app, "p-renew", &[]).await;
+    let then = tongban_features::time::Timestamp(f.now - (20.0 * 365.25 * 86_400.0) as i64 + 45 * 86_400);
+    complete(&app, "p-renew", "p.daily.id_renew", Some(&then.to_string())).await;
+    let report = p.scan().await.unwrap();
+    assert!(report.subjects >= 11 && report.queued >= 1, "{report:?}");
+    drain(&w).await;
+    let inbox = app.wait_inbox("p-renew", 1).await;
+    let m = &inbox["messages"][0];
+    assert_eq!(m["trigger"], "renewal", "{m}");
+    assert!(m["body"].as_str().unwrap().contains("有效期20年"), "{m}");
+    // A second scan in the same window adds nothing for this subject.
+    p.scan().await.unwrap();
+    drain(&w).await;
+    assert_eq!(app.wait_inbox("p-renew", 1).await["messages"].as_array().unwrap().len(), 1);
+
+    // A sensitive life event: one consolidated, carefully worded message of every remaining step.
+    no_quiet_hours(&app, "p-bereaved", &[]).await;
+    assert_eq!(complete(&app, "p-bereaved", "p.death.death_cert", None).await["pushed"], 1);
+    assert_eq!(complete(&app, "p-bereaved", "p.death.cremation", None).await["pushed"], 0);
+    drain(&w).await;
+    let inbox = app.wait_inbox("p-bereaved", 1).await;
+    let msgs = inbox["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "{inbox}");
+    assert_eq!(msgs[0]["trigger"], "sensitive");
+    assert!(msgs[0]["services"].as_array().unwrap().len() >= 4, "{}", msgs[0]);
+    assert!(msgs[0]["body"].as_str().unwrap().contains("致以关怀"), "{}", msgs[0]);
+
+    // An operator's campaign: a dry run only counts; the real one pushes to the best n.
+    let before = app.state.queue.depth().await.unwrap();
+    let body = json!({ "id": "spring-1", "service": "p.daily.id_renew", "n": 3, "dry_run": true });
+    let (status, dry) = app.post("/admin/campaigns", &body.to_string()).await;
+    assert_eq!(status, 200, "{dry}");
+    assert!(dry["eligible"].as_u64().unwrap() > 0 && dry["selected"].as_u64().unwrap() <= 3, "{dry}");
+    assert_eq!(dry["queued"], 0);
+    assert_eq!(app.state.queue.depth().await.unwrap(), before, "a dry run enqueues nothing");
+    let body = json!({ "id": "spring-1", "service": "p.daily.id_renew", "n": 3 });
+    let (_, live) = app.post("/admin/campaigns", &body.to_string()).await;
+    let skipped: u64 = live["skipped"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(live["queued"].as_u64().unwrap() + skipped, live["selected"].as_u64().unwrap(), "{live}");
+    assert!(live["queued"].as_u64().unwrap() > 0, "{live}");
+    // The same campaign again: every push is a duplicate.
+    let (_, again) = app.post("/admin/campaigns", &body.to_string()).await;
+    assert_eq!(again["queued"], 0, "{again}");
+    let (status, bad) =
+        app.post("/admin/campaigns", &json!({ "id": "x", "service": "p.nope", "n": 3 }).to_string()).await;
+    assert_eq!((status, bad["code"].as_str()), (422, Some("unknown_service")), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_scan_sensitive_digest_and_campaigns_memory() {
+    scan_campaign_sensitive(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_scan_sensitive_digest_and_campaigns_redis() {
+    scan_campaign_sensitive(Backend::Redis).await;
 }

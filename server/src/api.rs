@@ -904,7 +904,10 @@ async fn admin_campaign(
     authorize(&state, &headers, Scope::Operator)?;
     let pusher = pusher(&state)?;
     if pusher.catalogue.lookup(&body.service).is_none() {
-        return Err(ApiError::Unprocessable("unknown_service", format!("service {:?} is not in the catalogue", body.service)));
+        return Err(ApiError::Unprocessable(
+            "unknown_service",
+            format!("service {:?} is not in the catalogue", body.service),
+        ));
     }
     if body.n == 0 || body.n > 1_000_000 {
         return Err(ApiError::BadRequest("bad_n", format!("n: expected 1 to 1000000, got {}", body.n)));

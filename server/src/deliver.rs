@@ -201,7 +201,8 @@ impl Pusher {
                 window: 0,
                 critical: false,
                 expires_at: now + self.caps.ttl_days * 86_400,
-                done_after: 0,
+                // A repeatable service done within the last year counts as done.
+                done_after: now - 365 * 86_400,
                 reasons: vec!["campaign", "model_score"],
                 stage: svc.category,
             };
@@ -289,7 +290,9 @@ impl LogChannel {
         line.push('\n');
         // One write per line (the file is unbuffered and in append mode).
         let mut out = self.out.lock().expect("no panics while holding the lock");
-        out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| ChannelError::Transient(format!("log: {e}")))
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| ChannelError::Transient(format!("log: {e}")))
     }
 }
 
@@ -325,10 +328,7 @@ impl Webhook {
         if secret.len() < 16 {
             return Err("webhook secret (TONGBAN_WEBHOOK_SECRET): expected at least 16 bytes".into());
         }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("webhook client: {e}"))?;
+        let client = reqwest::Client::builder().timeout(timeout).build().map_err(|e| format!("webhook client: {e}"))?;
         Ok(Webhook { url: url.to_owned(), secret: secret.to_vec(), client })
     }
 

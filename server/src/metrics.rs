@@ -112,7 +112,9 @@ pub fn render_pushes(out: &mut String, counts: &[(String, String, u64)], depth: 
         let _ = writeln!(out, "tongban_pushes_total{{status=\"{status}\",trigger=\"{trigger}\"}} {n}");
     }
     let _ = writeln!(out, "# TYPE tongban_push_queue gauge");
-    for (state, n) in [("ready", depth.ready), ("pending", depth.pending), ("delayed", depth.delayed), ("dead", depth.dead)] {
+    for (state, n) in
+        [("ready", depth.ready), ("pending", depth.pending), ("delayed", depth.delayed), ("dead", depth.dead)]
+    {
         let _ = writeln!(out, "tongban_push_queue{{state=\"{state}\"}} {n}");
     }
 }

@@ -259,8 +259,7 @@ impl Templates {
         for tag in ["zh-CN", "en"] {
             let path = dir.join(format!("{tag}.toml"));
             let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let t: TemplateFile =
-                toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+            let t: TemplateFile = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
             for kind in Kind::ALL {
                 let s = t.section(kind);
                 for (field, value) in [("title", &s.title), ("body", &s.body), ("sms", &s.sms), ("step", &s.step)] {
@@ -317,10 +316,21 @@ impl Templates {
     }
 
     fn get(&self, locale: Locale, kind: Kind) -> &Template {
-        self.by_locale.get(locale.tag()).or_else(|| self.by_locale.values().next()).expect("templates loaded").section(kind)
+        self.by_locale
+            .get(locale.tag())
+            .or_else(|| self.by_locale.values().next())
+            .expect("templates loaded")
+            .section(kind)
     }
 
-    fn values(&self, cat: &Catalogue, locale: Locale, c: &Content, portal: &str, reference: &str) -> Vec<(&'static str, String)> {
+    fn values(
+        &self,
+        cat: &Catalogue,
+        locale: Locale,
+        c: &Content,
+        portal: &str,
+        reference: &str,
+    ) -> Vec<(&'static str, String)> {
         let zh = locale == Locale::ZhCn;
         let name = |s: u32| {
             let x = cat.service(s);
@@ -332,14 +342,17 @@ impl Templates {
         };
         let first = c.services.first().copied();
         let mut v = vec![
-            ("bundle", c.bundle.map_or(String::new(), |b| {
-                let b = &cat.bundles()[b as usize];
-                if zh {
-                    b.zh.clone()
-                } else {
-                    b.en.clone()
-                }
-            })),
+            (
+                "bundle",
+                c.bundle.map_or(String::new(), |b| {
+                    let b = &cat.bundles()[b as usize];
+                    if zh {
+                        b.zh.clone()
+                    } else {
+                        b.en.clone()
+                    }
+                }),
+            ),
             ("done", c.done.map(name).unwrap_or_default()),
             ("service", first.map(name).unwrap_or_default()),
             ("deadline", c.deadline.map(|d| Timestamp(d).date_shanghai().to_string()).unwrap_or_default()),
@@ -580,7 +593,9 @@ pub fn propose(cat: &Catalogue, profile: &Profile, done: u32, now: i64, caps: &C
         let bundle = &cat.bundles()[b as usize];
         let started = pb.steps.iter().map(|&(_, at)| at).min().unwrap_or(now);
         let pending = |k: usize, st: &tongban_features::catalogue::Step| {
-            pb.done(k as u16).is_none() && !done_since(profile, st.service, 0) && !cat.service(st.service).granted_without_applying
+            pb.done(k as u16).is_none()
+                && !done_since(profile, st.service, 0)
+                && !cat.service(st.service).granted_without_applying
         };
         let steps: Vec<u32> = bundle
             .steps
@@ -644,11 +659,30 @@ pub fn due(cat: &Catalogue, profile: &Profile, now: i64, locale: Locale) -> Vec<
                 if (opens..expiry).contains(&now) {
                     let date = Timestamp(expiry).date_shanghai();
                     let why = if zh {
-                        format!("您上次办理于{}，有效期{}年，将于{}到期", Timestamp(c.last_need).date_shanghai(), validity_years, date)
+                        format!(
+                            "您上次办理于{}，有效期{}年，将于{}到期",
+                            Timestamp(c.last_need).date_shanghai(),
+                            validity_years,
+                            date
+                        )
                     } else {
-                        format!("last done on {}, valid {} years, it expires on {}", Timestamp(c.last_need).date_shanghai(), validity_years, date)
+                        format!(
+                            "last done on {}, valid {} years, it expires on {}",
+                            Timestamp(c.last_need).date_shanghai(),
+                            validity_years,
+                            date
+                        )
                     };
-                    out.push(due_candidate(cat, c.service, Trigger::Renewal, expiry, opens, expiry.div_euclid(DAY), false, why));
+                    out.push(due_candidate(
+                        cat,
+                        c.service,
+                        Trigger::Renewal,
+                        expiry,
+                        opens,
+                        expiry.div_euclid(DAY),
+                        false,
+                        why,
+                    ));
                 }
             }
             Some(Deadline::YearlyWindow { from, to, .. }) => {
@@ -666,7 +700,16 @@ pub fn due(cat: &Catalogue, profile: &Profile, now: i64, locale: Locale) -> Vec<
                     } else {
                         format!("due every year from {from} to {to}; done in earlier years, not yet this year")
                     };
-                    out.push(due_candidate(cat, c.service, Trigger::YearlyWindow, closes, opens, i64::from(today.year), true, why));
+                    out.push(due_candidate(
+                        cat,
+                        c.service,
+                        Trigger::YearlyWindow,
+                        closes,
+                        opens,
+                        i64::from(today.year),
+                        true,
+                        why,
+                    ));
                 }
             }
             _ => {}
@@ -690,7 +733,16 @@ pub fn due(cat: &Catalogue, profile: &Profile, now: i64, locale: Locale) -> Vec<
                 } else {
                     format!("part of \"{}\", due within {} days, by {}", bundle.en, days, date)
                 };
-                out.push(due_candidate(cat, st.service, Trigger::Deadline, deadline, started, started.div_euclid(DAY), true, why));
+                out.push(due_candidate(
+                    cat,
+                    st.service,
+                    Trigger::Deadline,
+                    deadline,
+                    started,
+                    started.div_euclid(DAY),
+                    true,
+                    why,
+                ));
             }
         }
     }

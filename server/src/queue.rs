@@ -127,14 +127,23 @@ pub struct Claimed {
 /// What became of a claimed job.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Delivered { channels: String },
+    Delivered {
+        channels: String,
+    },
     Skipped(crate::push::Skip),
     /// A channel failed; try again at `due_ms`.
-    Retry { due_ms: u64, error: String },
+    Retry {
+        due_ms: u64,
+        error: String,
+    },
     /// Not yet (quiet hours): back to the delayed set, attempts unchanged.
-    Defer { due_ms: u64 },
+    Defer {
+        due_ms: u64,
+    },
     /// Given up after an attempt.
-    Dead { reason: String },
+    Dead {
+        reason: String,
+    },
 }
 
 /// Queue sizes, summed over partitions.
@@ -250,9 +259,8 @@ fn parse_job(raw: &str) -> Result<Job, StoreError> {
 }
 
 fn entry_job(e: &StreamId) -> Result<Job, StoreError> {
-    let raw: String = e
-        .get("job")
-        .ok_or_else(|| StoreError::Unavailable(format!("queue entry {} has no job field", e.id)))?;
+    let raw: String =
+        e.get("job").ok_or_else(|| StoreError::Unavailable(format!("queue entry {} has no job field", e.id)))?;
     parse_job(&raw)
 }
 
@@ -277,8 +285,14 @@ impl Queue {
         let mut c = q.conn.clone();
         for p in 0..q.partitions {
             let [ready, ..] = q.keys(p);
-            let made: Result<(), redis::RedisError> =
-                redis::cmd("XGROUP").arg("CREATE").arg(&ready).arg(GROUP).arg("0").arg("MKSTREAM").query_async(&mut c).await;
+            let made: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&ready)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut c)
+                .await;
             match made {
                 Ok(()) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
@@ -400,14 +414,13 @@ impl Queue {
             Queue::Memory(m) => {
                 let mut q = m.lock().expect("no panics while holding the lock");
                 let now = Instant::now();
-                let stale: Vec<u64> = q
-                    .0
-                    .pending
-                    .iter()
-                    .filter(|(_, (_, since, _))| now.duration_since(*since).as_millis() as u64 >= reclaim_idle_ms)
-                    .map(|(&k, _)| k)
-                    .take(count)
-                    .collect();
+                let stale: Vec<u64> =
+                    q.0.pending
+                        .iter()
+                        .filter(|(_, (_, since, _))| now.duration_since(*since).as_millis() as u64 >= reclaim_idle_ms)
+                        .map(|(&k, _)| k)
+                        .take(count)
+                        .collect();
                 for k in stale {
                     let e = q.0.pending.get_mut(&k).expect("listed above");
                     e.0 = consumer.to_owned();
@@ -459,7 +472,12 @@ impl Queue {
                         .await?;
                     for k in reply.map(|r| r.keys).unwrap_or_default() {
                         for e in &k.ids {
-                            out.push(Claimed { partition: p, entry: e.id.clone(), job: entry_job(e)?, reclaimed: false });
+                            out.push(Claimed {
+                                partition: p,
+                                entry: e.id.clone(),
+                                job: entry_job(e)?,
+                                reclaimed: false,
+                            });
                         }
                     }
                 }
@@ -543,7 +561,8 @@ impl Queue {
                 let mut c = r.conn.clone();
                 let raw: Option<String> = redis::cmd("GET").arg(r.record_key(id)).query_async(&mut c).await?;
                 raw.map(|x| {
-                    serde_json::from_str(&x).map_err(|e| StoreError::Unavailable(format!("unreadable push record: {e}")))
+                    serde_json::from_str(&x)
+                        .map_err(|e| StoreError::Unavailable(format!("unreadable push record: {e}")))
                 })
                 .transpose()
             }
@@ -623,8 +642,14 @@ impl Queue {
                 let mut out = Vec::new();
                 for p in 0..r.partitions {
                     let [_, _, dead] = r.keys(p);
-                    let reply: redis::streams::StreamRangeReply =
-                        redis::cmd("XREVRANGE").arg(&dead).arg("+").arg("-").arg("COUNT").arg(n).query_async(&mut c).await?;
+                    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                        .arg(&dead)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(n)
+                        .query_async(&mut c)
+                        .await?;
                     for e in &reply.ids {
                         let reason: String = e.get("reason").unwrap_or_default();
                         out.push((e.id.clone(), entry_job(e)?, reason));
@@ -641,7 +666,11 @@ impl RedisQueue {
     fn write_record(&self, pipe: &mut redis::Pipeline, rec: &PushRecord) {
         let json = serde_json::to_string(rec).expect("records serialise");
         pipe.cmd("SET").arg(self.record_key(&rec.id)).arg(json).arg("EX").arg(RECORD_TTL_SECS).ignore();
-        pipe.cmd("HINCRBY").arg(self.stats_key()).arg(format!("{}|{}", rec.status.as_str(), rec.trigger)).arg(1).ignore();
+        pipe.cmd("HINCRBY")
+            .arg(self.stats_key())
+            .arg(format!("{}|{}", rec.status.as_str(), rec.trigger))
+            .arg(1)
+            .ignore();
     }
 }
 

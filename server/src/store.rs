@@ -575,9 +575,8 @@ impl Store {
                     return Ok(Err(Skip::Duplicate));
                 }
                 sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
-                let within = |secs: i64, crit: bool| {
-                    sent.iter().filter(|&&(_, at, c)| c == crit && at > now - secs).count()
-                };
+                let within =
+                    |secs: i64, crit: bool| sent.iter().filter(|&&(_, at, c)| c == crit && at > now - secs).count();
                 if critical && within(7 * 86_400, true) >= caps.critical_per_week {
                     return Ok(Err(Skip::CriticalCap));
                 }
