@@ -955,3 +955,123 @@ async fn deadline_scan_sensitive_digest_and_campaigns_memory() {
 async fn deadline_scan_sensitive_digest_and_campaigns_redis() {
     scan_campaign_sensitive(Backend::Redis).await;
 }
+
+/// Lines of the log channel's file, as (push id, reclaimed).
+fn deliveries(path: &Path) -> Vec<(String, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| (v["id"].as_str().unwrap().to_owned(), v["reclaimed"].as_bool().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_no_push() {
+    use tongban_server::push::{InboxMessage, Job};
+    use tongban_server::queue::{Enqueue, Status};
+    let redis = RedisServer::start();
+    let f = fixture();
+    let store = RedisStore::connect(&redis.url(), "").await.unwrap();
+    let (conn, prefix) = store.connection();
+    let queue = Queue::redis(conn, &prefix, 4).await.unwrap();
+    let store = Store::Redis(store);
+    // Pushes go to subjects with profiles (an unknown subject's push is skipped as erased).
+    let (model, _) = artifact::load(f.model_file.path(), Some(f.catalogue.clone())).unwrap();
+    let profiles = model.profiles(&f.log, &[]);
+    let subjects: Vec<&str> = (0..200).map(|i| f.log.subjects.name(i)).collect();
+    for (s, p) in subjects.iter().zip(&profiles) {
+        store.import_profile(s, p).await.unwrap();
+    }
+    // 10:00 in Shanghai: outside quiet hours.
+    let now = tongban_features::time::Timestamp::parse("2026-01-01T02:00:00Z").unwrap().0;
+    let n = 4000;
+    let items: Vec<Enqueue> = (0..n)
+        .map(|i| Enqueue {
+            job: Job {
+                subject: subjects[i % subjects.len()].to_owned(),
+                message: InboxMessage {
+                    id: format!("TB-{i:016X}"),
+                    trigger: "next_step".into(),
+                    bundle: None,
+                    services: Vec::new(),
+                    title: format!("push {i}"),
+                    body: String::new(),
+                    sms: String::new(),
+                    created_at: now,
+                    deliver_at: now,
+                    expires_at: now + 30 * 86_400,
+                    read: false,
+                    model: "test".into(),
+                },
+                critical: false,
+                done_after: 0,
+                reasons: Vec::new(),
+                decisions: Vec::new(),
+                attempts: 0,
+                last_error: None,
+            },
+            due_ms: 0,
+            status: Status::Queued,
+        })
+        .collect();
+    queue.enqueue(&items).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("deliveries.jsonl");
+    let batch = 64;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_tongban"))
+            .args(["worker", "--redis", &redis.url(), "--now", "2026-01-01T02:00:00Z", "--push-log"])
+            .arg(&log)
+            .args(["--reclaim-after-ms", "500", "--scan-every-secs", "0", "--partitions", "4"])
+            .args(["--batch", &batch.to_string()])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut first = spawn();
+    // Kill once a quarter is delivered, in the middle of a batch (some of it logged, none of it
+    // acknowledged yet).
+    wait("a quarter of the pushes, mid-batch", 120, &|| {
+        let k = deliveries(&log).len();
+        k >= n / 4 && k % batch != 0
+    });
+    first.kill().unwrap(); // SIGKILL: no chance to finish its batch
+    first.wait().unwrap();
+    let at_kill = deliveries(&log).len();
+    let mut second = spawn();
+    let started = std::time::Instant::now();
+    loop {
+        let d = queue.depth().await.unwrap();
+        if d.idle() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the queue did not drain: {d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let all = deliveries(&log);
+    let unique: std::collections::HashSet<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+    let lost = (0..n).filter(|i| !unique.contains(format!("TB-{i:016X}").as_str())).count();
+    let duplicated = all.len() - unique.len();
+    let reclaimed = all.iter().filter(|(_, r)| *r).count();
+    println!(
+        "SIGKILL test: {n} pushes; killed after {at_kill} deliveries; delivered {}, duplicated {duplicated}, lost {lost} ({reclaimed} reclaimed from the killed worker)",
+        unique.len()
+    );
+    assert_eq!(lost, 0, "every push is delivered at least once");
+    assert!(duplicated <= batch, "duplicates only for the batch in flight: {duplicated}");
+    assert!(reclaimed >= duplicated, "every duplicate is a reclaimed delivery");
+    assert!(at_kill < n, "the kill came mid-run");
+    assert_eq!(queue.depth().await.unwrap().dead, 0);
+}

@@ -116,6 +116,25 @@ pub const ROUTES: &[RouteDoc] = &[
     ("get", "/admin/models", "Loaded models and their metadata", "operator", &[], None, "Object"),
     ("post", "/admin/models", "Load, validate and activate a model file", "operator", &[], Some("Activate"), "Object"),
     ("post", "/admin/models/rollback", "Re-activate the previous model", "operator", &[], None, "Object"),
+    (
+        "get",
+        "/admin/pushes/{id}",
+        "A push's audit record: trigger, model, reasons, policy decisions, attempts, status",
+        "operator",
+        &[],
+        None,
+        "PushRecord",
+    ),
+    ("get", "/admin/queue", "Push queue depth and the latest dead letters", "operator", &[], None, "Object"),
+    (
+        "post",
+        "/admin/campaigns",
+        "Push a service to the n subjects most likely to need it (scored, not broadcast); dry_run only counts",
+        "operator",
+        &[],
+        Some("Campaign"),
+        "CampaignReport",
+    ),
 ];
 
 fn schemas() -> Value {
@@ -143,7 +162,22 @@ fn schemas() -> Value {
         "Preferences": { "type": "object", "additionalProperties": false, "properties": {
             "push": s("boolean"), "categories_off": { "type": "array", "items": s("string") },
             "quiet_hours": { "type": "array", "items": s("integer"), "minItems": 2, "maxItems": 2, "nullable": true },
-            "utc_offset_minutes": s("integer"), "personalised": s("boolean"), "locale": s("string") } },
+            "utc_offset_minutes": s("integer"), "personalised": s("boolean"), "locale": s("string"),
+            "channels": { "type": "array", "items": { "type": "string", "enum": ["sms", "app"] } } } },
+        "PushRecord": { "type": "object", "properties": {
+            "id": s("string"), "trigger": { "type": "string", "enum": ["next_step", "sensitive", "deadline", "renewal", "yearly_window", "campaign"] },
+            "bundle": { "type": "string", "nullable": true }, "services": { "type": "array", "items": s("string") },
+            "model": s("string"), "reasons": { "type": "array", "items": s("string") }, "decisions": { "type": "array", "items": s("string") },
+            "critical": s("boolean"), "created_at": s("integer"), "deliver_at": s("integer"), "expires_at": s("integer"), "attempts": s("integer"),
+            "status": { "type": "string", "enum": ["queued", "deferred", "delivered", "skipped", "retrying", "dead"] },
+            "detail": { "type": "string", "nullable": true } } },
+        "Campaign": { "type": "object", "required": ["id", "service", "n"], "additionalProperties": false, "properties": {
+            "id": s("string"), "service": s("string"), "n": { "type": "integer", "minimum": 1 }, "dry_run": s("boolean"),
+            "reason": s("string") } },
+        "CampaignReport": { "type": "object", "properties": {
+            "id": s("string"), "dry_run": s("boolean"), "subjects": s("integer"), "eligible": s("integer"), "selected": s("integer"),
+            "score_min": { "type": "number", "nullable": true }, "score_max": { "type": "number", "nullable": true },
+            "queued": s("integer"), "skipped": { "type": "object", "additionalProperties": s("integer") } } },
         "Inbox": { "type": "object", "properties": { "subject": s("string"), "unread": s("integer"),
             "messages": { "type": "array", "items": { "type": "object" } } } },
         "Activate": { "type": "object", "required": ["path"], "properties": { "path": s("string") } },
@@ -161,7 +195,8 @@ fn schemas() -> Value {
             "locale": s("string"), "mode": s("string"), "fallback": { "type": "string", "nullable": true },
             "suggestions": { "type": "array", "items": { "$ref": "#/components/schemas/Suggestion" } } } },
         "Related": { "type": "object", "properties": { "service": s("string"), "related": { "type": "array", "items": { "type": "object" } } } },
-        "Ingested": { "type": "object", "properties": { "accepted": s("integer"), "duplicates": s("integer") } },
+        "Ingested": { "type": "object", "properties": { "accepted": s("integer"), "duplicates": s("integer"),
+            "too_late": s("integer"), "pushed": s("integer") } },
         "Ready": { "type": "object", "properties": { "store": s("string"), "model": s("string") } },
         "Problem": { "type": "object", "properties": { "type": s("string"), "title": s("string"), "status": s("integer"), "code": s("string"), "detail": s("string") } },
         "Object": s("object"),
