@@ -462,10 +462,14 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
          curl -s '{base}/v1/users/{subject}/recommendations?k=5&locale=en' | jq\n  \
          curl -s -X POST {base}/v1/events -H 'content-type: application/json' \\\n    \
          -d '{{\"event_id\":\"demo-1\",\"subject\":\"{subject}\",\"service\":\"e.entry.seal\",\"kind\":\"completed\"}}'\n  \
-         curl -s '{base}/v1/services/e.entry.registration' | jq\n  \
+         curl -s '{base}/v1/services/e.entry.registration' | jq\n\n\
+         A company completes its registration (营业执照, the business licence); the push worker puts\n\
+         guidance for the next steps of 开办企业一件事 in its inbox:\n\n  \
          curl -s -X POST {base}/v1/events -H 'content-type: application/json' \\\n    \
          -d '{{\"event_id\":\"demo-2\",\"subject\":\"e-demo\",\"service\":\"e.entry.registration\",\"kind\":\"completed\"}}'\n  \
-         curl -s '{base}/v1/users/e-demo/inbox' | jq\n  \
+         curl -s '{base}/v1/users/e-demo/inbox' | jq '.messages[0] | .title, .body'\n  \
+         curl -s '{base}/admin/pushes/'$(curl -s '{base}/v1/users/e-demo/inbox' | jq -r '.messages[0].id') | jq\n  \
+         curl -s '{base}/metrics' | grep tongban_push\n\n  \
          curl -s '{base}/v1/services/popular?segment=person:30-39&k=5' | jq\n  \
          curl -s {base}/openapi.json | jq '.paths | keys'\n\nCtrl-C stops it.\n"
     );
