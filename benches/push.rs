@@ -1,0 +1,180 @@
+//! Pushes per second from trigger to inbox, beside the raw rate of the same stream command.
+//!
+//! For N companies that just completed their business registration, the next-step trigger runs
+//! (profile and preferences read, policy, reservation, render, enqueue) while a worker in the
+//! same process claims, re-checks, writes the inbox and acknowledges; the clock stops when every
+//! push is delivered. Then N pipelined `XADD`s of the same job JSON to a scratch stream, over the
+//! same connection: the ceiling Redis itself sets. Redis runs on loopback (a `redis-server`
+//! started here on a free port); the memory backend runs the same path for comparison.
+//!
+//! `cargo bench --bench push [-- N]` (default N = 20000).
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tongban_features::catalogue::Catalogue;
+use tongban_features::domain::{Channel, EventKind};
+use tongban_features::io::LogEvent;
+use tongban_features::profile::{BundleIndex, Profile, ProfileContext, ProfileParams};
+use tongban_features::time::Timestamp;
+use tongban_server::deliver::{Channels, Pusher, Worker, WorkerConfig};
+use tongban_server::push::{Caps, Templates};
+use tongban_server::queue::Queue;
+use tongban_server::store::RedisStore;
+use tongban_server::Store;
+
+struct Redis(Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> Redis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let r = Redis(child, port);
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
+}
+
+/// Runs N next-step triggers and delivers them all; returns pushes per second.
+async fn trigger_to_inbox(pusher: Arc<Pusher>, subjects: Arc<Vec<String>>, done: u32) -> f64 {
+    let worker = Worker {
+        pusher: pusher.clone(),
+        channels: Channels::default(),
+        cfg: WorkerConfig { batch: 256, scan_every: None, ..WorkerConfig::new() },
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let w = tokio::spawn(async move {
+        worker
+            .run(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await
+    });
+    let lanes = 32;
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let (pusher, subjects) = (pusher.clone(), subjects.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut queued = 0;
+            for s in subjects.iter().skip(lane).step_by(lanes) {
+                queued += pusher.after_events(s, &[done], "bench").await.expect("trigger").queued;
+            }
+            queued
+        }));
+    }
+    let mut queued = 0;
+    for t in tasks {
+        queued += t.await.expect("trigger task");
+    }
+    assert_eq!(queued, subjects.len(), "one push per subject");
+    loop {
+        let delivered: u64 = pusher
+            .queue
+            .counts()
+            .await
+            .expect("counts")
+            .iter()
+            .filter(|(s, _, _)| s == "delivered")
+            .map(|x| x.2)
+            .sum();
+        if delivered as usize >= subjects.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = w.await;
+    subjects.len() as f64 / took
+}
+
+fn main() {
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cat = Arc::new(Catalogue::load(&root.join("catalogue")).expect("catalogue"));
+    let templates = Templates::load(&root.join("templates"), &cat).expect("templates");
+    let registration = cat.lookup("e.entry.registration").expect("in the catalogue");
+    // 10:00 in Shanghai: outside the default quiet hours.
+    let now = Timestamp::parse("2026-03-02T02:00:00Z").expect("time").0;
+    let ctx = ProfileContext { params: ProfileParams::default(), bundles: BundleIndex::new(&cat) };
+    let mut profile = Profile::new(11);
+    let ev = LogEvent {
+        id: 1,
+        subject: 0,
+        service: registration,
+        kind: EventKind::Completed,
+        rating: 0,
+        channel: Channel::Web,
+        at: Timestamp(now - 3600),
+    };
+    assert!(profile.apply(&ev, &ctx));
+    let subjects: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-e{i:07}")).collect());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let redis = redis_server();
+    rt.block_on(async {
+        let mut rows = Vec::new();
+        for backend in ["memory", "redis"] {
+            let (store, queue) = if backend == "redis" {
+                let s = RedisStore::connect(&format!("redis://127.0.0.1:{}/", redis.1), "").await.expect("redis");
+                let (conn, prefix) = s.connection();
+                let q = Queue::redis(conn, &prefix, 8).await.expect("queue");
+                (Store::Redis(s), q)
+            } else {
+                (Store::memory(), Queue::memory())
+            };
+            for s in subjects.iter() {
+                store.import_profile(s, &profile).await.expect("import");
+            }
+            let pusher = Arc::new(Pusher {
+                store: Arc::new(store),
+                queue: Arc::new(queue),
+                catalogue: cat.clone(),
+                templates: templates.clone(),
+                caps: Caps::default(),
+                portal: "https://zwfw.dl.gov.cn".into(),
+                fixed_now: Some(now),
+            });
+            let rate = trigger_to_inbox(pusher.clone(), subjects.clone(), registration).await;
+            let inbox = pusher.store.inbox(&subjects[n - 1]).await.expect("inbox");
+            assert_eq!(inbox.len(), 1, "the last subject's inbox holds its message");
+            rows.push((backend, rate, inbox[0].clone()));
+        }
+        // The raw ceiling: the same job JSON, pipelined XADD, 500 per pipeline.
+        let s = RedisStore::connect(&format!("redis://127.0.0.1:{}/", redis.1), "").await.expect("redis");
+        let (mut conn, _) = s.connection();
+        let job = serde_json::json!({ "subject": subjects[0], "message": rows[1].2 }).to_string();
+        let started = Instant::now();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let mut pipe = redis::pipe();
+            for _ in chunk {
+                pipe.cmd("XADD").arg("bench:raw").arg("*").arg("job").arg(&job).ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.expect("xadd");
+        }
+        let raw = n as f64 / started.elapsed().as_secs_f64();
+        println!("push/trigger_to_inbox  n={n}  job JSON {} bytes", job.len());
+        for (backend, rate, _) in &rows {
+            println!("  {backend:<6} {rate:>10.0} pushes/s");
+        }
+        println!("  raw pipelined XADD {raw:>10.0} /s (same job JSON, same connection)");
+        println!("  redis pushes/s : raw XADD/s = {:.3}", rows[1].1 / raw);
+    });
+}
