@@ -587,6 +587,9 @@ async fn push_flow(backend: Backend) {
     assert_eq!(app.client.post(format!("{}{url}", app.base)).send().await.unwrap().status().as_u16(), 204);
     let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
     assert_eq!(inbox["unread"], 0);
+    // The open came back as an event.
+    let profile = app.state.store.profile("co-open").await.unwrap().unwrap();
+    assert!(profile.recent().iter().any(|r| r.kind == tongban_features::domain::EventKind::PushOpened));
     assert_eq!(
         app.client
             .post(format!("{}/v1/users/co-open/inbox/TB-NONE/read", app.base))

@@ -797,11 +797,25 @@ async fn read_message(
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, Scope::Portal)?;
     let subject = parse_subject(&id)?;
-    if state.store.mark_read(subject.as_str(), &msg).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!("message {msg:?}")))
+    let inbox = state.store.inbox(subject.as_str()).await?;
+    let Some(m) = inbox.iter().find(|m| m.id == msg) else {
+        return Err(ApiError::NotFound(format!("message {msg:?}")));
+    };
+    state.store.mark_read(subject.as_str(), &msg).await?;
+    // The open comes back as a signal on the message's first service (idempotent by its id).
+    if let Some(service) = m.services.first() {
+        let opened = EventIn {
+            event_id: format!("{msg}-opened"),
+            subject: subject.as_str().to_owned(),
+            service: service.clone(),
+            kind: "push_opened".into(),
+            rating: None,
+            at: None,
+            channel: Some("push".into()),
+        };
+        ingest(&state, vec![opened]).await?;
     }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn healthz() -> &'static str {

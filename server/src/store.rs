@@ -171,14 +171,15 @@ return 'ok'
 ";
 
 /// KEYS: inbox. ARGV: message JSON, its `"id":"..."` needle, cap, ttl seconds. Adds the message
-/// unless one with the same id is there (redelivery is harmless). Answers 1 when added.
+/// unless one with the same id is there (redelivery is harmless); the inbox expires with its
+/// longest-lived message. Answers 1 when added.
 const INBOX_ADD: &str = r"
 for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if string.find(m, ARGV[2], 1, true) then return 0 end
 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 return 1
 ";
 
