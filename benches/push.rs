@@ -1,13 +1,14 @@
 //! Pushes per second from trigger to inbox, beside the raw rate of the same stream command.
 //!
 //! For N companies that just completed their business registration, the next-step trigger runs
-//! (profile and preferences read, policy, reservation, render, enqueue); then a worker in the
-//! same process claims, re-checks, writes the inbox and acknowledges until every push is
-//! delivered. Then N pipelined `XADD`s of the same job JSON to a scratch stream, over the
+//! (profile and preferences read, policy, reservation, render, enqueue) as ingest requests of
+//! 100 subjects run it; a worker in the same process claims, re-checks, writes the inbox and
+//! acknowledges. Measured alone, then both at once for N other companies (the headline:
+//! trigger to inbox). Then N pipelined `XADD`s of the same job JSON to a scratch stream, over the
 //! same connection: the ceiling Redis itself sets. Redis runs on loopback (a `redis-server`
 //! started here on a free port); the memory backend runs the same path for comparison.
 //!
-//! `cargo bench --bench push [-- N]` (default N = 20000).
+//! `cargo bench --bench push [-- N]` (default N = 20000; 2 N profiles are imported).
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -25,6 +26,10 @@ use tongban_server::push::{Caps, Templates};
 use tongban_server::queue::Queue;
 use tongban_server::store::RedisStore;
 use tongban_server::Store;
+
+// The allocator the `tongban` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Redis(Child, u16);
 
@@ -52,20 +57,20 @@ fn redis_server() -> Redis {
     panic!("redis-server did not start");
 }
 
-/// Pushes per second: (triggers alone, delivery alone, trigger to inbox). The triggers run
-/// first (32 concurrent lanes), then one worker delivers the queue; the end-to-end rate is N
-/// over the sum of both times.
-async fn trigger_to_inbox(pusher: Arc<Pusher>, subjects: Arc<Vec<String>>, done: u32) -> (f64, f64, f64) {
-    let n = subjects.len() as f64;
-    let started = Instant::now();
-    let lanes = 32;
+/// Runs the next-step trigger for `subjects` as ingest requests of 100 subjects each run it,
+/// 8 requests at a time. Returns how many pushes were queued.
+async fn trigger(pusher: &Arc<Pusher>, subjects: &Arc<Vec<String>>, done: u32) -> usize {
+    let lanes = 8;
+    let per_request = 100;
     let mut tasks = Vec::new();
     for lane in 0..lanes {
         let (pusher, subjects) = (pusher.clone(), subjects.clone());
         tasks.push(tokio::spawn(async move {
             let mut queued = 0;
-            for s in subjects.iter().skip(lane).step_by(lanes) {
-                queued += pusher.after_events(s, &[done], "bench").await.expect("trigger").queued;
+            let done = [done];
+            for chunk in subjects.chunks(per_request).skip(lane).step_by(lanes) {
+                let items: Vec<(&str, &[u32])> = chunk.iter().map(|s| (s.as_str(), &done[..])).collect();
+                queued += pusher.after_events_many(&items, "bench").await.expect("trigger").queued;
             }
             queued
         }));
@@ -74,21 +79,51 @@ async fn trigger_to_inbox(pusher: Arc<Pusher>, subjects: Arc<Vec<String>>, done:
     for t in tasks {
         queued += t.await.expect("trigger task");
     }
-    assert_eq!(queued, subjects.len(), "one push per subject");
-    let triggered = started.elapsed().as_secs_f64();
-    let worker = Worker {
+    queued
+}
+
+fn worker(pusher: &Arc<Pusher>) -> Worker {
+    Worker {
         pusher: pusher.clone(),
         channels: Channels::default(),
         cfg: WorkerConfig { batch: 256, scan_every: None, ..WorkerConfig::new() },
-    };
+    }
+}
+
+/// Pushes per second: triggers alone, delivery alone (on `first`), then both at once, as a
+/// deployment runs them (on `second`: trigger to inbox, the clock stops when all are
+/// delivered).
+async fn rates(pusher: Arc<Pusher>, first: Arc<Vec<String>>, second: Arc<Vec<String>>, done: u32) -> [f64; 3] {
+    let n = first.len() as f64;
+    let started = Instant::now();
+    assert_eq!(trigger(&pusher, &first, done).await, first.len(), "one push per subject");
+    let triggered = started.elapsed().as_secs_f64();
+    let w = worker(&pusher);
     let started = Instant::now();
     let mut delivered = 0;
-    while delivered < subjects.len() {
-        delivered += worker.round().await.expect("round");
+    while delivered < first.len() {
+        delivered += w.round().await.expect("round");
     }
     let delivering = started.elapsed().as_secs_f64();
     assert!(pusher.queue.depth().await.expect("depth").idle());
-    (n / triggered, n / delivering, n / (triggered + delivering))
+
+    let started = Instant::now();
+    let w = worker(&pusher);
+    let total = second.len();
+    let deliver = tokio::spawn(async move {
+        let mut delivered = 0;
+        while delivered < total {
+            let k = w.round().await.expect("round");
+            if k == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            delivered += k;
+        }
+    });
+    assert_eq!(trigger(&pusher, &second, done).await, second.len());
+    deliver.await.expect("worker");
+    let both = started.elapsed().as_secs_f64();
+    [n / triggered, n / delivering, second.len() as f64 / both]
 }
 
 fn main() {
@@ -111,8 +146,9 @@ fn main() {
         at: Timestamp(now - 3600),
     };
     assert!(profile.apply(&ev, &ctx));
-    let subjects: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-e{i:07}")).collect());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let first: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-a{i:07}")).collect());
+    let second: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-b{i:07}")).collect());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let redis = redis_server();
     rt.block_on(async {
         let mut rows = Vec::new();
@@ -125,7 +161,7 @@ fn main() {
             } else {
                 (Store::memory(), Queue::memory())
             };
-            for s in subjects.iter() {
+            for s in first.iter().chain(second.iter()) {
                 store.import_profile(s, &profile).await.expect("import");
             }
             let pusher = Arc::new(Pusher {
@@ -137,15 +173,15 @@ fn main() {
                 portal: "https://zwfw.dl.gov.cn".into(),
                 fixed_now: Some(now),
             });
-            let rate = trigger_to_inbox(pusher.clone(), subjects.clone(), registration).await;
-            let inbox = pusher.store.inbox(&subjects[n - 1]).await.expect("inbox");
+            let rate = rates(pusher.clone(), first.clone(), second.clone(), registration).await;
+            let inbox = pusher.store.inbox(&second[n - 1]).await.expect("inbox");
             assert_eq!(inbox.len(), 1, "the last subject's inbox holds its message");
             rows.push((backend, rate, inbox[0].clone()));
         }
         // The raw ceiling: the same job JSON, pipelined XADD, 500 per pipeline.
         let s = RedisStore::connect(&format!("redis://127.0.0.1:{}/", redis.1), "").await.expect("redis");
         let (mut conn, _) = s.connection();
-        let job = serde_json::json!({ "subject": subjects[0], "message": rows[1].2 }).to_string();
+        let job = serde_json::json!({ "subject": first[0], "message": rows[1].2 }).to_string();
         let started = Instant::now();
         for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
             let mut pipe = redis::pipe();
@@ -156,12 +192,12 @@ fn main() {
         }
         let raw = n as f64 / started.elapsed().as_secs_f64();
         println!("push/trigger_to_inbox  n={n}  job JSON {} bytes", job.len());
-        println!("  backend   trigger->queue/s  queue->inbox/s  trigger->inbox/s");
-        for (backend, (t, d, e), _) in &rows {
+        println!("  backend   trigger->queue/s  queue->inbox/s  trigger->inbox/s (both at once)");
+        for (backend, [t, d, e], _) in &rows {
             println!("  {backend:<8} {t:>16.0} {d:>15.0} {e:>17.0}");
         }
         println!("  raw pipelined XADD {raw:>10.0} /s (same job JSON, same connection)");
-        println!("  redis trigger->inbox : raw XADD = {:.3}", rows[1].1 .2 / raw);
+        println!("  redis trigger->inbox : raw XADD = {:.3}", rows[1].1[2] / raw);
         if std::env::var_os("PUSH_BENCH_COMMANDSTATS").is_some() {
             let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("info");
             println!("{stats}");

@@ -20,6 +20,11 @@ mod profile;
 mod report;
 mod serve;
 
+// mimalloc: the push and HTTP paths allocate many small strings; glibc malloc took about a
+// tenth of their CPU time (perf, BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tongban",

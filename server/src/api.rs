@@ -569,16 +569,18 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
     // Triggers: a completed bundle step proposes its bundle's next steps. The events are stored
     // already; a failure here loses a push (reported), never an event.
     if let Some(pusher) = &state.pusher {
-        for (b, d) in batches.iter().zip(&done) {
-            if d.accepted == 0 {
-                continue;
-            }
-            let completed: Vec<u32> =
-                b.events.iter().filter(|e| e.kind == EventKind::Completed).map(|e| e.service).collect();
-            if completed.is_empty() {
-                continue;
-            }
-            match pusher.after_events(b.subject, &completed, &served.version).await {
+        let completed: Vec<(&str, Vec<u32>)> = batches
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| d.accepted > 0)
+            .map(|(b, _)| {
+                (b.subject, b.events.iter().filter(|e| e.kind == EventKind::Completed).map(|e| e.service).collect())
+            })
+            .filter(|(_, c): &(&str, Vec<u32>)| !c.is_empty())
+            .collect();
+        let items: Vec<(&str, &[u32])> = completed.iter().map(|(s, c)| (*s, c.as_slice())).collect();
+        if !items.is_empty() {
+            match pusher.after_events_many(&items, &served.version).await {
                 Ok(o) => {
                     pushed += o.queued;
                     for (_, skip) in &o.skipped {
@@ -587,7 +589,7 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
                 }
                 Err(e) => {
                     state.metrics.store_error();
-                    eprintln!("warning: push trigger for one subject failed: {e}");
+                    eprintln!("warning: push trigger failed for {} subjects: {e}", items.len());
                 }
             }
         }

@@ -26,7 +26,7 @@ use tongban_model::Model;
 
 use crate::push::{self, Candidate, Caps, Job, Preferences, Skip, Templates, Trigger};
 use crate::queue::{wall_ms, Claimed, Enqueue, Outcome, Queue, Status};
-use crate::store::{Store, StoreError};
+use crate::store::{Reservation, Store, StoreError};
 
 /// Policy and enqueue, shared by the API, the worker's scan and `tongban scan`.
 #[derive(Debug)]
@@ -39,6 +39,15 @@ pub struct Pusher {
     pub portal: String,
     /// Pins the policy clock (tests, demo); queue scheduling always runs on wall time.
     pub fixed_now: Option<i64>,
+}
+
+/// One subject's candidates with what the policy needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    pub subject: &'a str,
+    pub profile: &'a Profile,
+    pub prefs: &'a Preferences,
+    pub candidates: &'a [Candidate],
 }
 
 /// What an offer of candidates did.
@@ -78,19 +87,37 @@ impl Pusher {
         candidates: &[Candidate],
         model: &str,
     ) -> Result<Offered, StoreError> {
+        self.offer_many(&[Offer { subject, profile, prefs, candidates }], model).await
+    }
+
+    /// [`Pusher::offer`] for several subjects: one round trip to reserve, one to enqueue.
+    pub async fn offer_many(&self, offers: &[Offer<'_>], model: &str) -> Result<Offered, StoreError> {
         let now = self.now();
         let wall = wall_ms();
+        let mut jobs: Vec<(Job, bool, Result<(), Skip>)> = Vec::new();
+        for o in offers {
+            for c in o.candidates {
+                let job = push::job(&self.catalogue, &self.templates, o.prefs, o.subject, c, now, &self.portal, model);
+                jobs.push((job, c.critical, push::decide(o.prefs, o.profile, c)));
+            }
+        }
+        let reservations: Vec<Reservation<'_>> = jobs
+            .iter()
+            .filter(|(_, _, v)| v.is_ok())
+            .map(|(job, critical, _)| Reservation { subject: &job.subject, id: &job.message.id, critical: *critical })
+            .collect();
+        let mut answers = self.store.reserve_many(&reservations, now, &self.caps).await?.into_iter();
         let mut out = Offered::default();
         let mut items = Vec::new();
-        for c in candidates {
-            let job = push::job(&self.catalogue, &self.templates, prefs, subject, c, now, &self.portal, model);
-            let verdict = match push::decide(prefs, profile, c) {
-                Ok(()) => self.store.reserve(subject, &job.message.id, now, &self.caps, c.critical).await?,
+        let mut skipped = Vec::new();
+        for (job, _, verdict) in jobs {
+            let verdict = match verdict {
+                Ok(()) => answers.next().expect("one answer per reservation"),
                 Err(skip) => Err(skip),
             };
             if let Err(skip) = verdict {
-                self.queue.skipped(&job, skip).await?;
-                out.skipped.push((job.message.id, skip));
+                out.skipped.push((job.message.id.clone(), skip));
+                skipped.push((job, skip));
                 continue;
             }
             let wait = (job.message.deliver_at - now).max(0) as u64;
@@ -99,28 +126,44 @@ impl Pusher {
             items.push(Enqueue { job, due_ms: wall + wait * 1000, status });
         }
         out.queued = items.len();
+        self.queue.skipped(&skipped).await?;
         self.queue.enqueue(&items).await?;
         Ok(out)
     }
 
     /// The next-step trigger after a subject completed `completed` (one proposal per bundle).
     pub async fn after_events(&self, subject: &str, completed: &[u32], model: &str) -> Result<Offered, StoreError> {
-        let (profile, prefs) = self.store.profile_and_prefs(subject).await?;
-        let Some(profile) = profile else { return Ok(Offered::default()) };
-        let prefs = prefs.unwrap_or_default();
-        let now = self.now();
-        let mut cands: Vec<Candidate> = Vec::new();
-        for &done in completed {
-            for c in push::propose(&self.catalogue, &profile, done, now, &self.caps) {
-                if !cands.iter().any(|x| x.key == c.key) {
-                    cands.push(c);
-                }
-            }
-        }
-        self.offer(subject, &profile, &prefs, &cands, model).await
+        self.after_events_many(&[(subject, completed)], model).await
     }
 
-    /// Deadlines and renewals coming due, for every subject in the store.
+    /// [`Pusher::after_events`] for several subjects (an ingest batch): three round trips in all.
+    pub async fn after_events_many(&self, items: &[(&str, &[u32])], model: &str) -> Result<Offered, StoreError> {
+        let subjects: Vec<&str> = items.iter().map(|x| x.0).collect();
+        let data = self.store.profiles_and_prefs(&subjects).await?;
+        let now = self.now();
+        let mut kept: Vec<(&str, Profile, Preferences, Vec<Candidate>)> = Vec::new();
+        for (&(subject, completed), (profile, prefs)) in items.iter().zip(data) {
+            let Some(profile) = profile else { continue };
+            let mut cands: Vec<Candidate> = Vec::new();
+            for &done in completed {
+                for c in push::propose(&self.catalogue, &profile, done, now, &self.caps) {
+                    if !cands.iter().any(|x| x.key == c.key) {
+                        cands.push(c);
+                    }
+                }
+            }
+            if !cands.is_empty() {
+                kept.push((subject, profile, prefs.unwrap_or_default(), cands));
+            }
+        }
+        let offers: Vec<Offer<'_>> = kept
+            .iter()
+            .map(|(subject, profile, prefs, candidates)| Offer { subject, profile, prefs, candidates })
+            .collect();
+        self.offer_many(&offers, model).await
+    }
+
+    /// Deadlines and renewals coming due, for every subject in the store (a page at a time).
     pub async fn scan(&self) -> Result<ScanReport, StoreError> {
         let now = self.now();
         let version = self.rules_version();
@@ -128,19 +171,24 @@ impl Pusher {
         let mut cursor = 0;
         loop {
             let (next, page) = self.store.page(cursor).await?;
+            report.subjects += page.len();
+            let mut due: Vec<(String, Profile, Preferences, Vec<Candidate>)> = Vec::new();
             for (subject, profile, prefs) in page {
-                report.subjects += 1;
                 let prefs = prefs.unwrap_or_default();
                 let locale = crate::render::Locale::parse(Some(&prefs.locale)).unwrap_or(crate::render::Locale::ZhCn);
                 let cands = push::due(&self.catalogue, &profile, now, locale);
-                if cands.is_empty() {
-                    continue;
+                if !cands.is_empty() {
+                    report.candidates += cands.len();
+                    due.push((subject, profile, prefs, cands));
                 }
-                report.candidates += cands.len();
-                let o = self.offer(&subject, &profile, &prefs, &cands, &version).await?;
-                report.queued += o.queued;
-                report.skipped += o.skipped.len();
             }
+            let offers: Vec<Offer<'_>> = due
+                .iter()
+                .map(|(subject, profile, prefs, candidates)| Offer { subject, profile, prefs, candidates })
+                .collect();
+            let o = self.offer_many(&offers, &version).await?;
+            report.queued += o.queued;
+            report.skipped += o.skipped.len();
             if next == 0 {
                 return Ok(report);
             }
@@ -186,31 +234,44 @@ impl Pusher {
             return Ok(report);
         }
         let svc = self.catalogue.service(service);
-        for (_, subject, profile, prefs) in &scored {
-            let zh = prefs.locale != "en";
-            let why = match (&c.reason, zh) {
-                (Some(r), _) => r.clone(),
-                (None, true) => format!("根据您办理过的事项，您可能需要办理「{}」。", svc.zh),
-                (None, false) => format!("From the services you used, you may need \"{}\".", svc.en),
-            };
-            let cand = Candidate {
-                trigger: Trigger::Campaign,
-                kind: push::Kind::Campaign,
-                content: push::Content { services: vec![service], why, ..push::Content::default() },
-                key: format!("{}|{}", c.id, svc.id),
-                window: 0,
-                critical: false,
-                expires_at: now + self.caps.ttl_days * 86_400,
-                // A repeatable service done within the last year counts as done.
-                done_after: now - 365 * 86_400,
-                reasons: vec!["campaign", "model_score"],
-                stage: svc.category,
-            };
-            let o = self.offer(subject, profile, prefs, std::slice::from_ref(&cand), version).await?;
-            report.queued += o.queued;
-            for (_, s) in o.skipped {
-                *report.skipped.entry(s.as_str().to_owned()).or_default() += 1;
-            }
+        let cands: Vec<Candidate> = scored
+            .iter()
+            .map(|(_, _, _, prefs)| {
+                let zh = prefs.locale != "en";
+                let why = match (&c.reason, zh) {
+                    (Some(r), _) => r.clone(),
+                    (None, true) => format!("根据您办理过的事项，您可能需要办理「{}」。", svc.zh),
+                    (None, false) => format!("From the services you used, you may need \"{}\".", svc.en),
+                };
+                Candidate {
+                    trigger: Trigger::Campaign,
+                    kind: push::Kind::Campaign,
+                    content: push::Content { services: vec![service], why, ..push::Content::default() },
+                    key: format!("{}|{}", c.id, svc.id),
+                    window: 0,
+                    critical: false,
+                    expires_at: now + self.caps.ttl_days * 86_400,
+                    // A repeatable service done within the last year counts as done.
+                    done_after: now - 365 * 86_400,
+                    reasons: vec!["campaign", "model_score"],
+                    stage: svc.category,
+                }
+            })
+            .collect();
+        let offers: Vec<Offer<'_>> = scored
+            .iter()
+            .zip(&cands)
+            .map(|((_, subject, profile, prefs), cand)| Offer {
+                subject,
+                profile,
+                prefs,
+                candidates: std::slice::from_ref(cand),
+            })
+            .collect();
+        let o = self.offer_many(&offers, version).await?;
+        report.queued = o.queued;
+        for (_, s) in o.skipped {
+            *report.skipped.entry(s.as_str().to_owned()).or_default() += 1;
         }
         Ok(report)
     }
@@ -425,15 +486,51 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// One round: due delayed jobs to the streams, claim a batch, deliver it concurrently,
-    /// record the outcomes. Returns how many jobs it finished.
+    /// One round: due delayed jobs to the streams, claim a batch, re-check it (one read of the
+    /// subjects' profiles and preferences), write the inboxes (one round trip), the outbound
+    /// channels (webhook calls concurrently), record the outcomes and acknowledge. Returns how
+    /// many jobs it finished.
     pub async fn round(&self) -> Result<usize, StoreError> {
-        let q = &self.pusher.queue;
-        q.promote(wall_ms()).await?;
-        let claimed = q.claim(&self.cfg.consumer, self.cfg.batch, self.cfg.reclaim_idle_ms).await?;
+        let p = &self.pusher;
+        p.queue.promote(wall_ms()).await?;
+        let claimed = p.queue.claim(&self.cfg.consumer, self.cfg.batch, self.cfg.reclaim_idle_ms).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
         let n = claimed.len();
-        let outcomes = futures_util::future::join_all(claimed.iter().map(|c| self.deliver(c))).await;
-        q.finish(claimed.into_iter().zip(outcomes).collect()).await?;
+        let now = p.now();
+        let subjects: Vec<&str> = claimed.iter().map(|c| c.job.subject.as_str()).collect();
+        // Per job: the outcome so far (none: deliver) and the outbound channels allowed.
+        let checked: Vec<Result<Vec<String>, Outcome>> = match p.store.profiles_and_prefs(&subjects).await {
+            Ok(data) => claimed.iter().zip(&data).map(|(c, d)| self.recheck(&c.job, d, now)).collect(),
+            Err(e) => {
+                claimed.iter().map(|c| Err(self.failed(&c.job, ChannelError::Transient(e.to_string())))).collect()
+            }
+        };
+        let mut outcomes: Vec<Option<Outcome>> = checked.iter().map(|r| r.as_ref().err().cloned()).collect();
+        let go: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_none()).collect();
+        let items: Vec<(&str, &push::InboxMessage, i64)> = go
+            .iter()
+            .map(|&i| {
+                let j = &claimed[i].job;
+                (j.subject.as_str(), &j.message, (j.message.expires_at - now).max(1))
+            })
+            .collect();
+        if let Err(e) = p.store.push_inbox_many(&items).await {
+            for &i in &go {
+                outcomes[i] = Some(self.failed(&claimed[i].job, ChannelError::Transient(format!("inbox: {e}"))));
+            }
+        }
+        let outbound = futures_util::future::join_all(go.iter().filter(|&&i| outcomes[i].is_none()).map(|&i| {
+            let channels = checked[i].as_ref().map_or(&[][..], Vec::as_slice);
+            self.outbound(&claimed[i], channels, i)
+        }))
+        .await;
+        for (i, o) in outbound {
+            outcomes[i] = Some(o);
+        }
+        let done = claimed.into_iter().zip(outcomes).map(|(c, o)| (c, o.expect("every job has an outcome"))).collect();
+        p.queue.finish(done).await?;
         Ok(n)
     }
 
@@ -470,49 +567,48 @@ impl Worker {
         }
     }
 
-    async fn deliver(&self, c: &Claimed) -> Outcome {
-        let p = &self.pusher;
-        let job = &c.job;
+    /// The policy again at delivery: the outbound channels the subject allows, or the outcome
+    /// when the job is not to be delivered now.
+    fn recheck(&self, job: &Job, data: &crate::store::ProfileAndPrefs, now: i64) -> Result<Vec<String>, Outcome> {
         let m = &job.message;
-        let now = p.now();
         if now >= m.expires_at {
-            return Outcome::Skipped(Skip::Expired);
+            return Err(Outcome::Skipped(Skip::Expired));
         }
-        let (profile, prefs) = match p.store.profile_and_prefs(&job.subject).await {
-            Ok(x) => x,
-            Err(e) => return self.failed(job, ChannelError::Transient(e.to_string())),
-        };
-        let Some(profile) = profile else { return Outcome::Skipped(Skip::Erased) };
-        let prefs = prefs.unwrap_or_default();
+        let (profile, prefs) = data;
+        let Some(profile) = profile else { return Err(Outcome::Skipped(Skip::Erased)) };
+        let prefs = prefs.clone().unwrap_or_default();
         if !prefs.push {
-            return Outcome::Skipped(Skip::PushOff);
+            return Err(Outcome::Skipped(Skip::PushOff));
         }
-        let ids: Vec<u32> = m.services.iter().filter_map(|s| p.catalogue.lookup(s)).collect();
-        if !ids.is_empty() && ids.iter().all(|&s| push::done_since(&profile, s, job.done_after)) {
-            return Outcome::Skipped(Skip::DoneMeanwhile);
+        let ids: Vec<u32> = m.services.iter().filter_map(|s| self.pusher.catalogue.lookup(s)).collect();
+        if !ids.is_empty() && ids.iter().all(|&s| push::done_since(profile, s, job.done_after)) {
+            return Err(Outcome::Skipped(Skip::DoneMeanwhile));
         }
         let at = prefs.deliverable_at(now);
         if at > now {
-            return Outcome::Defer { due_ms: wall_ms() + (at - now) as u64 * 1000 };
+            return Err(Outcome::Defer { due_ms: wall_ms() + (at - now) as u64 * 1000 });
         }
+        Ok(prefs.channels)
+    }
+
+    /// The channels after the inbox: the log, and the webhook when the subject allowed an
+    /// outbound channel. Returns the job's index with its outcome.
+    async fn outbound(&self, c: &Claimed, channels: &[String], i: usize) -> (usize, Outcome) {
+        let job = &c.job;
         let mut used = vec!["inbox"];
-        let ttl = (m.expires_at - now).max(1);
-        if let Err(e) = p.store.push_inbox(&job.subject, m, ttl).await {
-            return self.failed(job, ChannelError::Transient(format!("inbox: {e}")));
-        }
         if let Some(log) = &self.channels.log {
             if let Err(e) = log.send(job, c.reclaimed) {
-                return self.failed(job, e);
+                return (i, self.failed(job, e));
             }
             used.push("log");
         }
-        if let (Some(hook), false) = (&self.channels.webhook, prefs.channels.is_empty()) {
-            if let Err(e) = hook.send(job, &prefs.channels).await {
-                return self.failed(job, e);
+        if let (Some(hook), false) = (&self.channels.webhook, channels.is_empty()) {
+            if let Err(e) = hook.send(job, channels).await {
+                return (i, self.failed(job, e));
             }
             used.push("webhook");
         }
-        Outcome::Delivered { channels: used.join(",") }
+        (i, Outcome::Delivered { channels: used.join(",") })
     }
 
     fn failed(&self, job: &Job, e: ChannelError) -> Outcome {

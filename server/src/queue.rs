@@ -283,6 +283,7 @@ impl Queue {
             promote: redis::Script::new(PROMOTE),
         };
         let mut c = q.conn.clone();
+        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(PROMOTE).query_async(&mut c).await?;
         for p in 0..q.partitions {
             let [ready, ..] = q.keys(p);
             let made: Result<(), redis::RedisError> = redis::cmd("XGROUP")
@@ -349,26 +350,35 @@ impl Queue {
         }
     }
 
-    /// Records a push the policy skipped before enqueue (no record is written for duplicates:
-    /// the original keeps its record).
-    pub async fn skipped(&self, job: &Job, why: crate::push::Skip) -> Result<(), StoreError> {
-        let rec = PushRecord::of(job, Status::Skipped, Some(why.as_str().to_owned()));
+    /// Records pushes the policy skipped before enqueue (no record is written for duplicates:
+    /// the original keeps its record; they are only counted).
+    pub async fn skipped(&self, skipped: &[(Job, crate::push::Skip)]) -> Result<(), StoreError> {
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        let records = skipped
+            .iter()
+            .map(|(job, why)| (*why, PushRecord::of(job, Status::Skipped, Some(why.as_str().to_owned()))));
         match self {
             Queue::Memory(m) => {
                 let mut q = m.lock().expect("no panics while holding the lock");
-                if why == crate::push::Skip::Duplicate {
-                    *q.0.counts.entry((Status::Skipped, rec.trigger)).or_default() += 1;
-                } else {
-                    q.0.record(rec);
+                for (why, rec) in records {
+                    if why == crate::push::Skip::Duplicate {
+                        *q.0.counts.entry((Status::Skipped, rec.trigger)).or_default() += 1;
+                    } else {
+                        q.0.record(rec);
+                    }
                 }
                 Ok(())
             }
             Queue::Redis(r) => {
                 let mut pipe = redis::pipe();
-                if why == crate::push::Skip::Duplicate {
-                    pipe.cmd("HINCRBY").arg(r.stats_key()).arg(format!("skipped|{}", rec.trigger)).arg(1).ignore();
-                } else {
-                    r.write_record(&mut pipe, &rec);
+                for (why, rec) in records {
+                    if why == crate::push::Skip::Duplicate {
+                        pipe.cmd("HINCRBY").arg(r.stats_key()).arg(format!("skipped|{}", rec.trigger)).arg(1).ignore();
+                    } else {
+                        r.write_record(&mut pipe, &rec);
+                    }
                 }
                 let mut c = r.conn.clone();
                 let _: () = pipe.query_async(&mut c).await?;
@@ -393,21 +403,28 @@ impl Queue {
                 Ok(n)
             }
             Queue::Redis(r) => {
-                let mut c = r.conn.clone();
-                let mut n = 0;
+                let mut pipe = redis::pipe();
                 for p in 0..r.partitions {
                     let [ready, delayed, _] = r.keys(p);
-                    let moved: usize =
-                        r.promote.key(&delayed).key(&ready).arg(now_ms).arg(1000).invoke_async(&mut c).await?;
-                    n += moved;
+                    pipe.cmd("EVALSHA").arg(r.promote.get_hash()).arg(2).arg(delayed).arg(ready).arg(now_ms).arg(1000);
                 }
-                Ok(n)
+                let mut c = r.conn.clone();
+                let moved: Vec<usize> = match pipe.query_async(&mut c).await {
+                    Ok(v) => v,
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(PROMOTE).query_async(&mut c).await?;
+                        pipe.query_async(&mut c).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(moved.into_iter().sum())
             }
         }
     }
 
-    /// Claims up to `count` jobs for `consumer`: first those pending longer than
-    /// `reclaim_idle_ms` at another (dead) worker, then new ones.
+    /// Claims about `count` jobs for `consumer`: first those pending longer than
+    /// `reclaim_idle_ms` at another (dead) worker, then new ones (on Redis, up to
+    /// `count / partitions` rounded up from each partition).
     pub async fn claim(&self, consumer: &str, count: usize, reclaim_idle_ms: u64) -> Result<Vec<Claimed>, StoreError> {
         let mut out = Vec::new();
         match self {
@@ -435,41 +452,32 @@ impl Queue {
                 Ok(out)
             }
             Queue::Redis(r) => {
+                // One pipeline reclaims stale entries of every partition, one reads new ones.
                 let mut c = r.conn.clone();
+                let mut pipe = redis::pipe();
                 for p in 0..r.partitions {
-                    if out.len() >= count {
-                        break;
-                    }
                     let [ready, ..] = r.keys(p);
-                    let want = count - out.len();
-                    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                        .arg(&ready)
-                        .arg(GROUP)
-                        .arg(consumer)
-                        .arg(reclaim_idle_ms)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(want)
-                        .query_async(&mut c)
-                        .await?;
+                    pipe.cmd("XAUTOCLAIM").arg(ready).arg(GROUP).arg(consumer).arg(reclaim_idle_ms).arg("0-0");
+                    pipe.arg("COUNT").arg(count);
+                }
+                let reclaimed: Vec<StreamAutoClaimReply> = pipe.query_async(&mut c).await?;
+                for (p, reply) in reclaimed.iter().enumerate() {
                     for e in &reply.claimed {
                         out.push(Claimed { partition: p, entry: e.id.clone(), job: entry_job(e)?, reclaimed: true });
                     }
-                    let want = count - out.len();
-                    if want == 0 {
-                        break;
-                    }
-                    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                        .arg("GROUP")
-                        .arg(GROUP)
-                        .arg(consumer)
-                        .arg("COUNT")
-                        .arg(want)
-                        .arg("STREAMS")
-                        .arg(&ready)
-                        .arg(">")
-                        .query_async(&mut c)
-                        .await?;
+                }
+                if out.len() >= count {
+                    return Ok(out);
+                }
+                let each = (count - out.len()).div_ceil(r.partitions).max(1);
+                let mut pipe = redis::pipe();
+                for p in 0..r.partitions {
+                    let [ready, ..] = r.keys(p);
+                    pipe.cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(each);
+                    pipe.arg("STREAMS").arg(ready).arg(">");
+                }
+                let fresh: Vec<Option<StreamReadReply>> = pipe.query_async(&mut c).await?;
+                for (p, reply) in fresh.into_iter().enumerate() {
                     for k in reply.map(|r| r.keys).unwrap_or_default() {
                         for e in &k.ids {
                             out.push(Claimed {

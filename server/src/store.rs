@@ -119,7 +119,6 @@ pub struct RedisStore {
     cas: redis::Script,
     import: redis::Script,
     reserve: redis::Script,
-    inbox_add: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -170,19 +169,6 @@ redis.call('EXPIRE', key, keep)
 return 'ok'
 ";
 
-/// KEYS: inbox. ARGV: message JSON, its `"id":"..."` needle, cap, ttl seconds. Adds the message
-/// unless one with the same id is there (redelivery is harmless); the inbox expires with its
-/// longest-lived message. Answers 1 when added.
-const INBOX_ADD: &str = r"
-for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.find(m, ARGV[2], 1, true) then return 0 end
-end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-return 1
-";
-
 /// The most ids one compare-and-set may add (Lua's `unpack` limit is about 8,000).
 pub const MAX_IDS_PER_WRITE: usize = 5000;
 
@@ -211,12 +197,32 @@ impl RedisStore {
             cas: redis::Script::new(CAS),
             import: redis::Script::new(IMPORT),
             reserve: redis::Script::new(RESERVE),
-            inbox_add: redis::Script::new(INBOX_ADD),
         };
         s.ping().await?;
-        let mut c = s.conn.clone();
-        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(CAS).query_async(&mut c).await?;
+        s.load_scripts().await?;
         Ok(s)
+    }
+
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        for script in [CAS, RESERVE] {
+            let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a pipeline of `EVALSHA`s; if Redis restarted and forgot the scripts, loads them and
+    /// runs it once more.
+    async fn query_scripts<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut c = self.conn.clone();
+        match pipe.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                Ok(pipe.query_async(&mut c).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn keys(&self, subject: &str) -> [String; 3] {
@@ -224,13 +230,13 @@ impl RedisStore {
         [format!("{tag}:p"), format!("{tag}:v"), format!("{tag}:e")]
     }
 
-    /// Preferences, inbox (a list of JSON messages, newest first), read marks, and the pushes
+    /// Preferences, inbox (a hash of push id -> JSON message), read marks, and the pushes
     /// reserved (normal and critical lane) of a subject.
     fn push_keys(&self, subject: &str) -> [String; 5] {
         let tag = format!("{}tb:{{u:{subject}}}", self.prefix);
         [
             format!("{tag}:prefs"),
-            format!("{tag}:inbox"),
+            format!("{tag}:msgs"),
             format!("{tag}:read"),
             format!("{tag}:sent"),
             format!("{tag}:crit"),
@@ -456,21 +462,44 @@ impl Store {
     }
     /// The subject's profile and preferences, in one round trip.
     pub async fn profile_and_prefs(&self, subject: &str) -> Result<(Option<Profile>, Option<Preferences>), StoreError> {
+        Ok(self.profiles_and_prefs(&[subject]).await?.pop().expect("one subject, one answer"))
+    }
+
+    /// Profiles and preferences of several subjects, in one round trip.
+    pub async fn profiles_and_prefs(&self, subjects: &[&str]) -> Result<Vec<ProfileAndPrefs>, StoreError> {
         match self {
-            Store::Memory(m) => {
-                let shard = m.shard(subject).lock().expect("no panics while holding the lock");
-                Ok(shard.get(subject).map_or((None, None), |e| (Some(e.profile.clone()), e.prefs.clone())))
-            }
+            Store::Memory(m) => Ok(subjects
+                .iter()
+                .map(|subject| {
+                    let shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                    shard.get(*subject).map_or((None, None), |e| (Some(e.profile.clone()), e.prefs.clone()))
+                })
+                .collect()),
             Store::Redis(r) => {
-                let [pk, _, _] = r.keys(subject);
-                let [fk, ..] = r.push_keys(subject);
+                if subjects.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for s in subjects {
+                    let [pk, ..] = r.keys(s);
+                    let [fk, ..] = r.push_keys(s);
+                    pipe.cmd("GET").arg(pk).cmd("GET").arg(fk);
+                }
                 let mut c = r.conn.clone();
-                let (bytes, prefs): (Option<Vec<u8>>, Option<String>) =
-                    redis::pipe().cmd("GET").arg(&pk).cmd("GET").arg(&fk).query_async(&mut c).await?;
-                let profile = bytes.map(|b| Profile::decode(&b)).transpose()?;
-                // Preferences are validated before they are stored; unreadable ones fall back to
-                // the defaults rather than failing suggestions.
-                Ok((profile, prefs.and_then(|p| serde_json::from_str(&p).ok())))
+                let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                let parse = |e: redis::ParsingError| StoreError::Unavailable(format!("unexpected Redis reply: {e}"));
+                let mut out = Vec::with_capacity(subjects.len());
+                for pair in flat.chunks(2) {
+                    let bytes: Option<Vec<u8>> =
+                        redis::FromRedisValue::from_redis_value(pair[0].clone()).map_err(parse)?;
+                    let prefs: Option<String> =
+                        redis::FromRedisValue::from_redis_value(pair[1].clone()).map_err(parse)?;
+                    let profile = bytes.map(|b| Profile::decode(&b)).transpose()?;
+                    // Preferences are validated before they are stored; unreadable ones fall back
+                    // to the defaults rather than failing suggestions.
+                    out.push((profile, prefs.and_then(|p| serde_json::from_str(&p).ok())));
+                }
+                Ok(out)
             }
         }
     }
@@ -502,22 +531,16 @@ impl Store {
             Store::Redis(r) => {
                 let [_, ik, rk, ..] = r.push_keys(subject);
                 let mut c = r.conn.clone();
-                let (items, read): (Vec<String>, Vec<String>) = redis::pipe()
-                    .cmd("LRANGE")
-                    .arg(&ik)
-                    .arg(0)
-                    .arg(-1)
-                    .cmd("SMEMBERS")
-                    .arg(&rk)
-                    .query_async(&mut c)
-                    .await?;
+                let (items, read): (HashMap<String, String>, HashSet<String>) =
+                    redis::pipe().cmd("HGETALL").arg(&ik).cmd("SMEMBERS").arg(&rk).query_async(&mut c).await?;
                 let mut out: Vec<InboxMessage> = Vec::with_capacity(items.len());
-                for item in items {
-                    let mut m: InboxMessage = serde_json::from_str(&item)
+                for item in items.values() {
+                    let mut m: InboxMessage = serde_json::from_str(item)
                         .map_err(|e| StoreError::Unavailable(format!("unreadable inbox message: {e}")))?;
                     m.read |= read.contains(&m.id);
                     out.push(m);
                 }
+                out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
                 Ok(out)
             }
         }
@@ -526,34 +549,56 @@ impl Store {
     /// Adds a message to the inbox (capped at `INBOX_CAP`, oldest dropped; expiring `ttl_secs`
     /// after the last message) unless a message with its id is there. Returns whether it added.
     pub async fn push_inbox(&self, subject: &str, msg: &InboxMessage, ttl_secs: i64) -> Result<bool, StoreError> {
+        Ok(self.push_inbox_many(&[(subject, msg, ttl_secs)]).await?[0])
+    }
+
+    /// [`Store::push_inbox`] for several messages, in one round trip.
+    pub async fn push_inbox_many(&self, items: &[(&str, &InboxMessage, i64)]) -> Result<Vec<bool>, StoreError> {
         match self {
-            Store::Memory(m) => {
-                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
-                let inbox = &mut shard.entry(subject.to_owned()).or_default().inbox;
-                if inbox.iter().any(|x| x.id == msg.id) {
-                    return Ok(false);
-                }
-                inbox.push(msg.clone());
-                if inbox.len() > INBOX_CAP {
-                    inbox.remove(0);
-                }
-                Ok(true)
-            }
+            Store::Memory(m) => Ok(items
+                .iter()
+                .map(|(subject, msg, _)| {
+                    let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
+                    let inbox = &mut shard.entry((*subject).to_owned()).or_default().inbox;
+                    if inbox.iter().any(|x| x.id == msg.id) {
+                        return false;
+                    }
+                    inbox.push((*msg).clone());
+                    if inbox.len() > INBOX_CAP {
+                        inbox.remove(0);
+                    }
+                    true
+                })
+                .collect()),
             Store::Redis(r) => {
-                let [_, ik, ..] = r.push_keys(subject);
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // HSETNX keeps one message per push id; the inbox expires with its longest-lived
+                // message (NX sets a first expiry, GT only ever extends it).
+                let mut pipe = redis::pipe();
+                for (subject, msg, ttl) in items {
+                    let [_, ik, ..] = r.push_keys(subject);
+                    let json = serde_json::to_string(msg).expect("messages serialise");
+                    let ttl = (*ttl).max(1);
+                    pipe.cmd("HSETNX").arg(&ik).arg(&msg.id).arg(json).cmd("HLEN").arg(&ik);
+                    pipe.cmd("EXPIRE").arg(&ik).arg(ttl).arg("NX").ignore();
+                    pipe.cmd("EXPIRE").arg(&ik).arg(ttl).arg("GT").ignore();
+                }
                 let mut c = r.conn.clone();
-                let json = serde_json::to_string(msg).expect("messages serialise");
-                let needle = format!("\"id\":{}", serde_json::to_string(&msg.id).expect("ids serialise"));
-                let added: i64 = r
-                    .inbox_add
-                    .key(&ik)
-                    .arg(json)
-                    .arg(needle)
-                    .arg(INBOX_CAP)
-                    .arg(ttl_secs.max(1))
-                    .invoke_async(&mut c)
-                    .await?;
-                Ok(added == 1)
+                let answers: Vec<(i64, usize)> = pipe.query_async(&mut c).await?;
+                // Over the cap (rare: caps allow about ten pushes a week): drop the oldest.
+                for ((subject, _, _), &(_, len)) in items.iter().zip(&answers) {
+                    if len > INBOX_CAP {
+                        let all = self.inbox(subject).await?;
+                        let [_, ik, ..] = r.push_keys(subject);
+                        let old: Vec<&str> = all[INBOX_CAP.min(all.len())..].iter().map(|m| m.id.as_str()).collect();
+                        if !old.is_empty() {
+                            let _: () = redis::cmd("HDEL").arg(&ik).arg(&old).query_async(&mut c).await?;
+                        }
+                    }
+                }
+                Ok(answers.into_iter().map(|(added, _)| added == 1).collect())
             }
         }
     }
@@ -568,52 +613,73 @@ impl Store {
         caps: &Caps,
         critical: bool,
     ) -> Result<Result<(), Skip>, StoreError> {
+        Ok(self.reserve_many(&[Reservation { subject, id, critical }], now, caps).await?[0])
+    }
+
+    /// [`Store::reserve`] for several pushes, in order, in one round trip.
+    pub async fn reserve_many(
+        &self,
+        items: &[Reservation<'_>],
+        now: i64,
+        caps: &Caps,
+    ) -> Result<Vec<Result<(), Skip>>, StoreError> {
         match self {
-            Store::Memory(m) => {
-                let mut shard = m.shard(subject).lock().expect("no panics while holding the lock");
-                let sent = &mut shard.entry(subject.to_owned()).or_default().sent;
-                if sent.iter().any(|(x, _, _)| x == id) {
-                    return Ok(Err(Skip::Duplicate));
-                }
-                sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
-                let within =
-                    |secs: i64, crit: bool| sent.iter().filter(|&&(_, at, c)| c == crit && at > now - secs).count();
-                if critical && within(7 * 86_400, true) >= caps.critical_per_week {
-                    return Ok(Err(Skip::CriticalCap));
-                }
-                if !critical && within(86_400, false) >= caps.per_day {
-                    return Ok(Err(Skip::DailyCap));
-                }
-                if !critical && within(7 * 86_400, false) >= caps.per_week {
-                    return Ok(Err(Skip::WeeklyCap));
-                }
-                sent.push((id.to_owned(), now, critical));
-                Ok(Ok(()))
-            }
-            Store::Redis(r) => {
-                let [_, _, _, sk, ck] = r.push_keys(subject);
-                let mut c = r.conn.clone();
-                let answer: String = r
-                    .reserve
-                    .key(&sk)
-                    .key(&ck)
-                    .arg(id)
-                    .arg(now)
-                    .arg(caps.per_day)
-                    .arg(caps.per_week)
-                    .arg(if critical { 1 } else { 0 })
-                    .arg(caps.critical_per_week)
-                    .arg(SENT_KEEP_SECS)
-                    .invoke_async(&mut c)
-                    .await?;
-                Ok(match answer.as_str() {
-                    "ok" => Ok(()),
-                    "duplicate" => Err(Skip::Duplicate),
-                    "daily_cap" => Err(Skip::DailyCap),
-                    "weekly_cap" => Err(Skip::WeeklyCap),
-                    "critical_cap" => Err(Skip::CriticalCap),
-                    other => return Err(StoreError::Unavailable(format!("unexpected reservation answer {other:?}"))),
+            Store::Memory(m) => Ok(items
+                .iter()
+                .map(|it| {
+                    let mut shard = m.shard(it.subject).lock().expect("no panics while holding the lock");
+                    let sent = &mut shard.entry(it.subject.to_owned()).or_default().sent;
+                    if sent.iter().any(|(x, _, _)| x == it.id) {
+                        return Err(Skip::Duplicate);
+                    }
+                    sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
+                    let within =
+                        |secs: i64, crit: bool| sent.iter().filter(|&&(_, at, c)| c == crit && at > now - secs).count();
+                    if it.critical && within(7 * 86_400, true) >= caps.critical_per_week {
+                        return Err(Skip::CriticalCap);
+                    }
+                    if !it.critical && within(86_400, false) >= caps.per_day {
+                        return Err(Skip::DailyCap);
+                    }
+                    if !it.critical && within(7 * 86_400, false) >= caps.per_week {
+                        return Err(Skip::WeeklyCap);
+                    }
+                    sent.push((it.id.to_owned(), now, it.critical));
+                    Ok(())
                 })
+                .collect()),
+            Store::Redis(r) => {
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for it in items {
+                    let [_, _, _, sk, ck] = r.push_keys(it.subject);
+                    pipe.cmd("EVALSHA")
+                        .arg(r.reserve.get_hash())
+                        .arg(2)
+                        .arg(sk)
+                        .arg(ck)
+                        .arg(it.id)
+                        .arg(now)
+                        .arg(caps.per_day)
+                        .arg(caps.per_week)
+                        .arg(if it.critical { 1 } else { 0 })
+                        .arg(caps.critical_per_week)
+                        .arg(SENT_KEEP_SECS);
+                }
+                let answers: Vec<String> = r.query_scripts(&pipe).await?;
+                answers
+                    .iter()
+                    .map(|a| match a.as_str() {
+                        "ok" => Ok(Ok(())),
+                        "duplicate" => Ok(Err(Skip::Duplicate)),
+                        "daily_cap" => Ok(Err(Skip::DailyCap)),
+                        "weekly_cap" => Ok(Err(Skip::WeeklyCap)),
+                        "critical_cap" => Ok(Err(Skip::CriticalCap)),
+                        other => Err(StoreError::Unavailable(format!("unexpected reservation answer {other:?}"))),
+                    })
+                    .collect()
             }
         }
     }
@@ -677,27 +743,13 @@ impl Store {
                 if subjects.is_empty() {
                     return Ok((next, Vec::new()));
                 }
-                let mut pipe = redis::pipe();
-                for s in &subjects {
-                    let [pk, ..] = r.keys(s);
-                    let [fk, ..] = r.push_keys(s);
-                    pipe.cmd("GET").arg(pk).cmd("GET").arg(fk);
-                }
-                let values: Vec<(Option<Vec<u8>>, Option<String>)> = {
-                    let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-                    flat.chunks(2)
-                        .map(|p| {
-                            let a = redis::FromRedisValue::from_redis_value(p[0].clone()).unwrap_or(None);
-                            let b = redis::FromRedisValue::from_redis_value(p[1].clone()).unwrap_or(None);
-                            (a, b)
-                        })
-                        .collect()
-                };
-                let mut out = Vec::with_capacity(subjects.len());
-                for (s, (bytes, prefs)) in subjects.into_iter().zip(values) {
-                    let Some(bytes) = bytes else { continue };
-                    out.push((s, Profile::decode(&bytes)?, prefs.and_then(|p| serde_json::from_str(&p).ok())));
-                }
+                let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+                let data = self.profiles_and_prefs(&names).await?;
+                let out = subjects
+                    .into_iter()
+                    .zip(data)
+                    .filter_map(|(s, (profile, prefs))| profile.map(|p| (s, p, prefs)))
+                    .collect();
                 Ok((next, out))
             }
         }
@@ -706,3 +758,14 @@ impl Store {
 
 /// A subject's id, profile and preferences.
 pub type SubjectData = (String, Profile, Option<Preferences>);
+
+/// A subject's profile and preferences, either possibly absent.
+pub type ProfileAndPrefs = (Option<Profile>, Option<Preferences>);
+
+/// One push to reserve.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    pub subject: &'a str,
+    pub id: &'a str,
+    pub critical: bool,
+}
