@@ -571,6 +571,7 @@ async fn push_flow(backend: Backend) {
     assert!(m["title"].as_str().unwrap().contains("开办企业一件事"), "{m}");
     let body = m["body"].as_str().unwrap();
     assert!(body.contains("公章刻制备案") && body.contains("办理时限") && body.contains("办理入口"), "{body}");
+    assert!(!body.contains("((") && !body.contains("))"), "every field filled: {body}");
     assert!(m["sms"].as_str().unwrap().chars().count() <= 70);
     assert!(m["id"].as_str().unwrap().starts_with("TB-") && !m["id"].as_str().unwrap().contains("co-open"));
     let rec = app.wait_status(m["id"].as_str().unwrap(), "delivered").await;
@@ -856,7 +857,8 @@ async fn caps_under_concurrency(backend: Backend) {
     assert_eq!(run("cap-a", false, false, 40).await, caps.per_day, "daily cap");
     assert_eq!(run("cap-b", true, false, 20).await, 1, "one push per id");
     // The critical lane has its own cap, also with the normal lane full.
-    let again = app.state.store.reserve("cap-a", "TB-0000", now, &caps, true).await.unwrap();
+    assert_eq!(app.state.store.reserve("cap-c", "TB-0000", now, &caps, false).await.unwrap(), Ok(()));
+    let again = app.state.store.reserve("cap-c", "TB-0000", now, &caps, true).await.unwrap();
     assert_eq!(again, Err(tongban_server::push::Skip::Duplicate), "an id reserved in either lane is a duplicate");
     let tasks: Vec<_> = (0..20)
         .map(|i| {
@@ -911,6 +913,8 @@ async fn scan_campaign_sensitive(backend: Backend) {
     let m = &inbox["messages"][0];
     assert_eq!(m["trigger"], "renewal", "{m}");
     assert!(m["body"].as_str().unwrap().contains("有效期20年"), "{m}");
+    assert!(m["title"].as_str().unwrap().starts_with("请于20"), "the deadline's date: {m}");
+    assert!(!m["body"].as_str().unwrap().contains("(("), "{m}");
     // A second scan in the same window adds nothing for this subject.
     p.scan().await.unwrap();
     drain(&w).await;

@@ -188,15 +188,45 @@ pub struct Templates {
     by_locale: HashMap<&'static str, TemplateFile>,
 }
 
-/// The names inside `((...))`, without an optional block's text.
+/// The length of the `((...))` field that `text` starts inside (just after its `((`), up to
+/// its matching `))`, which it excludes; optional blocks nest fields.
+fn field_end(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut depth, mut i) = (1, 0);
+    while i + 1 < b.len() {
+        match &b[i..i + 2] {
+            b"((" => {
+                depth += 1;
+                i += 2;
+            }
+            b"))" => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The names of the fields of a template, those inside optional blocks included.
 fn placeholders(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(i) = rest.find("((") {
-        let Some(j) = rest[i..].find("))") else { break };
-        let inner = &rest[i + 2..i + j];
-        out.push(inner.split_once("??").map_or(inner, |(name, _)| name));
-        rest = &rest[i + j + 2..];
+        let Some(j) = field_end(&rest[i + 2..]) else { break };
+        let inner = &rest[i + 2..i + 2 + j];
+        match inner.split_once("??") {
+            Some((name, block)) => {
+                out.push(name);
+                out.extend(placeholders(block));
+            }
+            None => out.push(inner),
+        }
+        rest = &rest[i + 2 + j + 2..];
     }
     out
 }
@@ -207,9 +237,9 @@ fn fill(text: &str, values: &[(&str, String)]) -> String {
     let mut out = String::with_capacity(text.len() * 2);
     let mut rest = text;
     while let Some(i) = rest.find("((") {
-        let Some(j) = rest[i..].find("))") else { break };
+        let Some(j) = field_end(&rest[i + 2..]) else { break };
         out.push_str(&rest[..i]);
-        let inner = &rest[i + 2..i + j];
+        let inner = &rest[i + 2..i + 2 + j];
         let (name, block) = match inner.split_once("??") {
             Some((n, b)) => (n, Some(b)),
             None => (inner, None),
@@ -220,7 +250,7 @@ fn fill(text: &str, values: &[(&str, String)]) -> String {
             Some(_) => {}
             None => out.push_str(value),
         }
-        rest = &rest[i + j + 2..];
+        rest = &rest[i + 2 + j + 2..];
     }
     out.push_str(rest);
     out
@@ -889,10 +919,12 @@ mod tests {
 
     #[test]
     fn placeholders_and_optional_blocks() {
-        assert_eq!(placeholders("((a)) x ((bundle??in ((bundle))))"), vec!["a", "bundle"]);
+        assert_eq!(placeholders("((a)) x ((bundle??in ((done))))"), vec!["a", "bundle", "done"]);
         assert_eq!(fill("((a))-((a))", &[("a", "x".into())]), "x-x");
         let v = [("deadline", "2026-12-31".to_owned()), ("why", String::new())];
         assert_eq!(fill("A((deadline??, by ((deadline))))((why??: ((why))))", &v), "A, by 2026-12-31");
         assert_eq!(fill("((unknown))", &v), "");
+        assert_eq!(fill("x((deadline??\n请于((deadline))前办理。))\ny", &v), "x\n请于2026-12-31前办理。\ny");
+        assert_eq!(fill("x((why??\n((why))))\ny", &v), "x\ny");
     }
 }
