@@ -148,7 +148,7 @@ fn main() {
     assert!(profile.apply(&ev, &ctx));
     let first: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-a{i:07}")).collect());
     let second: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-b{i:07}")).collect());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let redis = redis_server();
     rt.block_on(async {
         let mut rows = Vec::new();

@@ -210,7 +210,9 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
 }
 
 pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // One thread per worker process (scale out with processes): no wake-ups across threads,
+    // which cost more than the work on a small machine (BENCHMARKS.md).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let pusher = pusher_for(&args.common).await?;
         let worker = args.common.push.worker(pusher)?;

@@ -670,7 +670,8 @@ pub fn propose(cat: &Catalogue, profile: &Profile, done: u32, now: i64, caps: &C
 /// Deadlines and renewals coming due at `now`, from the profile and the catalogue's rules:
 /// - a document valid N years, within its renewal window before expiry (from its last
 ///   completion);
-/// - a yearly window (annual report...) open now, for subjects who did it in an earlier year;
+/// - a yearly window (annual report...) in its last 30 days, for subjects who did it in an
+///   earlier year and not yet in this one;
 /// - a legal deadline after a life event (a step of a started bundle), in the second half of
 ///   its period (or its last 14 days).
 pub fn due(cat: &Catalogue, profile: &Profile, now: i64, locale: Locale) -> Vec<Candidate> {
@@ -724,7 +725,9 @@ pub fn due(cat: &Catalogue, profile: &Profile, now: i64, locale: Locale) -> Vec<
                 };
                 let opens = f.start_shanghai().0;
                 let closes = t.start_shanghai().0 + DAY;
-                if (opens..closes).contains(&now) && c.last_need < opens {
+                // Silent for most of a long window: a reminder in its last 30 days, if not done.
+                let remind = opens.max(closes - 30 * DAY);
+                if (remind..closes).contains(&now) && c.last_need < opens {
                     let why = if zh {
                         format!("每年{from}至{to}办理，您往年已办理，今年尚未办理")
                     } else {
