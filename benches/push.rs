@@ -86,7 +86,7 @@ fn worker(pusher: &Arc<Pusher>) -> Worker {
     Worker {
         pusher: pusher.clone(),
         channels: Channels::default(),
-        cfg: WorkerConfig { batch: 256, scan_every: None, ..WorkerConfig::new() },
+        cfg: WorkerConfig { scan_every: None, ..WorkerConfig::new() },
     }
 }
 

@@ -85,14 +85,40 @@ pub struct PushArgs {
     #[arg(long, env = "TONGBAN_RECLAIM_AFTER_MS", default_value_t = 30_000)]
     pub reclaim_after_ms: u64,
     /// Pushes claimed and delivered concurrently per round.
-    #[arg(long, env = "TONGBAN_WORKER_BATCH", default_value_t = 64)]
+    #[arg(long, env = "TONGBAN_WORKER_BATCH", default_value_t = 256)]
     pub batch: usize,
-    /// The deadline scan's period in seconds (0: no periodic scan).
+    /// The deadline scan's period in seconds (0: no periodic scan; with several workers, let
+    /// one scan, or run `tongban scan` from cron).
     #[arg(long, env = "TONGBAN_SCAN_EVERY_SECS", default_value_t = 3600)]
     pub scan_every_secs: u64,
+    /// Pushes per subject per day (the critical lane aside).
+    #[arg(long, env = "TONGBAN_CAP_PER_DAY", default_value_t = 3)]
+    pub cap_per_day: usize,
+    /// Pushes per subject per week (the critical lane aside).
+    #[arg(long, env = "TONGBAN_CAP_PER_WEEK", default_value_t = 10)]
+    pub cap_per_week: usize,
+    /// Critical pushes (legal deadlines) per subject per week.
+    #[arg(long, env = "TONGBAN_CAP_CRITICAL_PER_WEEK", default_value_t = 3)]
+    pub cap_critical_per_week: usize,
+    /// Days in which a bundle's next-step digest is not repeated.
+    #[arg(long, env = "TONGBAN_DEDUP_DAYS", default_value_t = 7)]
+    pub dedup_days: i64,
+    /// Days a push without a deadline stays valid.
+    #[arg(long, env = "TONGBAN_PUSH_TTL_DAYS", default_value_t = 30)]
+    pub push_ttl_days: i64,
 }
 
 impl PushArgs {
+    /// The defaults (and any `TONGBAN_*` variables set), as `serve` would take them.
+    fn defaults() -> PushArgs {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            push: PushArgs,
+        }
+        <Only as clap::Parser>::parse_from(["tongban"]).push
+    }
+
     fn check(&self) -> Result<()> {
         if !(1..=1024).contains(&self.partitions) {
             bail!("--partitions {}: expected 1 to 1024", self.partitions);
@@ -103,7 +129,23 @@ impl PushArgs {
         if self.max_attempts == 0 {
             bail!("--max-attempts: expected at least 1");
         }
+        if self.cap_per_day > self.cap_per_week {
+            bail!("--cap-per-day {} is more than --cap-per-week {}", self.cap_per_day, self.cap_per_week);
+        }
+        if !(1..=365).contains(&self.dedup_days) || !(1..=365).contains(&self.push_ttl_days) {
+            bail!("--dedup-days and --push-ttl-days: expected 1 to 365");
+        }
         Ok(())
+    }
+
+    fn caps(&self) -> tongban_server::push::Caps {
+        tongban_server::push::Caps {
+            per_day: self.cap_per_day,
+            per_week: self.cap_per_week,
+            critical_per_week: self.cap_critical_per_week,
+            dedup_days: self.dedup_days,
+            ttl_days: self.push_ttl_days,
+        }
     }
 
     fn worker(&self, pusher: Arc<tongban_server::deliver::Pusher>) -> Result<tongban_server::deliver::Worker> {
@@ -203,7 +245,7 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
         queue,
         catalogue: cat,
         templates,
-        caps: tongban_server::push::Caps::default(),
+        caps: a.push.caps(),
         portal: a.portal_url.clone(),
         fixed_now,
     }))
@@ -326,6 +368,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         portal_url: args.portal_url.clone(),
         fixed_now,
         rate_per_key: args.rate_limit,
+        caps: args.push.caps(),
     };
     let served = Served::new(model, header, args.model.clone());
     let version = served.version.clone();
@@ -490,17 +533,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         rate_limit: 0,
         templates: PathBuf::from("templates"),
         with_worker: true,
-        push: PushArgs {
-            partitions: 1,
-            webhook_url: None,
-            webhook_timeout_ms: 5000,
-            push_log: None,
-            max_attempts: 5,
-            backoff_ms: 1000,
-            reclaim_after_ms: 30_000,
-            batch: 64,
-            scan_every_secs: 3600,
-        },
+        push: PushArgs::defaults(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(run(&serve_args, Some(banner)))

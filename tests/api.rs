@@ -1025,7 +1025,7 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     queue.enqueue(&items).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("deliveries.jsonl");
-    let batch = 64;
+    let batch = 256;
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_tongban"))
             .args(["worker", "--redis", &redis.url(), "--now", "2026-01-01T02:00:00Z", "--push-log"])

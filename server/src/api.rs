@@ -40,6 +40,8 @@ pub struct Settings {
     pub fixed_now: Option<i64>,
     /// Requests per second allowed per API key (burst: one second's worth); 0 = no limit.
     pub rate_per_key: u32,
+    /// Push caps and lifetimes.
+    pub caps: crate::push::Caps,
 }
 
 impl std::fmt::Debug for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             max_k: 50,
             portal_url: "https://zwfw.dl.gov.cn".into(),
             fixed_now: None,
+            caps: crate::push::Caps::default(),
             rate_per_key: 0,
         }
     }

@@ -453,7 +453,7 @@ impl WorkerConfig {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         WorkerConfig {
             consumer: format!("{host}-{}-{}", std::process::id(), wall_ms()),
-            batch: 64,
+            batch: 256,
             reclaim_idle_ms: 30_000,
             max_attempts: 5,
             backoff_base_ms: 1000,

@@ -54,7 +54,7 @@ pub fn state(
             queue: queue.clone(),
             catalogue: cat,
             templates,
-            caps: push::Caps::default(),
+            caps: settings.caps,
             portal: settings.portal_url.clone(),
             fixed_now: settings.fixed_now,
         })),
