@@ -391,6 +391,9 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         println!("{b}");
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    if worker.is_none() && state.pusher.is_some() {
+        eprintln!("pushes are queued in Redis: run `tongban worker` (or serve --with-worker) to deliver them");
+    }
     let worker_task = worker.map(|w| {
         eprintln!("push worker {} running in process ({} queue)", w.cfg.consumer, state.queue.kind());
         let mut stopped = stopped.clone();

@@ -6,7 +6,9 @@
 //! deleted, so a write prepared before an erasure cannot land after it), `tb:{u:<id>}:e` (event
 //! ids seen; the set expires `SEEN_TTL_SECS` after the subject's last write: while a subject
 //! stays active the set keeps growing, a known limit of this first version; the memory store's
-//! set never expires).
+//! set never expires). Pushes: `:prefs` (preferences JSON), `:msgs` (the inbox: a hash of push
+//! id to message JSON, capped at `INBOX_CAP`, expiring with its longest-lived message), `:read`
+//! (read marks), `:sent` and `:crit` (pushes reserved per lane, for de-duplication and caps).
 //!
 //! An event older than every event of a full profile window is acknowledged as `too_late` and
 //! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
