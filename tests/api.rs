@@ -252,6 +252,21 @@ impl App {
     }
 }
 
+/// One suite function as two tests: on the memory store and on Redis.
+macro_rules! on_both_backends {
+    ($suite:ident: $memory:ident, $redis:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            $suite(Backend::Memory).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            $suite(Backend::Redis).await;
+        }
+    };
+}
+
 fn ids(v: &Value) -> Vec<String> {
     v["suggestions"].as_array().unwrap().iter().map(|s| s["service"]["id"].as_str().unwrap().to_owned()).collect()
 }
@@ -392,15 +407,7 @@ async fn suite(backend: Backend) {
     assert!(metrics.contains("tongban_events_ingested_total 74"), "{metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_works_on_the_memory_store() {
-    suite(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_works_on_redis() {
-    suite(Backend::Redis).await;
-}
+on_both_backends!(suite: the_api_works_on_the_memory_store, the_api_works_on_redis);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_checked_by_scope() {
@@ -624,15 +631,7 @@ async fn push_flow(backend: Backend) {
     assert_eq!(prefs["personalised"], true);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completed_bundle_step_puts_guidance_in_the_inbox_memory() {
-    push_flow(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completed_bundle_step_puts_guidance_in_the_inbox_redis() {
-    push_flow(Backend::Redis).await;
-}
+on_both_backends!(push_flow: a_completed_bundle_step_puts_guidance_in_the_inbox_memory, a_completed_bundle_step_puts_guidance_in_the_inbox_redis);
 
 #[test]
 fn templates_with_an_unknown_placeholder_or_a_long_sms_are_refused_at_start_up() {
@@ -742,15 +741,7 @@ async fn policy_is_rechecked_at_delivery(backend: Backend) {
     assert!(text.contains("tongban_push_queue{state=\"ready\"} 0"), "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn done_meanwhile_and_expired_pushes_are_skipped_at_delivery_memory() {
-    policy_is_rechecked_at_delivery(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn done_meanwhile_and_expired_pushes_are_skipped_at_delivery_redis() {
-    policy_is_rechecked_at_delivery(Backend::Redis).await;
-}
+on_both_backends!(policy_is_rechecked_at_delivery: done_meanwhile_and_expired_pushes_are_skipped_at_delivery_memory, done_meanwhile_and_expired_pushes_are_skipped_at_delivery_redis);
 
 /// A webhook receiver answering `status`, counting requests with a valid signature (and all).
 async fn receiver(
@@ -825,27 +816,20 @@ async fn webhook_flow(backend: Backend) {
     assert_eq!(all.load(Ordering::SeqCst), 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_failures_retry_then_dead_letter_memory() {
-    webhook_flow(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_failures_retry_then_dead_letter_redis() {
-    webhook_flow(Backend::Redis).await;
-}
+on_both_backends!(webhook_flow: webhook_failures_retry_then_dead_letter_memory, webhook_failures_retry_then_dead_letter_redis);
 
 async fn caps_under_concurrency(backend: Backend) {
     let (app, _redis) = start_opts(backend, ApiKeys::default(), Opts::default()).await;
     let caps = Caps::default();
     let now = fixture().now;
-    let run = |subject: &'static str, same_id: bool, critical: bool, n: usize| {
+    // Reserves `ids` for `subject` all at once; returns how many were granted.
+    let run = |subject: &'static str, ids: Vec<String>, critical: bool| {
         let state = app.state.clone();
         async move {
-            let tasks: Vec<_> = (0..n)
-                .map(|i| {
+            let tasks: Vec<_> = ids
+                .into_iter()
+                .map(|id| {
                     let state = state.clone();
-                    let id = if same_id { "TB-SAME".to_owned() } else { format!("TB-{i:04}") };
                     tokio::spawn(async move { state.store.reserve(subject, &id, now, &caps, critical).await.unwrap() })
                 })
                 .collect();
@@ -856,25 +840,14 @@ async fn caps_under_concurrency(backend: Backend) {
             ok
         }
     };
-    assert_eq!(run("cap-a", false, false, 40).await, caps.per_day, "daily cap");
-    assert_eq!(run("cap-b", true, false, 20).await, 1, "one push per id");
-    // The critical lane has its own cap, also with the normal lane full.
+    let many = |prefix: &str, n: usize| (0..n).map(|i| format!("TB-{prefix}{i:04}")).collect::<Vec<_>>();
+    assert_eq!(run("cap-a", many("", 40), false).await, caps.per_day, "daily cap");
+    assert_eq!(run("cap-b", vec!["TB-SAME".to_owned(); 20], false).await, 1, "one push per id");
     assert_eq!(app.state.store.reserve("cap-c", "TB-0000", now, &caps, false).await.unwrap(), Ok(()));
     let again = app.state.store.reserve("cap-c", "TB-0000", now, &caps, true).await.unwrap();
     assert_eq!(again, Err(tongban_server::push::Skip::Duplicate), "an id reserved in either lane is a duplicate");
-    let tasks: Vec<_> = (0..20)
-        .map(|i| {
-            let state = app.state.clone();
-            tokio::spawn(
-                async move { state.store.reserve("cap-a", &format!("TB-C{i}"), now, &caps, true).await.unwrap() },
-            )
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        ok += usize::from(t.await.unwrap().is_ok());
-    }
-    assert_eq!(ok, caps.critical_per_week);
+    // The critical lane has its own cap, also with the normal lane full.
+    assert_eq!(run("cap-a", many("C", 20), true).await, caps.critical_per_week);
     // The week: a day later the daily cap allows more, up to the weekly cap.
     let mut total = caps.per_day;
     for day in 1..7 {
@@ -888,15 +861,7 @@ async fn caps_under_concurrency(backend: Backend) {
     assert_eq!(total, caps.per_week);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caps_and_dedup_hold_under_concurrent_triggers_memory() {
-    caps_under_concurrency(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caps_and_dedup_hold_under_concurrent_triggers_redis() {
-    caps_under_concurrency(Backend::Redis).await;
-}
+on_both_backends!(caps_under_concurrency: caps_and_dedup_hold_under_concurrent_triggers_memory, caps_and_dedup_hold_under_concurrent_triggers_redis);
 
 async fn scan_campaign_sensitive(backend: Backend) {
     let (app, _redis) = start_opts(backend, ApiKeys::default(), Opts::default()).await;
@@ -955,15 +920,7 @@ async fn scan_campaign_sensitive(backend: Backend) {
     assert_eq!((status, bad["code"].as_str()), (422, Some("unknown_service")), "{bad}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadline_scan_sensitive_digest_and_campaigns_memory() {
-    scan_campaign_sensitive(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadline_scan_sensitive_digest_and_campaigns_redis() {
-    scan_campaign_sensitive(Backend::Redis).await;
-}
+on_both_backends!(scan_campaign_sensitive: deadline_scan_sensitive_digest_and_campaigns_memory, deadline_scan_sensitive_digest_and_campaigns_redis);
 
 /// Lines of the log channel's file, as (push id, reclaimed).
 fn deliveries(path: &Path) -> Vec<(String, bool)> {
