@@ -70,7 +70,7 @@ async fn trigger(pusher: &Arc<Pusher>, subjects: &Arc<Vec<String>>, done: u32) -
             let done = [done];
             for chunk in subjects.chunks(per_request).skip(lane).step_by(lanes) {
                 let items: Vec<(&str, &[u32])> = chunk.iter().map(|s| (s.as_str(), &done[..])).collect();
-                queued += pusher.after_events_many(&items, "bench").await.expect("trigger").queued;
+                queued += pusher.after_events_many(&items, None, "bench").await.expect("trigger").queued;
             }
             queued
         }));

@@ -106,6 +106,9 @@ pub struct PushArgs {
     /// Days a push without a deadline stays valid.
     #[arg(long, env = "TONGBAN_PUSH_TTL_DAYS", default_value_t = 30)]
     pub push_ttl_days: i64,
+    /// Next steps the model gives a lower probability than this are left out of a digest.
+    #[arg(long, env = "TONGBAN_MIN_CONFIDENCE", default_value_t = 0.01)]
+    pub min_confidence: f32,
 }
 
 impl PushArgs {
@@ -135,6 +138,9 @@ impl PushArgs {
         if !(1..=365).contains(&self.dedup_days) || !(1..=365).contains(&self.push_ttl_days) {
             bail!("--dedup-days and --push-ttl-days: expected 1 to 365");
         }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            bail!("--min-confidence {}: expected 0 to 1", self.min_confidence);
+        }
         Ok(())
     }
 
@@ -145,6 +151,7 @@ impl PushArgs {
             critical_per_week: self.cap_critical_per_week,
             dedup_days: self.dedup_days,
             ttl_days: self.push_ttl_days,
+            min_confidence: self.min_confidence,
         }
     }
 

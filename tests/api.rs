@@ -124,6 +124,8 @@ struct Opts {
     worker: bool,
     webhook: Option<String>,
     max_attempts: u32,
+    /// Push caps (default: the defaults).
+    caps: Option<Caps>,
 }
 
 /// Starts the app on a free port with the fixture's profiles imported, and the push worker.
@@ -168,8 +170,14 @@ async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option
     for (i, p) in profiles.iter().enumerate().take(10) {
         assert!(store.import_profile(f.log.subjects.name(i as u32), p).await.unwrap());
     }
-    let settings =
-        Settings { keys, max_batch: 100, fixed_now: Some(f.now), rate_per_key: opts.rate, ..Settings::default() };
+    let settings = Settings {
+        keys,
+        max_batch: 100,
+        fixed_now: Some(f.now),
+        rate_per_key: opts.rate,
+        caps: opts.caps.unwrap_or_default(),
+        ..Settings::default()
+    };
     let served = Served::new(model, header, f.model_file.path().to_owned());
     let templates =
         tongban_server::push::Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), &f.catalogue)
@@ -739,6 +747,21 @@ async fn policy_is_rechecked_at_delivery(backend: Backend) {
     let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("tongban_pushes_total{status=\"skipped\",trigger=\"next_step\"}"), "{text}");
     assert!(text.contains("tongban_push_queue{state=\"ready\"} 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_steps_below_the_confidence_threshold_are_left_out() {
+    // At the default threshold the digest names the seal; at 1.0 nothing is confident enough.
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    no_quiet_hours(&app, "co-sure", &[]).await;
+    assert_eq!(complete(&app, "co-sure", "e.entry.registration", None).await["pushed"], 1);
+    let rec = app.wait_status(&next_step_id("co-sure", "b.e.open"), "delivered").await;
+    assert!(rec["reasons"].to_string().contains("model_confidence"), "{rec}");
+    assert!(rec["services"].to_string().contains("e.entry.seal"), "{rec}");
+    let caps = Caps { min_confidence: 1.0, ..Caps::default() };
+    let (app, _) = start_opts(Backend::Memory, ApiKeys::default(), Opts { caps: Some(caps), ..Opts::default() }).await;
+    no_quiet_hours(&app, "co-unsure", &[]).await;
+    assert_eq!(complete(&app, "co-unsure", "e.entry.registration", None).await["pushed"], 0);
 }
 
 on_both_backends!(policy_is_rechecked_at_delivery: done_meanwhile_and_expired_pushes_are_skipped_at_delivery_memory, done_meanwhile_and_expired_pushes_are_skipped_at_delivery_redis);

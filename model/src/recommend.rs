@@ -445,20 +445,36 @@ impl Model {
     /// The personalised score of one service for a subject (operators' campaigns: users for an
     /// item), or `None` when the rules exclude it (audience, done and not repeatable).
     pub fn score_one(&self, profile: &Profile, service: u32, now: i64, scratch: &mut ScoreScratch) -> Option<f32> {
-        if service as usize >= self.service_count() {
-            return None;
-        }
+        self.score_services(profile, &[service], now, scratch)[0]
+    }
+
+    /// The ranker's scores (logits) of given services for a subject, `None` where the rules
+    /// exclude one; the subject's features are prepared once.
+    pub fn score_services(
+        &self,
+        profile: &Profile,
+        services: &[u32],
+        now: i64,
+        scratch: &mut ScoreScratch,
+    ) -> Vec<Option<f32>> {
         scratch.begin(self.service_count());
-        scratch.add(service, 0);
-        self.apply_rules(profile, &Request { k: 1, ..Request::default() }, scratch);
+        for &s in services {
+            if (s as usize) < self.service_count() {
+                scratch.add(s, 0);
+            }
+        }
+        self.apply_rules(profile, &Request { k: services.len(), ..Request::default() }, scratch);
         if scratch.cands.is_empty() {
-            return None;
+            return vec![None; services.len()];
         }
         let prep = self.extractor.prepare(profile, now, &mut scratch.features);
         let ScoreScratch { features, cands, feats, .. } = scratch;
         feats.resize(cands.len() * WIDTH, 0.0);
         self.extractor.extract(profile, &prep, features, cands, feats);
-        Some(self.ranker.score(&feats[..WIDTH]))
+        services
+            .iter()
+            .map(|s| cands.iter().position(|c| c == s).map(|i| self.ranker.score(&feats[i * WIDTH..(i + 1) * WIDTH])))
+            .collect()
     }
 
     /// Top-k suggestions with scores and reasons.

@@ -583,7 +583,7 @@ async fn ingest(state: &AppState, events: Vec<EventIn>) -> Result<Value, ApiErro
             .collect();
         let items: Vec<(&str, &[u32])> = completed.iter().map(|(s, c)| (*s, c.as_slice())).collect();
         if !items.is_empty() {
-            match pusher.after_events_many(&items, &served.version).await {
+            match pusher.after_events_many(&items, Some(&served.model), &served.version).await {
                 Ok(o) => {
                     pushed += o.queued;
                     for (_, skip) in &o.skipped {

@@ -132,24 +132,51 @@ impl Pusher {
     }
 
     /// The next-step trigger after a subject completed `completed` (one proposal per bundle).
-    pub async fn after_events(&self, subject: &str, completed: &[u32], model: &str) -> Result<Offered, StoreError> {
-        self.after_events_many(&[(subject, completed)], model).await
+    /// With a model, steps below `caps.min_confidence` are left out of a digest.
+    pub async fn after_events(
+        &self,
+        subject: &str,
+        completed: &[u32],
+        model: Option<&Model>,
+        version: &str,
+    ) -> Result<Offered, StoreError> {
+        self.after_events_many(&[(subject, completed)], model, version).await
     }
 
     /// [`Pusher::after_events`] for several subjects (an ingest batch): three round trips in all.
-    pub async fn after_events_many(&self, items: &[(&str, &[u32])], model: &str) -> Result<Offered, StoreError> {
+    pub async fn after_events_many(
+        &self,
+        items: &[(&str, &[u32])],
+        model: Option<&Model>,
+        version: &str,
+    ) -> Result<Offered, StoreError> {
         let subjects: Vec<&str> = items.iter().map(|x| x.0).collect();
         let data = self.store.profiles_and_prefs(&subjects).await?;
         let now = self.now();
+        let mut scratch = model.map(Model::scratch).unwrap_or_default();
         let mut kept: Vec<(&str, Profile, Preferences, Vec<Candidate>)> = Vec::new();
         for (&(subject, completed), (profile, prefs)) in items.iter().zip(data) {
             let Some(profile) = profile else { continue };
             let mut cands: Vec<Candidate> = Vec::new();
             for &done in completed {
-                for c in push::propose(&self.catalogue, &profile, done, now, &self.caps) {
-                    if !cands.iter().any(|x| x.key == c.key) {
-                        cands.push(c);
+                for mut c in push::propose(&self.catalogue, &profile, done, now, &self.caps) {
+                    if cands.iter().any(|x| x.key == c.key) {
+                        continue;
                     }
+                    // A sensitive bundle's message lists everything that remains, whatever the
+                    // model thinks.
+                    if let (Some(m), false) = (model, c.trigger == Trigger::Sensitive) {
+                        let scores = m.score_services(&profile, &c.content.services, now, &mut scratch);
+                        let keep =
+                            |x: &Option<f32>| x.is_some_and(|l| 1.0 / (1.0 + (-l).exp()) >= self.caps.min_confidence);
+                        let mut k = scores.iter();
+                        c.content.services.retain(|_| k.next().is_some_and(keep));
+                        if c.content.services.is_empty() {
+                            continue;
+                        }
+                        c.reasons.push("model_confidence");
+                    }
+                    cands.push(c);
                 }
             }
             if !cands.is_empty() {
@@ -160,7 +187,7 @@ impl Pusher {
             .iter()
             .map(|(subject, profile, prefs, candidates)| Offer { subject, profile, prefs, candidates })
             .collect();
-        self.offer_many(&offers, model).await
+        self.offer_many(&offers, version).await
     }
 
     /// Deadlines and renewals coming due, for every subject in the store (a page at a time).

@@ -560,7 +560,7 @@ impl Skip {
 }
 
 /// Caps per subject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Caps {
     pub per_day: usize,
     pub per_week: usize,
@@ -571,11 +571,14 @@ pub struct Caps {
     pub dedup_days: i64,
     /// Messages without a deadline expire after this many days.
     pub ttl_days: i64,
+    /// Next steps whose model confidence (the ranker's probability, a relative figure: it was
+    /// trained against sampled negatives) is below this are left out of a digest.
+    pub min_confidence: f32,
 }
 
 impl Default for Caps {
     fn default() -> Self {
-        Caps { per_day: 3, per_week: 10, critical_per_week: 3, dedup_days: 7, ttl_days: 30 }
+        Caps { per_day: 3, per_week: 10, critical_per_week: 3, dedup_days: 7, ttl_days: 30, min_confidence: 0.01 }
     }
 }
 
