@@ -628,6 +628,13 @@ async fn push_flow(backend: Backend) {
     let (_, v) = app.get("/v1/users/co-open/recommendations?k=3").await;
     assert_eq!((v["mode"].as_str(), v["fallback"].as_str()), (Some("popular"), Some("personalisation_off")), "{v}");
 
+    // A re-proposal skipped by the policy (here the off switch) never overwrites the record of
+    // the push already delivered under its id.
+    assert_eq!(app.put("/v1/users/co-open/preferences", &json!({ "push": false }).to_string()).await, 200);
+    complete(&app, "co-open", "e.tax.invoice", None).await;
+    let (_, rec) = app.get(&format!("/admin/pushes/{}", m["id"].as_str().unwrap())).await;
+    assert_eq!(rec["status"], "delivered", "{rec}");
+
     // Erasure takes the inbox and preferences too.
     assert_eq!(
         app.client.delete(format!("{}/v1/users/co-open", app.base)).send().await.unwrap().status().as_u16(),
@@ -1069,4 +1076,38 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     assert!(at_kill < n, "the kill came mid-run");
     assert_eq!(queue.depth().await.unwrap().dead, 0);
     assert!(hook_calls.load(std::sync::atomic::Ordering::SeqCst) >= n, "the webhook got every push");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_is_dead_lettered_and_lost_consumer_groups_are_recreated() {
+    let (app, redis) = start_opts(Backend::Redis, ApiKeys::default(), Opts::default()).await;
+    let redis = redis.unwrap();
+    let w = test_worker(&app.state, None, 3);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // An entry that is not a job, beside a real push: the push goes out, the entry is buried.
+    let _: String = redis::cmd("XADD")
+        .arg("test:tb:{q:0}:ready")
+        .arg("*")
+        .arg("job")
+        .arg("not json")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    no_quiet_hours(&app, "co-poison", &[]).await;
+    assert_eq!(complete(&app, "co-poison", "e.entry.registration", None).await["pushed"], 1);
+    drain(&w).await;
+    app.wait_status(&next_step_id("co-poison", "b.e.open"), "delivered").await;
+    let d = app.state.queue.depth().await.unwrap();
+    assert_eq!((d.dead, d.pending, d.ready), (1, 0, 0), "{d:?}");
+    let (_, q) = app.get("/admin/queue").await;
+    assert!(q["dead_letters"].to_string().contains("unreadable queued job"), "{q}");
+
+    // Redis restarted empty (FLUSHALL): the next push recreates a stream without a group; the
+    // worker recreates the groups and delivers it.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    no_quiet_hours(&app, "co-after", &[]).await;
+    assert_eq!(complete(&app, "co-after", "e.entry.registration", None).await["pushed"], 1);
+    drain(&w).await;
+    app.wait_status(&next_step_id("co-after", "b.e.open"), "delivered").await;
 }

@@ -910,7 +910,10 @@ async fn admin_queue(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         .dead_letters(20)
         .await?
         .into_iter()
-        .map(|(job, reason)| json!({ "id": job.message.id, "trigger": job.message.trigger, "attempts": job.attempts, "reason": reason }))
+        .map(|(job, reason)| match job {
+            Some(job) => json!({ "id": job.message.id, "trigger": job.message.trigger, "attempts": job.attempts, "reason": reason }),
+            None => json!({ "id": null, "reason": reason }),
+        })
         .collect();
     Ok(Json(json!({ "backend": state.queue.kind(), "depth": depth, "dead_letters": dead })))
 }

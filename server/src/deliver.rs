@@ -126,8 +126,22 @@ impl Pusher {
             items.push(Enqueue { job, due_ms: wall + wait * 1000, status });
         }
         out.queued = items.len();
-        self.queue.skipped(&skipped).await?;
-        self.queue.enqueue(&items).await?;
+        // Enqueue first: if it fails, the reservations are given back, so that nothing is held
+        // that was never queued (a request dropped between the two round trips still can).
+        if let Err(e) = self.queue.enqueue(&items).await {
+            let held: Vec<Reservation<'_>> = items
+                .iter()
+                .map(|it| Reservation { subject: &it.job.subject, id: &it.job.message.id, critical: it.job.critical })
+                .collect();
+            if let Err(e2) = self.store.release(&held).await {
+                eprintln!("warning: {} reservations not released after a failed enqueue: {e2}", held.len());
+            }
+            return Err(e);
+        }
+        // Skip records are for operators; losing them loses no push.
+        if let Err(e) = self.queue.skipped(&skipped).await {
+            eprintln!("warning: {} skip records not written: {e}", skipped.len());
+        }
         Ok(out)
     }
 
@@ -528,8 +542,15 @@ impl Worker {
         let now = p.now();
         let subjects: Vec<&str> = claimed.iter().map(|c| c.job.subject.as_str()).collect();
         // Per job: the outcome so far (none: deliver) and the outbound channels allowed.
-        let checked: Vec<Result<Vec<String>, Outcome>> = match p.store.profiles_and_prefs(&subjects).await {
-            Ok(data) => claimed.iter().zip(&data).map(|(c, d)| self.recheck(&c.job, d, now)).collect(),
+        let checked: Vec<Result<Vec<String>, Outcome>> = match p.store.profiles_and_prefs_each(&subjects).await {
+            Ok(data) => claimed
+                .iter()
+                .zip(&data)
+                .map(|(c, d)| match d {
+                    Ok(d) => self.recheck(&c.job, d, now),
+                    Err(e) => Err(self.failed(&c.job, ChannelError::Transient(e.to_string()))),
+                })
+                .collect(),
             Err(e) => {
                 claimed.iter().map(|c| Err(self.failed(&c.job, ChannelError::Transient(e.to_string())))).collect()
             }

@@ -284,22 +284,7 @@ impl Queue {
         };
         let mut c = q.conn.clone();
         let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(PROMOTE).query_async(&mut c).await?;
-        for p in 0..q.partitions {
-            let [ready, ..] = q.keys(p);
-            let made: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&ready)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut c)
-                .await;
-            match made {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        q.ensure_groups().await?;
         Ok(Queue::Redis(q))
     }
 
@@ -350,8 +335,9 @@ impl Queue {
         }
     }
 
-    /// Records pushes the policy skipped before enqueue (no record is written for duplicates:
-    /// the original keeps its record; they are only counted).
+    /// Records pushes the policy skipped before enqueue (never over an existing record: a
+    /// re-proposal of a push already sent keeps that push's record; duplicates are only
+    /// counted).
     pub async fn skipped(&self, skipped: &[(Job, crate::push::Skip)]) -> Result<(), StoreError> {
         if skipped.is_empty() {
             return Ok(());
@@ -363,7 +349,7 @@ impl Queue {
             Queue::Memory(m) => {
                 let mut q = m.lock().expect("no panics while holding the lock");
                 for (why, rec) in records {
-                    if why == crate::push::Skip::Duplicate {
+                    if why == crate::push::Skip::Duplicate || q.0.records.contains_key(&rec.id) {
                         *q.0.counts.entry((Status::Skipped, rec.trigger)).or_default() += 1;
                     } else {
                         q.0.record(rec);
@@ -377,7 +363,7 @@ impl Queue {
                     if why == crate::push::Skip::Duplicate {
                         pipe.cmd("HINCRBY").arg(r.stats_key()).arg(format!("skipped|{}", rec.trigger)).arg(1).ignore();
                     } else {
-                        r.write_record(&mut pipe, &rec);
+                        r.write_record_if(&mut pipe, &rec, true);
                     }
                 }
                 let mut c = r.conn.clone();
@@ -424,7 +410,8 @@ impl Queue {
 
     /// Claims about `count` jobs for `consumer`: first those pending longer than
     /// `reclaim_idle_ms` at another (dead) worker, then new ones (on Redis, up to
-    /// `count / partitions` rounded up from each partition).
+    /// `count / partitions` rounded up from each partition, of each kind). An entry that is not
+    /// a readable job goes to the dead letters at once.
     pub async fn claim(&self, consumer: &str, count: usize, reclaim_idle_ms: u64) -> Result<Vec<Claimed>, StoreError> {
         let mut out = Vec::new();
         match self {
@@ -451,46 +438,13 @@ impl Queue {
                 }
                 Ok(out)
             }
-            Queue::Redis(r) => {
-                // One pipeline reclaims stale entries of every partition, one reads new ones.
-                let mut c = r.conn.clone();
-                let mut pipe = redis::pipe();
-                for p in 0..r.partitions {
-                    let [ready, ..] = r.keys(p);
-                    pipe.cmd("XAUTOCLAIM").arg(ready).arg(GROUP).arg(consumer).arg(reclaim_idle_ms).arg("0-0");
-                    pipe.arg("COUNT").arg(count);
+            Queue::Redis(r) => match r.claim(consumer, count, reclaim_idle_ms).await {
+                Err(StoreError::Unavailable(e)) if e.contains("NOGROUP") => {
+                    r.ensure_groups().await?;
+                    Ok(Vec::new())
                 }
-                let reclaimed: Vec<StreamAutoClaimReply> = pipe.query_async(&mut c).await?;
-                for (p, reply) in reclaimed.iter().enumerate() {
-                    for e in &reply.claimed {
-                        out.push(Claimed { partition: p, entry: e.id.clone(), job: entry_job(e)?, reclaimed: true });
-                    }
-                }
-                if out.len() >= count {
-                    return Ok(out);
-                }
-                let each = (count - out.len()).div_ceil(r.partitions).max(1);
-                let mut pipe = redis::pipe();
-                for p in 0..r.partitions {
-                    let [ready, ..] = r.keys(p);
-                    pipe.cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(each);
-                    pipe.arg("STREAMS").arg(ready).arg(">");
-                }
-                let fresh: Vec<Option<StreamReadReply>> = pipe.query_async(&mut c).await?;
-                for (p, reply) in fresh.into_iter().enumerate() {
-                    for k in reply.map(|r| r.keys).unwrap_or_default() {
-                        for e in &k.ids {
-                            out.push(Claimed {
-                                partition: p,
-                                entry: e.id.clone(),
-                                job: entry_job(e)?,
-                                reclaimed: false,
-                            });
-                        }
-                    }
-                }
-                Ok(out)
-            }
+                other => other,
+            },
         }
     }
 
@@ -638,12 +592,12 @@ impl Queue {
         }
     }
 
-    /// The most recent dead letters (job and reason), newest first.
-    pub async fn dead_letters(&self, n: usize) -> Result<Vec<(Job, String)>, StoreError> {
+    /// The most recent dead letters (job, if readable, and reason), newest first.
+    pub async fn dead_letters(&self, n: usize) -> Result<Vec<(Option<Job>, String)>, StoreError> {
         match self {
             Queue::Memory(m) => {
                 let q = m.lock().expect("no panics while holding the lock");
-                Ok(q.0.dead.iter().rev().take(n).cloned().collect())
+                Ok(q.0.dead.iter().rev().take(n).map(|(j, r)| (Some(j.clone()), r.clone())).collect())
             }
             Queue::Redis(r) => {
                 let mut c = r.conn.clone();
@@ -660,10 +614,15 @@ impl Queue {
                         .await?;
                     for e in &reply.ids {
                         let reason: String = e.get("reason").unwrap_or_default();
-                        out.push((e.id.clone(), entry_job(e)?, reason));
+                        out.push((e.id.clone(), entry_job(e).ok(), reason));
                     }
                 }
-                out.sort_by(|a, b| b.0.cmp(&a.0));
+                // Stream ids are `<ms>-<seq>`: compare them as numbers.
+                let key = |id: &str| {
+                    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+                    (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
+                };
+                out.sort_by(|a, b| key(&b.0).cmp(&key(&a.0)));
                 Ok(out.into_iter().take(n).map(|(_, j, r)| (j, r)).collect())
             }
         }
@@ -671,9 +630,99 @@ impl Queue {
 }
 
 impl RedisQueue {
+    async fn claim(&self, consumer: &str, count: usize, reclaim_idle_ms: u64) -> Result<Vec<Claimed>, StoreError> {
+        // One pipeline reclaims stale entries of every partition, one reads new ones; each
+        // partition gives up to `count / partitions`, rounded up.
+        let each = count.div_ceil(self.partitions).max(1);
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for p in 0..self.partitions {
+            let [ready, ..] = self.keys(p);
+            pipe.cmd("XAUTOCLAIM").arg(ready).arg(GROUP).arg(consumer).arg(reclaim_idle_ms).arg("0-0");
+            pipe.arg("COUNT").arg(each);
+        }
+        let reclaimed: Vec<StreamAutoClaimReply> = pipe.query_async(&mut c).await?;
+        let mut pipe = redis::pipe();
+        for p in 0..self.partitions {
+            let [ready, ..] = self.keys(p);
+            pipe.cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(each);
+            pipe.arg("STREAMS").arg(ready).arg(">");
+        }
+        let fresh: Vec<Option<StreamReadReply>> = pipe.query_async(&mut c).await?;
+        let mut out = Vec::new();
+        let mut poison = Vec::new();
+        let entries =
+            reclaimed.iter().enumerate().flat_map(|(p, r)| r.claimed.iter().map(move |e| (p, e, true))).chain(
+                fresh.iter().enumerate().flat_map(|(p, r)| {
+                    r.iter().flat_map(|r| r.keys.iter()).flat_map(move |k| k.ids.iter().map(move |e| (p, e, false)))
+                }),
+            );
+        for (p, e, reclaimed) in entries {
+            match entry_job(e) {
+                Ok(job) => out.push(Claimed { partition: p, entry: e.id.clone(), job, reclaimed }),
+                Err(why) => poison.push((p, e, why.to_string())),
+            }
+        }
+        self.bury(&poison).await?;
+        Ok(out)
+    }
+
+    /// Creates the consumer group of every partition (and its stream) where missing: at start,
+    /// and again when Redis lost them (a restart without persistence).
+    async fn ensure_groups(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        for p in 0..self.partitions {
+            let [ready, ..] = self.keys(p);
+            let made: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&ready)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut c)
+                .await;
+            match made {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves entries that cannot be read as jobs to the dead-letter stream, with the reason,
+    /// and acknowledges them: one bad entry never blocks the others.
+    async fn bury(&self, poison: &[(usize, &StreamId, String)]) -> Result<(), StoreError> {
+        if poison.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (p, e, why) in poison {
+            let [ready, _, dead] = self.keys(*p);
+            let raw: String = e.get("job").unwrap_or_default();
+            pipe.cmd("XADD").arg(dead).arg("MAXLEN").arg("~").arg(DEAD_KEEP).arg("*");
+            pipe.arg("job").arg(raw).arg("reason").arg(why).ignore();
+            pipe.cmd("XACK").arg(&ready).arg(GROUP).arg(&e.id).ignore();
+            pipe.cmd("XDEL").arg(&ready).arg(&e.id).ignore();
+        }
+        let mut c = self.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
     fn write_record(&self, pipe: &mut redis::Pipeline, rec: &PushRecord) {
+        self.write_record_if(pipe, rec, false);
+    }
+
+    /// `only_new`: keep an existing record (a skip never overwrites the record of the push it
+    /// duplicates).
+    fn write_record_if(&self, pipe: &mut redis::Pipeline, rec: &PushRecord, only_new: bool) {
         let json = serde_json::to_string(rec).expect("records serialise");
-        pipe.cmd("SET").arg(self.record_key(&rec.id)).arg(json).arg("EX").arg(RECORD_TTL_SECS).ignore();
+        pipe.cmd("SET").arg(self.record_key(&rec.id)).arg(json).arg("EX").arg(RECORD_TTL_SECS);
+        if only_new {
+            pipe.arg("NX");
+        }
+        pipe.ignore();
         pipe.cmd("HINCRBY")
             .arg(self.stats_key())
             .arg(format!("{}|{}", rec.status.as_str(), rec.trigger))

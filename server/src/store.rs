@@ -469,12 +469,26 @@ impl Store {
 
     /// Profiles and preferences of several subjects, in one round trip.
     pub async fn profiles_and_prefs(&self, subjects: &[&str]) -> Result<Vec<ProfileAndPrefs>, StoreError> {
+        self.profiles_and_prefs_each(subjects).await?.into_iter().collect()
+    }
+
+    /// [`Store::profiles_and_prefs`] with a result per subject: one unreadable profile fails
+    /// only its own subject.
+    pub async fn profiles_and_prefs_each(
+        &self,
+        subjects: &[&str],
+    ) -> Result<Vec<Result<ProfileAndPrefs, StoreError>>, StoreError> {
         match self {
             Store::Memory(m) => Ok(subjects
                 .iter()
                 .map(|subject| {
                     let shard = m.shard(subject).lock().expect("no panics while holding the lock");
-                    shard.get(*subject).map_or((None, None), |e| (Some(e.profile.clone()), e.prefs.clone()))
+                    // An entry made only by preferences, inbox or reservations has no profile,
+                    // as on Redis.
+                    Ok(shard.get(*subject).map_or((None, None), |e| {
+                        let has = e.profile.events() > 0 || !e.profile.services().is_empty();
+                        (has.then(|| e.profile.clone()), e.prefs.clone())
+                    }))
                 })
                 .collect()),
             Store::Redis(r) => {
@@ -490,8 +504,7 @@ impl Store {
                 let mut c = r.conn.clone();
                 let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
                 let parse = |e: redis::ParsingError| StoreError::Unavailable(format!("unexpected Redis reply: {e}"));
-                let mut out = Vec::with_capacity(subjects.len());
-                for pair in flat.chunks(2) {
+                let one = |pair: &[redis::Value]| -> Result<ProfileAndPrefs, StoreError> {
                     let bytes: Option<Vec<u8>> =
                         redis::FromRedisValue::from_redis_value(pair[0].clone()).map_err(parse)?;
                     let prefs: Option<String> =
@@ -499,9 +512,38 @@ impl Store {
                     let profile = bytes.map(|b| Profile::decode(&b)).transpose()?;
                     // Preferences are validated before they are stored; unreadable ones fall back
                     // to the defaults rather than failing suggestions.
-                    out.push((profile, prefs.and_then(|p| serde_json::from_str(&p).ok())));
+                    Ok((profile, prefs.and_then(|p| serde_json::from_str(&p).ok())))
+                };
+                Ok(flat.chunks(2).map(one).collect())
+            }
+        }
+    }
+
+    /// Forgets reservations (an enqueue that failed after them), so that the pushes can be
+    /// proposed again.
+    pub async fn release(&self, items: &[Reservation<'_>]) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                for it in items {
+                    let mut shard = m.shard(it.subject).lock().expect("no panics while holding the lock");
+                    if let Some(e) = shard.get_mut(it.subject) {
+                        e.sent.retain(|(id, _, _)| id != it.id);
+                    }
                 }
-                Ok(out)
+                Ok(())
+            }
+            Store::Redis(r) => {
+                if items.is_empty() {
+                    return Ok(());
+                }
+                let mut pipe = redis::pipe();
+                for it in items {
+                    let [_, _, _, sk, ck] = r.push_keys(it.subject);
+                    pipe.cmd("ZREM").arg(sk).arg(it.id).ignore().cmd("ZREM").arg(ck).arg(it.id).ignore();
+                }
+                let mut c = r.conn.clone();
+                let _: () = pipe.query_async(&mut c).await?;
+                Ok(())
             }
         }
     }
@@ -567,7 +609,10 @@ impl Store {
                     }
                     inbox.push((*msg).clone());
                     if inbox.len() > INBOX_CAP {
-                        inbox.remove(0);
+                        // The oldest by creation, as on Redis.
+                        if let Some(i) = (0..inbox.len()).min_by_key(|&i| (inbox[i].created_at, inbox[i].id.clone())) {
+                            inbox.remove(i);
+                        }
                     }
                     true
                 })
