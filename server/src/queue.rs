@@ -622,7 +622,7 @@ impl Queue {
                     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
                     (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
                 };
-                out.sort_by(|a, b| key(&b.0).cmp(&key(&a.0)));
+                out.sort_by_key(|x| std::cmp::Reverse(key(&x.0)));
                 Ok(out.into_iter().take(n).map(|(_, j, r)| (j, r)).collect())
             }
         }
