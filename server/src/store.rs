@@ -75,6 +75,14 @@ struct Entry {
     sent: Vec<(String, i64, bool)>,
 }
 
+impl Entry {
+    /// Whether the subject has a profile (an entry may hold only preferences, an inbox or
+    /// reservations).
+    fn has_profile(&self) -> bool {
+        self.profile.events() > 0 || !self.profile.services().is_empty()
+    }
+}
+
 /// How long reserved push ids are remembered (de-duplication of yearly and once-per-event
 /// pushes); caps only look at the last week.
 pub const SENT_KEEP_SECS: i64 = 400 * 86_400;
@@ -485,10 +493,9 @@ impl Store {
                     let shard = m.shard(subject).lock().expect("no panics while holding the lock");
                     // An entry made only by preferences, inbox or reservations has no profile,
                     // as on Redis.
-                    Ok(shard.get(*subject).map_or((None, None), |e| {
-                        let has = e.profile.events() > 0 || !e.profile.services().is_empty();
-                        (has.then(|| e.profile.clone()), e.prefs.clone())
-                    }))
+                    Ok(shard
+                        .get(*subject)
+                        .map_or((None, None), |e| (e.has_profile().then(|| e.profile.clone()), e.prefs.clone())))
                 })
                 .collect()),
             Store::Redis(r) => {
@@ -765,7 +772,7 @@ impl Store {
                     .lock()
                     .expect("no panics while holding the lock")
                     .iter()
-                    .filter(|(_, e)| e.profile.events() > 0 || !e.profile.services().is_empty())
+                    .filter(|(_, e)| e.has_profile())
                     .map(|(k, e)| (k.clone(), e.profile.clone(), e.prefs.clone()))
                     .collect();
                 let next = if i + 1 < m.shards.len() { i as u64 + 1 } else { 0 };
