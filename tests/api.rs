@@ -203,31 +203,30 @@ async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option
 }
 
 impl App {
-    /// The subject's inbox once it holds `n` messages (the worker delivers asynchronously);
-    /// panics after five seconds.
-    async fn wait_inbox(&self, subject: &str, n: usize) -> Value {
-        for _ in 0..500 {
-            let (_, inbox) = self.get(&format!("/v1/users/{subject}/inbox")).await;
-            if inbox["messages"].as_array().is_some_and(|m| m.len() >= n) {
-                return inbox;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no {n} messages in the inbox of {subject} after 5 s");
-    }
-
-    /// A push's audit record once its status is `status`; panics after five seconds.
-    async fn wait_status(&self, id: &str, status: &str) -> Value {
+    /// GET `path` until `done(status, body)` holds (the worker delivers asynchronously);
+    /// returns the body, or panics with the last one after five seconds.
+    async fn wait_for(&self, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
         let mut last = Value::Null;
         for _ in 0..500 {
-            let (code, rec) = self.get(&format!("/admin/pushes/{id}")).await;
-            if code == 200 && rec["status"] == status {
-                return rec;
+            let (code, body) = self.get(path).await;
+            if done(code, &body) {
+                return body;
             }
-            last = rec;
+            last = body;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("push {id} not {status} after 5 s: {last}");
+        panic!("GET {path}: not there after 5 s: {last}");
+    }
+
+    /// The subject's inbox once it holds `n` messages.
+    async fn wait_inbox(&self, subject: &str, n: usize) -> Value {
+        let path = format!("/v1/users/{subject}/inbox");
+        self.wait_for(&path, |_, inbox| inbox["messages"].as_array().is_some_and(|m| m.len() >= n)).await
+    }
+
+    /// A push's audit record once its status is `status`.
+    async fn wait_status(&self, id: &str, status: &str) -> Value {
+        self.wait_for(&format!("/admin/pushes/{id}"), |code, rec| code == 200 && rec["status"] == status).await
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -236,20 +235,15 @@ impl App {
         (status, r.json().await.unwrap_or(Value::Null))
     }
     async fn put(&self, path: &str, body: &str) -> u16 {
-        let r = self
-            .client
-            .put(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        r.status().as_u16()
+        self.send_json(reqwest::Method::PUT, path, body).await.0
     }
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+    async fn send_json(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
         let r = self
             .client
-            .post(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
