@@ -261,6 +261,13 @@ fn apply_config_file() -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tongban_model=info".into()),
+        )
+        .init();
     if let Err(e) = apply_config_file() {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

@@ -21,11 +21,14 @@ use tongban_features::catalogue::Catalogue;
 use tongban_features::stats::ItemStats;
 use tongban_features::vector::{schema_hash, SCHEMA_VERSION};
 
+use crate::knn::ItemSims;
 use crate::ranker::Ranker;
 use crate::recommend::{Model, ModelParams};
+use crate::seq::SeqModel;
 
 pub const MAGIC: &[u8; 14] = b"TONGBAN-MODEL\n";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: item similarities and the sequence model in the body, ranker rows of model features.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Self-describing metadata, readable without decoding the body (`tongban models show`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +62,8 @@ pub struct DataInfo {
 struct Body {
     services: Vec<String>,
     stats: ItemStats,
+    sims: ItemSims,
+    seq: Option<SeqModel>,
     ranker: Ranker,
 }
 
@@ -106,6 +111,8 @@ pub fn to_bytes(model: &Model, header: &Header) -> Vec<u8> {
     let body = postcard::to_allocvec(&Body {
         services: model.services().to_vec(),
         stats: model.stats().clone(),
+        sims: model.sims().clone(),
+        seq: model.seq().cloned(),
         ranker: model.ranker().clone(),
     })
     .expect("models serialise");
@@ -199,10 +206,17 @@ pub fn from_bytes(
     }
     let body: Body = postcard::from_bytes(body)
         .map_err(|e| ArtifactError::Corrupt { path: path.to_owned(), what: format!("body: {e}") })?;
-    if body.stats.services() != body.services.len() || body.ranker.weights.len() != crate::ranker::INPUT {
+    let n = body.services.len();
+    let seq_ok = body.seq.as_ref().is_none_or(|m| m.consistent() && m.items == n);
+    if body.stats.services() != n
+        || body.sims.services() != n
+        || !seq_ok
+        || body.ranker.weights.len() != crate::ranker::INPUT
+    {
         return Err(ArtifactError::Corrupt { path: path.to_owned(), what: "inconsistent sizes".into() });
     }
-    let model = Model::from_parts(body.stats, catalogue, body.ranker, body.services, header.params);
+    let seq = body.seq.map(Arc::new);
+    let model = Model::from_parts(body.stats, body.sims, seq, catalogue, body.ranker, body.services, header.params);
     Ok((model, header))
 }
 
@@ -222,7 +236,7 @@ mod tests {
         let text = "1 a b c\n2 a b\n3 b c a\n4 c a b\n";
         let (log, _) =
             read_log_from(text.as_bytes(), Path::new("t"), LogFormat::Lines, BadRowPolicy::Fail).expect("reads");
-        Model::build(&log, &[], None, &ModelParams::default(), 100, Ranker::uniform(&[0, 3])).expect("builds")
+        Model::build(&log, &[], None, &ModelParams::default(), 100, None, Ranker::uniform(&[0, 3])).expect("builds")
     }
 
     fn header(m: &Model) -> Header {

@@ -29,6 +29,7 @@ use tongban_features::profile::Profile;
 
 use crate::ranker::Ranker;
 use crate::recommend::{Case, Model, ModelError, ModelParams, Request, ScoreScratch};
+use crate::seq::SeqModel;
 
 /// How evaluation cases are built.
 #[derive(Debug, Clone)]
@@ -160,22 +161,29 @@ fn top_k(scores: &[f32], k: usize, subject: u32, seed: u64, out: &mut Vec<(f32, 
     }
 }
 
-/// A way to score every service for a case.
+/// A way to score every service for a case; `items` is the list ranked (sampled protocol),
+/// `None` for all services.
 trait FullScorer: Sync {
     fn name(&self) -> String;
-    fn score(&self, case: &TestCase, profile: &Profile, out: &mut [f32], scratch: &mut ScoreScratch);
+    fn score(&self, case: &TestCase, profile: &Profile, items: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch);
 }
 
 struct Popularity<'m>(&'m Model);
 struct Markov<'m>(&'m Model);
-struct ItemKnn<'m> {
-    model: &'m Model,
-    sims: Vec<Vec<(u32, f32)>>,
-}
+/// Item-kNN over the last 20 distinct starts (the classic baseline).
+struct ItemKnn<'m>(&'m Model);
+/// Item-kNN over every retained start (the model's feature, alone).
+struct LongKnn<'m>(&'m Model);
+/// The sequence model alone.
+struct Sequence<'m>(&'m Model);
+/// The model: every service of the list scored by the ranker.
 struct Ranked<'m> {
     model: &'m Model,
     name: String,
 }
+/// The model's serving path: the candidate stage scored by the ranker, every other service
+/// below it by popularity (to measure what the candidate stage loses).
+struct Candidates<'m>(&'m Model);
 struct Oracle<'t>(&'t Truth);
 
 fn pop_prior(m: &Model, s: usize) -> f32 {
@@ -186,7 +194,7 @@ impl FullScorer for Popularity<'_> {
     fn name(&self) -> String {
         "popularity".into()
     }
-    fn score(&self, _: &TestCase, _: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, _: &TestCase, _: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
         for (s, o) in out.iter_mut().enumerate() {
             *o = self.0.stats().pop(s as u32) as f32;
         }
@@ -198,7 +206,7 @@ impl FullScorer for Markov<'_> {
         "markov".into()
     }
     /// First-order Markov chain from the last start, popularity prior for everything else.
-    fn score(&self, _: &TestCase, profile: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
         for (s, o) in out.iter_mut().enumerate() {
             *o = pop_prior(self.0, s);
         }
@@ -212,48 +220,14 @@ impl FullScorer for Markov<'_> {
     }
 }
 
-impl<'m> ItemKnn<'m> {
-    /// Cosine similarity of services over the sets of subjects that started them; the best 200
-    /// neighbours of each service are kept.
-    fn new(model: &'m Model, log: &EventLog) -> ItemKnn<'m> {
-        let n = model.service_count();
-        let mut co: HashMap<(u32, u32), u32> = HashMap::new();
-        let mut users = vec![0u32; n];
-        let mut items: Vec<u32> = Vec::new();
-        for evs in log.by_subject() {
-            items.clear();
-            items.extend(evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| e.service));
-            items.sort_unstable();
-            items.dedup();
-            for (i, &a) in items.iter().enumerate() {
-                users[a as usize] += 1;
-                for &b in &items[i + 1..] {
-                    *co.entry((a, b)).or_default() += 1;
-                }
-            }
-        }
-        let mut sims: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
-        for ((a, b), c) in co {
-            let s = c as f32 / ((users[a as usize] as f32) * (users[b as usize] as f32)).sqrt();
-            sims[a as usize].push((b, s));
-            sims[b as usize].push((a, s));
-        }
-        for row in &mut sims {
-            row.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-            row.truncate(200);
-        }
-        ItemKnn { model, sims }
-    }
-}
-
 impl FullScorer for ItemKnn<'_> {
     fn name(&self) -> String {
         "item-knn".into()
     }
     /// Sum of cosine similarities to the last 20 distinct starts, popularity prior.
-    fn score(&self, _: &TestCase, profile: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
         for (s, o) in out.iter_mut().enumerate() {
-            *o = pop_prior(self.model, s);
+            *o = pop_prior(self.0, s);
         }
         let mut seen: Vec<u32> = Vec::with_capacity(20);
         for r in profile.starts().rev() {
@@ -264,9 +238,33 @@ impl FullScorer for ItemKnn<'_> {
                 continue;
             }
             seen.push(r.service);
-            for &(b, s) in &self.sims[r.service as usize] {
+            for &(b, s) in self.0.sims().row(r.service) {
                 out[b as usize] += s;
             }
+        }
+    }
+}
+
+impl FullScorer for LongKnn<'_> {
+    fn name(&self) -> String {
+        "item-knn (whole history)".into()
+    }
+    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let knn = self.0.knn_scores(profile, scratch);
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = knn[s] + pop_prior(self.0, s);
+        }
+    }
+}
+
+impl FullScorer for Sequence<'_> {
+    fn name(&self) -> String {
+        "sequence model".into()
+    }
+    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let logits = self.0.seq_logits(profile, scratch);
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = logits.get(s).copied().unwrap_or(f32::MIN);
         }
     }
 }
@@ -275,14 +273,22 @@ impl FullScorer for Ranked<'_> {
     fn name(&self) -> String {
         self.name.clone()
     }
-    /// The model's candidates get their ranker scores; every other service ranks below them,
-    /// by popularity.
-    fn score(&self, case: &TestCase, profile: &Profile, out: &mut [f32], scratch: &mut ScoreScratch) {
+    fn score(&self, case: &TestCase, profile: &Profile, items: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let req = Request { k: usize::MAX, ..Request::default() };
+        self.model.score_all(profile, &req, case.now, items, out, scratch);
+    }
+}
+
+impl FullScorer for Candidates<'_> {
+    fn name(&self) -> String {
+        "tongban, candidate stage only".into()
+    }
+    fn score(&self, case: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
         for (s, o) in out.iter_mut().enumerate() {
-            *o = -1e6 + pop_prior(self.model, s) * 1e6;
+            *o = -1e6 + pop_prior(self.0, s) * 1e6;
         }
         let req = Request { k: usize::MAX, ..Request::default() };
-        self.model.score_candidates(profile, &req, case.now, scratch);
+        self.0.score_candidates(profile, &req, case.now, scratch);
         let (cands, scores, _) = scratch.scored();
         for (&c, &v) in cands.iter().zip(scores) {
             out[c as usize] = v;
@@ -294,7 +300,7 @@ impl FullScorer for Oracle<'_> {
     fn name(&self) -> String {
         "oracle".into()
     }
-    fn score(&self, case: &TestCase, _: &Profile, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, case: &TestCase, _: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
         out.iter_mut().for_each(|o| *o = -1.0);
         if let Some(t) = self.0.get(&case.subject) {
             for &(s, p) in t {
@@ -378,19 +384,40 @@ pub fn temporal_fits(log: &EventLog, now: i64, horizon: i64) -> Vec<Fit> {
     fits
 }
 
+/// Each subject's starts in time order, as service indices.
+pub fn sequences(log: &EventLog) -> Vec<Vec<u32>> {
+    log.by_subject()
+        .map(|evs| evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| e.service).collect::<Vec<u32>>())
+        .filter(|s| s.len() >= 2)
+        .collect()
+}
+
+/// Trains the sequence model on the earliest fit's log, so that no fit's targets were its
+/// training labels; `None` when it is turned off (`seq.epochs = 0`).
+pub fn fit_seq(fits: &[Fit], params: &ModelParams) -> Result<Option<Arc<SeqModel>>, ModelError> {
+    params.seq.check()?;
+    if params.seq.epochs == 0 {
+        return Ok(None);
+    }
+    let Some((log, _, _)) = fits.iter().min_by_key(|f| f.2) else { return Ok(None) };
+    let model = SeqModel::train(&sequences(log), log.services.len(), &params.seq)?;
+    Ok(Some(Arc::new(model)))
+}
+
 /// Learns the ranker from fits: statistics and profiles of each fit's log, its cases as
-/// positives, sampled candidates as negatives; one logistic regression over all of them.
+/// positives, sampled services as negatives; one logistic regression over all of them.
 pub fn fit_ranker(
     fits: &[Fit],
     segments: &[u16],
     catalogue: Option<Arc<Catalogue>>,
     params: &ModelParams,
+    seq: Option<Arc<SeqModel>>,
     exclude_history: bool,
 ) -> Result<Ranker, ModelError> {
     let per_fit = (params.ranker.max_cases / fits.len().max(1)).max(10);
     let mut set = crate::ranker::TrainingSet::default();
     for (log, cases, now) in fits {
-        let m0 = Model::build(log, segments, catalogue.clone(), params, *now, Ranker::uniform(&[0]))?;
+        let m0 = Model::build(log, segments, catalogue.clone(), params, *now, seq.clone(), Ranker::uniform(&[0]))?;
         let profiles = m0.profiles(log, segments);
         let cases: Vec<Case> =
             cases.iter().map(|c| Case { subject: c.subject, target: c.target, now: c.now }).collect();
@@ -426,8 +453,9 @@ pub fn train(
             (vec![(l, c, n)], exclude_history)
         }
     };
-    let ranker = fit_ranker(&fits, segments, catalogue.clone(), params, exclude)?;
-    Model::build(log, segments, catalogue, params, now, ranker)
+    let seq = fit_seq(&fits, params)?;
+    let ranker = fit_ranker(&fits, segments, catalogue.clone(), params, seq.clone(), exclude)?;
+    Model::build(log, segments, catalogue, params, now, seq, ranker)
 }
 
 /// Each subject's first start in `[from, to)`, as cases scored at `now`.
@@ -503,13 +531,16 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
                 input.catalogue.clone(),
                 &input.params,
                 now,
+                None,
                 Ranker::uniform(&[0]),
             )?;
             (m.clone(), Some(base), None)
         }
         None => {
-            let ranker = fit_ranker(&fits, &segments, input.catalogue.clone(), &input.params, mask)?;
-            let m = Model::build(&train_log, &segments, input.catalogue.clone(), &input.params, now, ranker.clone())?;
+            let seq = fit_seq(&fits, &input.params)?;
+            let ranker = fit_ranker(&fits, &segments, input.catalogue.clone(), &input.params, seq.clone(), mask)?;
+            let m =
+                Model::build(&train_log, &segments, input.catalogue.clone(), &input.params, now, seq, ranker.clone())?;
             (m, None, Some(ranker))
         }
     };
@@ -520,8 +551,13 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
         Box::new(Ranked { model: &model, name: "tongban".into() }),
         Box::new(Popularity(base)),
         Box::new(Markov(base)),
-        Box::new(ItemKnn::new(base, &train_log)),
+        Box::new(ItemKnn(base)),
+        Box::new(LongKnn(&model)),
+        Box::new(Candidates(&model)),
     ];
+    if model.seq().is_some() {
+        scorers.insert(4, Box::new(Sequence(&model)));
+    }
     let truth = match protocol {
         Protocol::Temporal { truth: Some(t), .. } => Some(t),
         _ => None,
@@ -547,17 +583,17 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
                 || (vec![0f32; n], model.scratch(), Vec::new()),
                 |(out, scratch, top), (i, case)| {
                     let profile = &profiles[case.subject as usize];
-                    sc.score(case, profile, out, scratch);
-                    if let Some(m) = masks.as_ref().and_then(|m| m.get(&case.subject)) {
-                        for &s in m {
-                            out[s as usize] = f32::NEG_INFINITY;
-                        }
-                    }
                     let subset = sampled.as_ref().map(|s| {
                         let mut v = s[i].clone();
                         v.push(case.target);
                         v
                     });
+                    sc.score(case, profile, subset.as_deref(), out, scratch);
+                    if let Some(m) = masks.as_ref().and_then(|m| m.get(&case.subject)) {
+                        for &s in m {
+                            out[s as usize] = f32::NEG_INFINITY;
+                        }
+                    }
                     let rank = rank_of(out, case.target, subset.as_deref(), case.subject, input.seed);
                     let topk = if subset.is_none() {
                         top_k(out, kmax, case.subject, input.seed, top);

@@ -10,7 +10,9 @@
 
 pub mod artifact;
 pub mod eval;
+pub mod knn;
 pub mod ranker;
 pub mod recommend;
+pub mod seq;
 
 pub use recommend::{reason, Case, Model, ModelError, ModelParams, Request, ScoreScratch, Suggestion};

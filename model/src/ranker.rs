@@ -15,17 +15,33 @@ use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
-use tongban_features::vector::WIDTH;
+use tongban_features::vector::{FeatureDef, WIDTH};
 
-/// Width of the ranker's input: each schema feature and its square root.
-pub const INPUT: usize = 2 * WIDTH;
+/// Features the model appends to the schema's ([`tongban_features::vector::SCHEMA`]): they
+/// need the model's own parts (the sequence model, the item similarities). Every value lies
+/// in `[0, 1]`.
+pub const MODEL_FEATURES: [FeatureDef; 4] = [
+    FeatureDef { name: "seq_prob", meaning: "exp(sequence-model logit - the best logit of any service)" },
+    FeatureDef { name: "seq_rel", meaning: "max(0, 1 + (sequence-model logit - the best logit of any service) / 16)" },
+    FeatureDef {
+        name: "knn_rel",
+        meaning: "sum of cosine similarities to the subject's retained starts (item-kNN) / the best service's",
+    },
+    FeatureDef { name: "knn_sum", meaning: "min(1, sum of cosine similarities to the subject's retained starts)" },
+];
 
-/// Expands one schema vector into the ranker's input.
+/// Width of a ranker row: the schema's features, then [`MODEL_FEATURES`].
+pub const ROW: usize = WIDTH + MODEL_FEATURES.len();
+
+/// Width of the ranker's input: each row feature and its square root.
+pub const INPUT: usize = 2 * ROW;
+
+/// Expands one row into the ranker's input.
 #[inline]
 pub fn expand(x: &[f32], out: &mut [f32; INPUT]) {
-    for (i, &v) in x.iter().enumerate().take(WIDTH) {
+    for (i, &v) in x.iter().enumerate().take(ROW) {
         out[i] = v;
-        out[WIDTH + i] = v.max(0.0).sqrt();
+        out[ROW + i] = v.max(0.0).sqrt();
     }
 }
 
@@ -38,6 +54,9 @@ pub struct RankerParams {
     pub max_iterations: u64,
     /// Negatives kept per positive (sampled among the candidates, seeded).
     pub negatives: usize,
+    /// Further negatives per positive sampled among all services (seeded).
+    #[serde(default)]
+    pub random_negatives: usize,
     /// Training cases used at most (subjects), sampled when more.
     pub max_cases: usize,
     pub seed: u64,
@@ -45,7 +64,7 @@ pub struct RankerParams {
 
 impl Default for RankerParams {
     fn default() -> Self {
-        RankerParams { alpha: 1e-3, max_iterations: 150, negatives: 20, max_cases: 20_000, seed: 7 }
+        RankerParams { alpha: 1e-3, max_iterations: 150, negatives: 20, random_negatives: 0, max_cases: 20_000, seed: 7 }
     }
 }
 
@@ -152,7 +171,7 @@ impl Ranker {
         Ok(Ranker { weights: fitted.params().iter().map(|&w| sign * w).collect(), bias: sign * fitted.intercept() })
     }
 
-    /// The score of one schema vector (higher = more likely next).
+    /// The score of one row (higher = more likely next).
     #[inline]
     pub fn score(&self, features: &[f32]) -> f32 {
         let mut x = [0f32; INPUT];
@@ -160,7 +179,7 @@ impl Ranker {
         self.bias + self.weights.iter().zip(x.iter()).map(|(w, v)| w * v).sum::<f32>()
     }
 
-    /// A ranker that sums the given schema features with weight 1 (tests, fallbacks).
+    /// A ranker that sums the given row features with weight 1 (tests, fallbacks).
     pub fn uniform(features: &[usize]) -> Ranker {
         let mut weights = vec![0f32; INPUT];
         for &f in features {
@@ -180,15 +199,15 @@ mod tests {
         // take label 0 as its positive class).
         let mut set = TrainingSet::default();
         for i in 0..200 {
-            let mut f = [0f32; WIDTH];
+            let mut f = [0f32; ROW];
             let positive = i % 4 == 1;
             f[0] = if positive { 0.9 } else { 0.1 } + (i % 7) as f32 * 0.01;
             set.push(&f, positive);
         }
         let r = Ranker::fit(&set, &RankerParams::default().check().unwrap()).unwrap();
-        let mut hi = [0f32; WIDTH];
+        let mut hi = [0f32; ROW];
         hi[0] = 0.9;
-        let mut lo = [0f32; WIDTH];
+        let mut lo = [0f32; ROW];
         lo[0] = 0.1;
         assert!(r.score(&hi) > r.score(&lo), "{r:?}");
     }

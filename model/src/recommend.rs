@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -23,9 +24,14 @@ use tongban_features::domain::SubjectKind;
 use tongban_features::io::{EventLog, SEGMENTS};
 use tongban_features::profile::{BundleIndex, Profile, ProfileBuilder, ProfileContext, ProfileParams};
 use tongban_features::stats::{ItemStats, StatsParams};
-use tongban_features::vector::{Extractor, Scratch, WIDTH};
+use tongban_features::vector::{Extractor, Prepared, Scratch, WIDTH};
 
-use crate::ranker::{Ranker, RankerError, RankerParams, TrainingSet};
+use crate::knn::ItemSims;
+use crate::ranker::{Ranker, RankerError, RankerParams, TrainingSet, ROW};
+use crate::seq::{SeqError, SeqModel, SeqParams};
+
+/// Score of a service the rules exclude, below every real score (ranked by popularity).
+const FLOOR: f32 = -1e6;
 
 /// Reason bits of a suggestion.
 pub mod reason {
@@ -58,6 +64,21 @@ pub struct ModelParams {
     /// Popular services per segment used as fallback candidates.
     pub popular: usize,
     pub ranker: RankerParams,
+    /// Neighbours kept per service in the item similarities (item-kNN).
+    #[serde(default = "default_knn_keep")]
+    pub knn_keep: usize,
+    /// Candidates taken from the best services of the sequence model and of item-kNN each.
+    #[serde(default = "default_model_candidates")]
+    pub model_candidates: usize,
+    #[serde(default)]
+    pub seq: SeqParams,
+}
+
+fn default_knn_keep() -> usize {
+    200
+}
+fn default_model_candidates() -> usize {
+    100
 }
 
 impl Default for ModelParams {
@@ -71,6 +92,9 @@ impl Default for ModelParams {
             neighbours: 200,
             popular: 50,
             ranker: RankerParams::default(),
+            knn_keep: default_knn_keep(),
+            model_candidates: default_model_candidates(),
+            seq: SeqParams::default(),
         }
     }
 }
@@ -95,8 +119,10 @@ pub enum ModelError {
     Profile(#[from] tongban_features::profile::ProfileError),
     #[error(transparent)]
     Ranker(#[from] RankerError),
-    #[error("neighbours and popular must be at least 1")]
+    #[error("neighbours, popular and knn_keep must be at least 1")]
     Candidates,
+    #[error(transparent)]
+    Seq(#[from] SeqError),
 }
 
 /// What the caller asks for.
@@ -136,9 +162,20 @@ pub struct ScoreScratch {
     mark: Vec<u32>,
     pos: Vec<u32>,
     epoch: u32,
+    /// Rows of [`ROW`] features of the candidates.
     feats: Vec<f32>,
+    /// Schema features of the candidates ([`WIDTH`] each), before the model's are appended.
+    base: Vec<f32>,
     scores: Vec<f32>,
     order: Vec<(f32, u32)>,
+    /// The subject's sequence-model query, every service's logit, and the best logit.
+    q: Vec<f32>,
+    seq: Vec<f32>,
+    seq_max: f32,
+    /// Whole-history item-kNN score per service (reset through `knn_touched`), and the best.
+    knn: Vec<f32>,
+    knn_touched: Vec<u32>,
+    knn_max: f32,
 }
 
 impl ScoreScratch {
@@ -147,6 +184,7 @@ impl ScoreScratch {
             features: Scratch::new(services),
             mark: vec![0; services],
             pos: vec![0; services],
+            knn: vec![0.0; services],
             ..ScoreScratch::default()
         }
     }
@@ -178,9 +216,10 @@ impl ScoreScratch {
         }
     }
 
-    /// The feature rows of the last personalised [`Model::score_candidates`] call.
+    /// The feature rows ([`ROW`] each) of the last personalised [`Model::score_candidates`]
+    /// call.
     pub fn features_of_last(&self) -> &[f32] {
-        &self.feats[..(self.cands.len() * WIDTH).min(self.feats.len())]
+        &self.feats[..(self.cands.len() * ROW).min(self.feats.len())]
     }
 
     /// The candidates and scores of the last [`Model::score_candidates`] call.
@@ -189,10 +228,13 @@ impl ScoreScratch {
     }
 }
 
-/// A trained model: item statistics, the feature extractor, the ranker.
+/// A trained model: item statistics, the feature extractor, item similarities, the sequence
+/// model, the ranker.
 #[derive(Debug, Clone)]
 pub struct Model {
     extractor: Extractor,
+    sims: Arc<ItemSims>,
+    seq: Option<Arc<SeqModel>>,
     ranker: Ranker,
     services: Arc<Vec<String>>,
     /// Per segment (0 = overall) the most used services, best first.
@@ -211,29 +253,34 @@ fn audience_of(segment: u16) -> Option<SubjectKind> {
 }
 
 impl Model {
-    /// Statistics from `log` (sorted; with catalogue indices when a catalogue is given) at
-    /// `now`, with a given ranker.
+    /// Statistics and item similarities from `log` (sorted; with catalogue indices when a
+    /// catalogue is given) at `now`, with a given sequence model and ranker.
     pub fn build(
         log: &EventLog,
         segments: &[u16],
         catalogue: Option<Arc<Catalogue>>,
         params: &ModelParams,
         now: i64,
+        seq: Option<Arc<SeqModel>>,
         ranker: Ranker,
     ) -> Result<Model, ModelError> {
         params.profile().check()?;
         params.ranker.check()?;
-        if params.neighbours == 0 || params.popular == 0 {
+        params.seq.check()?;
+        if params.neighbours == 0 || params.popular == 0 || params.knn_keep == 0 {
             return Err(ModelError::Candidates);
         }
         let stats = ItemStats::build(log, segments, now, &params.stats());
         let services: Vec<String> = (0..log.services.len() as u32).map(|s| log.services.name(s).to_owned()).collect();
-        Ok(Model::from_parts(stats, catalogue, ranker, services, *params))
+        let sims = ItemSims::build(log, services.len(), params.knn_keep);
+        Ok(Model::from_parts(stats, sims, seq, catalogue, ranker, services, *params))
     }
 
     /// Assembles a model from its parts (used when loading an artifact).
     pub fn from_parts(
         stats: ItemStats,
+        sims: ItemSims,
+        seq: Option<Arc<SeqModel>>,
         catalogue: Option<Arc<Catalogue>>,
         ranker: Ranker,
         services: Vec<String>,
@@ -259,6 +306,8 @@ impl Model {
             .unwrap_or_default();
         Model {
             extractor: Extractor::new(Arc::new(stats), catalogue),
+            sims: Arc::new(sims),
+            seq,
             ranker,
             services: Arc::new(services),
             popular,
@@ -274,6 +323,12 @@ impl Model {
 
     pub fn ranker(&self) -> &Ranker {
         &self.ranker
+    }
+    pub fn sims(&self) -> &ItemSims {
+        &self.sims
+    }
+    pub fn seq(&self) -> Option<&SeqModel> {
+        self.seq.as_deref()
     }
     pub fn params(&self) -> &ModelParams {
         &self.params
@@ -312,36 +367,168 @@ impl Model {
 
     /// Gathers candidates, computes their features and scores; results in `scratch.scored()`.
     pub fn score_candidates(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) {
+        if req.personalised {
+            self.score_personal(profile, req, now, scratch);
+            return;
+        }
+        scratch.begin(self.service_count());
+        let seg = profile.segment();
+        for list in [&self.popular[seg as usize % self.popular.len()], &self.popular[0]] {
+            for &s in list {
+                scratch.add(s, reason::POPULAR_IN_SEGMENT);
+            }
+        }
+        self.apply_rules(profile, req, scratch);
+        let st = self.stats();
+        let ScoreScratch { cands, scores, .. } = scratch;
+        scores.clear();
+        scores.extend(cands.iter().map(|&s| st.segment_share(seg, s) + 1e-9 * st.pop(s) as f32));
+    }
+
+    /// The personalised candidate stage; returns the subject's prepared context.
+    fn score_personal(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) -> Prepared {
+        scratch.begin(self.service_count());
+        let prep = self.prepare_subject(profile, now, scratch);
+        self.personal_sources(profile, now, scratch);
+        self.model_sources(scratch);
+        let seg = profile.segment();
+        for list in [&self.popular[seg as usize % self.popular.len()], &self.popular[0]] {
+            for &s in list.iter().take(self.params.popular) {
+                scratch.add(s, reason::POPULAR_IN_SEGMENT);
+            }
+        }
+        self.apply_rules(profile, req, scratch);
+        self.score_rows(profile, &prep, scratch);
+        prep
+    }
+
+    /// Scores every service of `items` (every service when `None`) with the ranker, as the
+    /// candidate stage would if it kept them all: the full ranking the evaluation uses.
+    /// Services the rules exclude get a score below every real one, ordered by popularity.
+    pub fn score_all(
+        &self,
+        profile: &Profile,
+        req: &Request<'_>,
+        now: i64,
+        items: Option<&[u32]>,
+        out: &mut [f32],
+        scratch: &mut ScoreScratch,
+    ) {
+        let st = self.stats();
+        let top = st.pop_max().max(1) as f32;
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = FLOOR + st.pop(s as u32) as f32 / top;
+        }
         let n = self.service_count();
         scratch.begin(n);
-        let seg = profile.segment();
-        if req.personalised {
-            let prep = self.extractor.prepare(profile, now, &mut scratch.features);
-            self.personal_sources(profile, now, scratch);
-            let pop_bits = reason::POPULAR_IN_SEGMENT;
-            for list in [&self.popular[seg as usize % self.popular.len()], &self.popular[0]] {
-                for &s in list.iter().take(self.params.popular) {
-                    scratch.add(s, pop_bits);
-                }
-            }
-            self.apply_rules(profile, req, scratch);
-            let ScoreScratch { features, cands, feats, scores, .. } = scratch;
-            feats.resize(cands.len() * WIDTH, 0.0);
-            self.extractor.extract(profile, &prep, features, cands, feats);
-            scores.clear();
-            scores.extend(feats.chunks_exact(WIDTH).map(|row| self.ranker.score(row)));
-        } else {
-            for list in [&self.popular[seg as usize % self.popular.len()], &self.popular[0]] {
-                for &s in list {
-                    scratch.add(s, reason::POPULAR_IN_SEGMENT);
-                }
-            }
-            self.apply_rules(profile, req, scratch);
-            let st = self.stats();
-            let ScoreScratch { cands, scores, .. } = scratch;
-            scores.clear();
-            scores.extend(cands.iter().map(|&s| st.segment_share(seg, s) + 1e-9 * st.pop(s) as f32));
+        let prep = self.prepare_subject(profile, now, scratch);
+        match items {
+            Some(list) => list.iter().for_each(|&s| scratch.add(s, 0)),
+            None => (0..n as u32).for_each(|s| scratch.add(s, 0)),
         }
+        self.apply_rules(profile, req, scratch);
+        self.score_rows(profile, &prep, scratch);
+        for (&c, &v) in scratch.cands.iter().zip(&scratch.scores) {
+            out[c as usize] = v;
+        }
+    }
+
+    /// The sequence model's logit of every service for a subject (empty without one).
+    pub fn seq_logits(&self, profile: &Profile, scratch: &mut ScoreScratch) -> Vec<f32> {
+        self.prepare_model(profile, scratch);
+        scratch.seq.clone()
+    }
+
+    /// The whole-history item-kNN score of every service for a subject.
+    pub fn knn_scores(&self, profile: &Profile, scratch: &mut ScoreScratch) -> Vec<f32> {
+        self.prepare_model(profile, scratch);
+        scratch.knn.clone()
+    }
+
+    /// Per-subject work done once: the schema's preparation, the sequence model's logits of
+    /// every service, the whole-history item-kNN scores.
+    fn prepare_subject(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Prepared {
+        let prep = self.extractor.prepare(profile, now, &mut scratch.features);
+        self.prepare_model(profile, scratch);
+        prep
+    }
+
+    fn prepare_model(&self, profile: &Profile, scratch: &mut ScoreScratch) {
+        let n = self.service_count();
+        scratch.seq.clear();
+        scratch.seq_max = f32::NEG_INFINITY;
+        if let Some(m) = &self.seq {
+            m.query(profile.starts().rev().map(|r| r.service), &mut scratch.q);
+            m.logits(&scratch.q, &mut scratch.seq);
+            scratch.seq.resize(n, f32::NEG_INFINITY);
+            scratch.seq_max = scratch.seq.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        }
+        if scratch.knn.len() != n {
+            scratch.knn = vec![0.0; n];
+            scratch.knn_touched.clear();
+        }
+        for &t in &scratch.knn_touched {
+            scratch.knn[t as usize] = 0.0;
+        }
+        scratch.knn_touched.clear();
+        for c in profile.services().iter().filter(|c| c.starts > 0) {
+            for &(b, sim) in self.sims.row(c.service) {
+                let Some(k) = scratch.knn.get_mut(b as usize) else { continue };
+                if *k == 0.0 {
+                    scratch.knn_touched.push(b);
+                }
+                *k += sim;
+            }
+        }
+        scratch.knn_max = scratch.knn_touched.iter().map(|&t| scratch.knn[t as usize]).fold(0.0, f32::max);
+    }
+
+    /// Candidates from the best services of the sequence model and of item-kNN.
+    fn model_sources(&self, scratch: &mut ScoreScratch) {
+        let m = self.params.model_candidates;
+        let mut ranked = std::mem::take(&mut scratch.order);
+        for bits in [reason::FOLLOWS, reason::OFTEN_TOGETHER] {
+            ranked.clear();
+            if bits == reason::FOLLOWS {
+                ranked.extend(scratch.seq.iter().enumerate().map(|(s, &v)| (v, s as u32)));
+            } else {
+                ranked.extend(scratch.knn_touched.iter().map(|&s| (scratch.knn[s as usize], s)));
+            }
+            let keep = m.min(ranked.len());
+            if keep < ranked.len() {
+                ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                ranked.truncate(keep);
+            }
+            for &(_, s) in &ranked {
+                scratch.add(s, bits);
+            }
+        }
+        scratch.order = ranked;
+    }
+
+    /// Feature rows ([`ROW`]: the schema's, then [`crate::ranker::MODEL_FEATURES`]) and ranker scores of
+    /// `scratch.cands`.
+    fn score_rows(&self, profile: &Profile, prep: &Prepared, scratch: &mut ScoreScratch) {
+        let ScoreScratch { features, cands, base, feats, scores, seq, seq_max, knn, knn_max, .. } = scratch;
+        base.resize(cands.len() * WIDTH, 0.0);
+        self.extractor.extract(profile, prep, features, cands, base);
+        feats.clear();
+        for (&c, row) in cands.iter().zip(base.chunks_exact(WIDTH)) {
+            feats.extend_from_slice(row);
+            let i = c as usize;
+            let (seq_prob, seq_rel) = match seq.get(i) {
+                Some(&v) if v.is_finite() => {
+                    let x = v - *seq_max;
+                    (x.exp(), (1.0 + x / 16.0).max(0.0))
+                }
+                _ => (0.0, 0.0),
+            };
+            let k = knn.get(i).copied().unwrap_or(0.0);
+            let knn_rel = if *knn_max > 0.0 { k / *knn_max } else { 0.0 };
+            feats.extend_from_slice(&[seq_prob, seq_rel, knn_rel, k.min(1.0)]);
+        }
+        scores.clear();
+        scores.extend(feats.chunks_exact(ROW).map(|row| self.ranker.score(row)));
     }
 
     fn personal_sources(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
@@ -392,6 +579,22 @@ impl Model {
     }
 
     fn apply_rules(&self, profile: &Profile, req: &Request<'_>, scratch: &mut ScoreScratch) {
+        let keep = self.keeper(profile, req);
+        let mut w = 0;
+        for i in 0..scratch.cands.len() {
+            let s = scratch.cands[i];
+            if keep(s) {
+                scratch.cands[w] = s;
+                scratch.src[w] = scratch.src[i];
+                w += 1;
+            }
+        }
+        scratch.cands.truncate(w);
+        scratch.src.truncate(w);
+    }
+
+    /// The rules: whether a service may be suggested to the subject for this request.
+    fn keeper<'a>(&'a self, profile: &'a Profile, req: &'a Request<'_>) -> impl Fn(u32) -> bool + 'a {
         let cat = self.catalogue();
         // Person or enterprise: asked, else from the segment, else from the services used.
         let audience = req.audience.or_else(|| audience_of(profile.segment())).or_else(|| {
@@ -410,7 +613,7 @@ impl Model {
                 None
             }
         });
-        let keep = |s: u32| {
+        move |s: u32| {
             if req.exclude.binary_search(&s).is_ok() {
                 return false;
             }
@@ -428,18 +631,7 @@ impl Model {
                 return false;
             }
             svc.repeatable || profile.count(s).is_none_or(|c| c.completed == 0)
-        };
-        let mut w = 0;
-        for i in 0..scratch.cands.len() {
-            let s = scratch.cands[i];
-            if keep(s) {
-                scratch.cands[w] = s;
-                scratch.src[w] = scratch.src[i];
-                w += 1;
-            }
         }
-        scratch.cands.truncate(w);
-        scratch.src.truncate(w);
     }
 
     /// The personalised score of one service for a subject (operators' campaigns: users for an
@@ -467,14 +659,9 @@ impl Model {
         if scratch.cands.is_empty() {
             return vec![None; services.len()];
         }
-        let prep = self.extractor.prepare(profile, now, &mut scratch.features);
-        let ScoreScratch { features, cands, feats, .. } = scratch;
-        feats.resize(cands.len() * WIDTH, 0.0);
-        self.extractor.extract(profile, &prep, features, cands, feats);
-        services
-            .iter()
-            .map(|s| cands.iter().position(|c| c == s).map(|i| self.ranker.score(&feats[i * WIDTH..(i + 1) * WIDTH])))
-            .collect()
+        let prep = self.prepare_subject(profile, now, scratch);
+        self.score_rows(profile, &prep, scratch);
+        services.iter().map(|s| scratch.cands.iter().position(|c| c == s).map(|i| scratch.scores[i])).collect()
     }
 
     /// Top-k suggestions with scores and reasons.
@@ -502,8 +689,8 @@ impl Model {
                 let i = i as usize;
                 let mut reasons = src[i];
                 // Keep only the reasons the features bear out.
-                if req.personalised && feats.len() >= (i + 1) * WIDTH {
-                    let f = &feats[i * WIDTH..(i + 1) * WIDTH];
+                if req.personalised && feats.len() >= (i + 1) * ROW {
+                    let f = &feats[i * ROW..(i + 1) * ROW];
                     if f[7] == 0.0 {
                         reasons &= !reason::NEXT_IN_BUNDLE;
                     }
@@ -542,6 +729,7 @@ impl Model {
             cases.truncate(max_cases);
         }
         let negatives = p.get().negatives;
+        let n = self.service_count() as u32;
         let sets: Vec<TrainingSet> = cases
             .par_chunks(512)
             .map_init(
@@ -556,21 +744,45 @@ impl Model {
                             exclude.extend(profile.services().iter().filter(|c| c.starts > 0).map(|c| c.service));
                         }
                         let req = Request { k: usize::MAX, exclude: &exclude, ..Request::default() };
-                        self.score_candidates(profile, &req, case.now, scratch);
-                        let (cands, _, _) = scratch.scored();
-                        let Some(pos) = cands.iter().position(|&c| c == case.target) else { continue };
-                        if cands.len() < 2 {
+                        if !self.keeper(profile, &req)(case.target) || n < 2 {
                             continue;
                         }
-                        set.push(&scratch.feats[pos * WIDTH..(pos + 1) * WIDTH], true);
+                        let prep = self.score_personal(profile, &req, case.now, scratch);
+                        // The ranker learns to order the candidate stage: a case whose target
+                        // is not a candidate teaches it nothing about that order.
+                        if !scratch.cands.contains(&case.target) {
+                            continue;
+                        }
+                        // Negatives among the candidates (the hard ones); `random_negatives` more
+                        // among all services the rules keep, so that full scoring sees the rest.
                         // Seeded per case, so the sample does not depend on the thread.
                         let mut r = ChaCha8Rng::seed_from_u64(
                             p.get().seed ^ u64::from(case.subject) << 20 ^ u64::from(case.target),
                         );
-                        let mut idx: Vec<usize> = (0..cands.len()).filter(|&i| i != pos).collect();
-                        let (chosen, _) = idx.partial_shuffle(&mut r, negatives);
-                        for &i in chosen.iter() {
-                            set.push(&scratch.feats[i * WIDTH..(i + 1) * WIDTH], false);
+                        let mut pool: Vec<u32> = scratch.cands.iter().copied().filter(|&c| c != case.target).collect();
+                        let hard = negatives.min(pool.len());
+                        let (chosen, _) = pool.partial_shuffle(&mut r, hard);
+                        let mut items = vec![case.target];
+                        items.extend_from_slice(chosen);
+                        let keep = self.keeper(profile, &req);
+                        let want = items.len() + p.get().random_negatives;
+                        for _ in 0..p.get().random_negatives * 4 {
+                            if items.len() >= want {
+                                break;
+                            }
+                            let s = r.gen_range(0..n);
+                            if !items.contains(&s) && keep(s) {
+                                items.push(s);
+                            }
+                        }
+                        if items.len() < 2 {
+                            continue;
+                        }
+                        scratch.cands.clear();
+                        scratch.cands.extend_from_slice(&items);
+                        self.score_rows(profile, &prep, scratch);
+                        for (i, row) in scratch.feats.chunks_exact(ROW).enumerate() {
+                            set.push(row, i == 0);
                         }
                     }
                     set
