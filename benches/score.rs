@@ -1,5 +1,6 @@
-//! Scoring: top-10 suggestions for one subject over a 2,000-service catalogue, beside the
-//! lower-bound kernel (dot products of the same candidates' precomputed features + top-10).
+//! Scoring: top-10 suggestions for one subject over a 2,000-service catalogue, with the
+//! sequence model, beside the lower-bound kernel (dot products of the same candidates'
+//! precomputed features + top-10).
 
 use std::sync::Arc;
 
@@ -9,9 +10,8 @@ use tongban_features::io::{read_into, read_subjects, BadRowPolicy, EventLog, Log
 use tongban_features::profile::Profile;
 use tongban_features::synth::{generate, GenParams, MemorySink, SUBJECTS_HEADER};
 use tongban_features::time::Timestamp;
-use tongban_features::vector::WIDTH;
 use tongban_model::eval::{train, TrainStyle};
-use tongban_model::ranker::Ranker;
+use tongban_model::ranker::{Ranker, ROW};
 use tongban_model::{Model, ModelParams, Request};
 
 /// A trained model over the real catalogue grown to `services`, and some subjects' profiles.
@@ -32,9 +32,11 @@ fn setup(services: usize) -> (Model, Vec<Profile>, i64) {
     std::fs::write(&subjects, &files.subjects).expect("write");
     let now = log.events.iter().map(|e| e.at.0).max().unwrap_or(0) + 1;
     let segs = read_subjects(&subjects, &mut log, Timestamp(now).date_shanghai()).expect("subjects");
+    // The sequence model at its serving size; two epochs are enough to time it.
+    let mut params = ModelParams::default();
+    params.seq.epochs = 2;
     let model =
-        train(&log, &segs, Some(Arc::new(cat)), &ModelParams::default(), TrainStyle::Temporal { horizon_days: 90 })
-            .expect("trains");
+        train(&log, &segs, Some(Arc::new(cat)), &params, TrainStyle::Temporal { horizon_days: 90 }).expect("trains");
     let profiles = model.profiles(&log, &segs);
     // Subjects with the most history: the expensive end.
     let mut picked: Vec<Profile> = profiles.into_iter().filter(|p| p.recent().len() >= 20).take(256).collect();
@@ -44,7 +46,7 @@ fn setup(services: usize) -> (Model, Vec<Profile>, i64) {
 
 fn kernel(ranker: &Ranker, feats: &[f32], out: &mut Vec<(f32, u32)>) {
     out.clear();
-    for (i, row) in feats.chunks_exact(WIDTH).enumerate() {
+    for (i, row) in feats.chunks_exact(ROW).enumerate() {
         let s = ranker.score(row);
         if out.len() < 10 || s > out[out.len() - 1].0 {
             let pos = out.partition_point(|x| x.0 >= s);
@@ -68,7 +70,7 @@ fn bench(c: &mut Criterion) {
                 scratch.features_of_last().to_vec()
             })
             .collect();
-        let mean = feats.iter().map(|f| f.len() / WIDTH).sum::<usize>() / feats.len().max(1);
+        let mean = feats.iter().map(|f| f.len() / ROW).sum::<usize>() / feats.len().max(1);
         eprintln!("score_top10/{services}: {} subjects, {mean} candidates on average", profiles.len());
         let mut i = 0;
         g.bench_with_input(BenchmarkId::new("recommend", services), &services, |b, _| {

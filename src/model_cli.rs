@@ -12,6 +12,7 @@ use tongban_features::catalogue::Catalogue;
 use tongban_features::io::{read_log_into, read_subjects, EventLog, LogFormat};
 use tongban_features::time::Timestamp;
 use tongban_model::eval::{evaluate, EvalInput, EvalReport, Negatives, Protocol, Truth};
+use tongban_model::ranker::Learner;
 use tongban_model::ModelParams;
 
 use crate::{print_json, LogArgs};
@@ -326,9 +327,10 @@ pub fn train(args: &TrainArgs) -> Result<ExitCode> {
     let secs = started.elapsed().as_secs_f64();
     let size = std::fs::metadata(&args.out).map_or(0, |m| m.len());
     if args.json {
-        print_json(
-            &json!({ "out": args.out, "header": header, "bytes": size, "seconds": secs, "read_seconds": loaded }),
-        )?;
+        print_json(&json!({
+            "out": args.out, "header": header, "bytes": size, "seconds": secs, "read_seconds": loaded,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }))?;
     } else {
         eprintln!("wrote {} ({} bytes) in {secs:.1} s", args.out.display(), size);
     }
@@ -345,6 +347,15 @@ pub struct TuneArgs {
     /// Where to write the best parameters and the search log (JSON).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// The process's peak resident set (Linux `VmHWM`), `None` elsewhere. Read by hand: the
+/// crates that report memory give the current size, not the peak.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Random search on the validation split: the test targets (loo) or the future log (temporal)
@@ -391,7 +402,16 @@ pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
             p.ranker.negatives = rng.gen_range(5..=50);
             p.neighbours = [50, 100, 200, 400][rng.gen_range(0..4)];
             p.cooc_window_days = [7.0, 30.0, 90.0, 365.0][rng.gen_range(0..4)];
-            p.max_events = [16, 32, 64, 128][rng.gen_range(0..4)];
+            p.max_events = [16, 32, 64, 128, 256][rng.gen_range(0..5)];
+            p.knn_keep = [50, 200, 500][rng.gen_range(0..3)];
+            p.model_candidates = [20, 50, 100, 200][rng.gen_range(0..4)];
+            p.ranker.learner = [Learner::Logistic, Learner::Boosted][rng.gen_range(0..2)];
+            p.ranker.budget = [0.3, 0.5, 1.0][rng.gen_range(0..3)];
+            p.seq.epochs = [0, 10, 20, 40][rng.gen_range(0..4)];
+            p.seq.dim = [32, 64, 96][rng.gen_range(0..3)];
+            p.seq.dropout = rng.gen_range(0.0..0.5);
+            p.seq.item_dropout = rng.gen_range(0.0..0.4);
+            p.seq.lr = 10f64.powf(rng.gen_range(-3.3..-2.0));
         }
         let input = EvalInput {
             log: &log,

@@ -50,17 +50,24 @@ fn markdown(r: &EvalReport, source: &Path) -> String {
         }
     }
     if let Some(rk) = &r.ranker {
-        md += "\n## Ranker weights (logistic regression; features then their square roots)\n\n";
-        let names: Vec<String> = tongban_features::vector::SCHEMA
-            .iter()
-            .map(|f| f.name.to_owned())
-            .chain(tongban_features::vector::SCHEMA.iter().map(|f| format!("sqrt({})", f.name)))
-            .collect();
-        md += "| feature | weight |\n|---|---|\n";
-        for (n, w) in names.iter().zip(&rk.weights) {
-            let _ = writeln!(md, "| {n} | {w:.4} |");
+        if let Some(f) = &rk.forest {
+            md += "\n## Ranker\n\n";
+            let _ = writeln!(md, "Boosted trees (perpetual): {} trees, {} nodes.", f.roots.len(), f.nodes.len());
+        } else {
+            md += "\n## Ranker weights (logistic regression; features then their square roots)\n\n";
+            let row: Vec<&str> = tongban_features::vector::SCHEMA
+                .iter()
+                .chain(tongban_model::ranker::MODEL_FEATURES.iter())
+                .map(|f| f.name)
+                .collect();
+            let names: Vec<String> =
+                row.iter().map(|n| (*n).to_owned()).chain(row.iter().map(|n| format!("sqrt({n})"))).collect();
+            md += "| feature | weight |\n|---|---|\n";
+            for (n, w) in names.iter().zip(&rk.weights) {
+                let _ = writeln!(md, "| {n} | {w:.4} |");
+            }
+            let _ = writeln!(md, "| (bias) | {:.4} |", rk.bias);
         }
-        let _ = writeln!(md, "| (bias) | {:.4} |", rk.bias);
     }
     md
 }

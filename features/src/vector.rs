@@ -24,10 +24,10 @@ pub struct FeatureDef {
 }
 
 /// Version of the schema; bump on any change of order, meaning or range.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The schema, in vector order. Every value lies in `[0, 1]`.
-pub const SCHEMA: [FeatureDef; 19] = [
+pub const SCHEMA: [FeatureDef; 23] = [
     FeatureDef { name: "trans1_last", meaning: "P(candidate | last start), first-order transitions" },
     FeatureDef { name: "trans1_recent", meaning: "max over the 2nd..6th last starts s of P(candidate | s) * 0.8^age" },
     FeatureDef { name: "trans2", meaning: "P(candidate | the last two starts), second-order transitions" },
@@ -59,6 +59,19 @@ pub const SCHEMA: [FeatureDef; 19] = [
         name: "pop_season",
         meaning: "sqrt of the share of the segment's starts that went to the candidate in the same season a year earlier",
     },
+    FeatureDef {
+        name: "own_rate",
+        meaning: "1 - exp(-r * 90 days) for the subject's own yearly rate r = starts / (years since its first event + 1)",
+    },
+    FeatureDef {
+        name: "renewal_soon",
+        meaning: "share of the next renewal's likely span [last + validity - window, last + validity + window] within the next 90 days, given it is not yet past (renewals done unseen weigh 0.15)",
+    },
+    FeatureDef {
+        name: "window_soon",
+        meaning: "share of the yearly window (this year's, or next year's once over) within the next 90 days, 0 once started in it",
+    },
+    FeatureDef { name: "window_season", meaning: "window_soon * pop_season" },
 ];
 
 /// Width of a feature vector.
@@ -358,6 +371,16 @@ impl Extractor {
         row[16] = f32::from(u8::from(mine.is_some_and(|m| m.dismissed > 0)));
         row[17] = f32::from(u8::from(self.catalogue.is_some()));
         row[18] = self.stats.season_share(profile.segment(), c).sqrt();
+        let years = profile.first_at().map_or(0.0, |f| ((now - f).max(0) as f32) / (365.25 * DAY as f32));
+        row[19] = 1.0 - (-(starts as f32) / (years + 1.0) * (SOON_DAYS as f32 / 365.25)).exp();
+        let (renewal, window) = match (self.rules.get(c as usize).copied().flatten(), prep.today) {
+            (Some(Rule::Expiry { window_days, validity }), _) => (renewal_soon(mine, now, window_days, validity), 0.0),
+            (Some(Rule::Yearly { from, to }), Some(today)) => (0.0, window_soon(mine, from, to, now, today)),
+            _ => (0.0, 0.0),
+        };
+        row[20] = renewal;
+        row[21] = window;
+        row[22] = window * row[18];
     }
 }
 
@@ -415,6 +438,51 @@ fn pending_steps(
     }
 }
 
+/// Length of the overlap of `[a0, a1)` and `[b0, b1)`.
+fn overlap(a0: i64, a1: i64, b0: i64, b1: i64) -> i64 {
+    (a1.min(b1) - a0.max(b0)).max(0)
+}
+
+/// See `renewal_soon` in [`SCHEMA`]: the next renewal is spread over
+/// `[last + validity - window, last + validity + window]`.
+fn renewal_soon(mine: Option<&crate::profile::ServiceCount>, now: i64, window_days: f32, validity: i64) -> f32 {
+    let Some(last) = mine.filter(|m| m.starts > 0).map(|m| m.last_start) else { return 0.0 };
+    let w = (window_days * DAY as f32) as i64;
+    let (lo, hi) = (last + validity - w, last + validity + w);
+    let span = (hi - lo).max(1) as f32;
+    let soon = overlap(lo, hi, now, now + SOON_DAYS * DAY) as f32 / span;
+    let after = overlap(lo, hi, now, i64::MAX) as f32 / span;
+    if soon == 0.0 {
+        return 0.0;
+    }
+    (soon / (after + 0.15 * (1.0 - after))).min(1.0)
+}
+
+/// This year's window while it is not over, else next year's, as timestamps.
+fn yearly_window(from: (u8, u8), to: (u8, u8), now: i64, today: Date) -> Option<(i64, i64)> {
+    let window = |y: i32| {
+        let lo = Date::new(y, from.0, from.1)?.start_shanghai().0;
+        let hi = Date::new(y, to.0, to.1)?.start_shanghai().0 + DAY;
+        Some((lo, hi))
+    };
+    window(today.year).filter(|w| now < w.1).or_else(|| window(today.year + 1))
+}
+
+/// See `window_soon` in [`SCHEMA`].
+fn window_soon(
+    mine: Option<&crate::profile::ServiceCount>,
+    from: (u8, u8),
+    to: (u8, u8),
+    now: i64,
+    today: Date,
+) -> f32 {
+    let Some((lo, hi)) = yearly_window(from, to, now, today) else { return 0.0 };
+    if mine.is_some_and(|m| m.starts > 0 && m.last_start >= lo) {
+        return 0.0;
+    }
+    overlap(lo, hi, now, now + SOON_DAYS * DAY) as f32 / (hi - lo).max(1) as f32
+}
+
 fn urgency(cat: &Catalogue, profile: &Profile, c: u32, rule: Rule, now: i64, today: Date) -> f32 {
     let last_start = profile.count(c).filter(|m| m.starts > 0).map(|m| m.last_start);
     match rule {
@@ -432,14 +500,7 @@ fn urgency(cat: &Catalogue, profile: &Profile, c: u32, rule: Rule, now: i64, tod
         Rule::Yearly { from, to } => {
             // This year's window while it is not over, else next year's (in December, a window
             // opening on 1 January is "soon").
-            let window = |y: i32| {
-                let lo = Date::new(y, from.0, from.1)?.start_shanghai().0;
-                let hi = Date::new(y, to.0, to.1)?.start_shanghai().0 + DAY;
-                Some((lo, hi))
-            };
-            let Some((lo, hi)) = window(today.year).filter(|w| now < w.1).or_else(|| window(today.year + 1)) else {
-                return 0.0;
-            };
+            let Some((lo, hi)) = yearly_window(from, to, now, today) else { return 0.0 };
             if now < lo && lo - now <= SOON_DAYS * DAY {
                 // The window opens soon.
                 return 0.3 * (1.0 - (lo - now) as f32 / (SOON_DAYS * DAY) as f32);

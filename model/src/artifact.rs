@@ -211,6 +211,7 @@ pub fn from_bytes(
     if body.stats.services() != n
         || body.sims.services() != n
         || !seq_ok
+        || !body.ranker.forest.as_ref().is_none_or(|f| f.consistent())
         || body.ranker.weights.len() != crate::ranker::INPUT
     {
         return Err(ArtifactError::Corrupt { path: path.to_owned(), what: "inconsistent sizes".into() });
@@ -262,6 +263,26 @@ mod tests {
     }
 
     #[test]
+    fn a_model_with_a_sequence_model_loads_back_and_scores_the_same() {
+        let text = "1 a b c\n2 a b\n3 b c a\n4 c a b\n5 a b c a\n";
+        let (log, _) =
+            read_log_from(text.as_bytes(), Path::new("t"), LogFormat::Lines, BadRowPolicy::Fail).expect("reads");
+        let p = crate::seq::SeqParams { dim: 8, window: 4, epochs: 2, ..crate::seq::SeqParams::default() };
+        let seq = SeqModel::train(&crate::eval::sequences(&log), log.services.len(), &p).unwrap();
+        let m =
+            Model::build(&log, &[], None, &ModelParams::default(), 100, Some(Arc::new(seq)), Ranker::uniform(&[0, 19]))
+                .unwrap();
+        let (back, _) = from_bytes(&to_bytes(&m, &header(&m)), "m", None).unwrap();
+        assert_eq!(back.seq(), m.seq());
+        let profiles = m.profiles(&log, &[]);
+        let (mut s1, mut s2) = (m.scratch(), back.scratch());
+        let req = crate::Request::default();
+        for p in &profiles {
+            assert_eq!(m.recommend(p, &req, 100, &mut s1), back.recommend(p, &req, 100, &mut s2));
+        }
+    }
+
+    #[test]
     fn truncated_corrupt_or_foreign_files_are_refused_with_a_reason() {
         let m = model();
         let bytes = to_bytes(&m, &header(&m));
@@ -276,6 +297,11 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[MAGIC.len()] = 9;
         assert!(matches!(from_bytes(&v2, "m", None), Err(ArtifactError::Version { found: 9, .. })));
+        // A file of the previous format (no sequence model, no similarities) says to retrain.
+        let mut v1 = bytes.clone();
+        v1[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
+        let err = from_bytes(&v1, "old.model", None).unwrap_err().to_string();
+        assert!(err.contains("format version 1") && err.contains("retrain with `tongban train`"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tongban_features::domain::is_start;
 use tongban_features::io::{fnv1a, segment_name, EventLog, LogEvent};
 use tongban_features::profile::Profile;
 
+use crate::knn::ItemSims;
 use crate::ranker::Ranker;
 use crate::recommend::{Case, Model, ModelError, ModelParams, Request, ScoreScratch};
 use crate::seq::SeqModel;
@@ -165,13 +166,21 @@ fn top_k(scores: &[f32], k: usize, subject: u32, seed: u64, out: &mut Vec<(f32, 
 /// `None` for all services.
 trait FullScorer: Sync {
     fn name(&self) -> String;
-    fn score(&self, case: &TestCase, profile: &Profile, items: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch);
+    fn score(
+        &self,
+        case: &TestCase,
+        profile: &Profile,
+        items: Option<&[u32]>,
+        out: &mut [f32],
+        scratch: &mut ScoreScratch,
+    );
 }
 
 struct Popularity<'m>(&'m Model);
 struct Markov<'m>(&'m Model);
-/// Item-kNN over the last 20 distinct starts (the classic baseline).
-struct ItemKnn<'m>(&'m Model);
+/// Item-kNN over the last 20 distinct starts (the classic baseline), with its own
+/// similarities (200 neighbours), whatever the model's parameters.
+struct ItemKnn<'m>(&'m Model, ItemSims);
 /// Item-kNN over every retained start (the model's feature, alone).
 struct LongKnn<'m>(&'m Model);
 /// The sequence model alone.
@@ -238,7 +247,7 @@ impl FullScorer for ItemKnn<'_> {
                 continue;
             }
             seen.push(r.service);
-            for &(b, s) in self.0.sims().row(r.service) {
+            for &(b, s) in self.1.row(r.service) {
                 out[b as usize] += s;
             }
         }
@@ -261,8 +270,15 @@ impl FullScorer for Sequence<'_> {
     fn name(&self) -> String {
         "sequence model".into()
     }
-    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
-        let logits = self.0.seq_logits(profile, scratch);
+    fn score(
+        &self,
+        case: &TestCase,
+        profile: &Profile,
+        _: Option<&[u32]>,
+        out: &mut [f32],
+        scratch: &mut ScoreScratch,
+    ) {
+        let logits = self.0.seq_logits(profile, case.now, scratch);
         for (s, o) in out.iter_mut().enumerate() {
             *o = logits.get(s).copied().unwrap_or(f32::MIN);
         }
@@ -273,7 +289,14 @@ impl FullScorer for Ranked<'_> {
     fn name(&self) -> String {
         self.name.clone()
     }
-    fn score(&self, case: &TestCase, profile: &Profile, items: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
+    fn score(
+        &self,
+        case: &TestCase,
+        profile: &Profile,
+        items: Option<&[u32]>,
+        out: &mut [f32],
+        scratch: &mut ScoreScratch,
+    ) {
         let req = Request { k: usize::MAX, ..Request::default() };
         self.model.score_all(profile, &req, case.now, items, out, scratch);
     }
@@ -283,7 +306,14 @@ impl FullScorer for Candidates<'_> {
     fn name(&self) -> String {
         "tongban, candidate stage only".into()
     }
-    fn score(&self, case: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
+    fn score(
+        &self,
+        case: &TestCase,
+        profile: &Profile,
+        _: Option<&[u32]>,
+        out: &mut [f32],
+        scratch: &mut ScoreScratch,
+    ) {
         for (s, o) in out.iter_mut().enumerate() {
             *o = -1e6 + pop_prior(self.0, s) * 1e6;
         }
@@ -384,10 +414,10 @@ pub fn temporal_fits(log: &EventLog, now: i64, horizon: i64) -> Vec<Fit> {
     fits
 }
 
-/// Each subject's starts in time order, as service indices.
-pub fn sequences(log: &EventLog) -> Vec<Vec<u32>> {
+/// Each subject's starts in time order, as (service, time).
+pub fn sequences(log: &EventLog) -> Vec<Vec<(u32, i64)>> {
     log.by_subject()
-        .map(|evs| evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| e.service).collect::<Vec<u32>>())
+        .map(|evs| evs.iter().filter(|e| is_start(e.kind, e.channel)).map(|e| (e.service, e.at.0)).collect::<Vec<_>>())
         .filter(|s| s.len() >= 2)
         .collect()
 }
@@ -551,7 +581,7 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
         Box::new(Ranked { model: &model, name: "tongban".into() }),
         Box::new(Popularity(base)),
         Box::new(Markov(base)),
-        Box::new(ItemKnn(base)),
+        Box::new(ItemKnn(base, ItemSims::build(&train_log, base.service_count(), 200))),
         Box::new(LongKnn(&model)),
         Box::new(Candidates(&model)),
     ];

@@ -45,6 +45,22 @@ pub fn expand(x: &[f32], out: &mut [f32; INPUT]) {
     }
 }
 
+/// The learning algorithm of the ranker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Learner {
+    /// linfa logistic regression over each feature and its square root (the baseline).
+    #[default]
+    Logistic,
+    /// Gradient-boosted trees (perpetual, log-loss) over the row's features: they combine
+    /// features ("transition x recency", "segment x season") that a linear model cannot.
+    Boosted,
+}
+
+fn default_budget() -> f32 {
+    0.5
+}
+
 /// Unchecked hyperparameters of the ranker.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RankerParams {
@@ -60,11 +76,25 @@ pub struct RankerParams {
     /// Training cases used at most (subjects), sampled when more.
     pub max_cases: usize,
     pub seed: u64,
+    #[serde(default)]
+    pub learner: Learner,
+    /// Complexity of the boosted trees (perpetual's budget; more = more trees).
+    #[serde(default = "default_budget")]
+    pub budget: f32,
 }
 
 impl Default for RankerParams {
     fn default() -> Self {
-        RankerParams { alpha: 1e-3, max_iterations: 150, negatives: 20, random_negatives: 0, max_cases: 20_000, seed: 7 }
+        RankerParams {
+            alpha: 1e-3,
+            max_iterations: 150,
+            negatives: 20,
+            random_negatives: 0,
+            max_cases: 20_000,
+            seed: 7,
+            learner: Learner::Logistic,
+            budget: default_budget(),
+        }
     }
 }
 
@@ -89,6 +119,10 @@ pub enum RankerError {
     Negatives(usize),
     #[error("max_cases must be at least 10, got {0}")]
     Cases(usize),
+    #[error("budget must be in (0, 4], got {0}")]
+    Budget(f32),
+    #[error("boosting failed: {0}")]
+    Boost(String),
     #[error("no training case has both a positive and a negative candidate: the data is too small")]
     NoCases,
     #[error("logistic regression failed: {0}")]
@@ -108,6 +142,9 @@ impl RankerParams {
         }
         if self.max_cases < 10 {
             return Err(RankerError::Cases(self.max_cases));
+        }
+        if !(self.budget > 0.0 && self.budget <= 4.0) {
+            return Err(RankerError::Budget(self.budget));
         }
         Ok(ValidRankerParams(self))
     }
@@ -142,20 +179,107 @@ impl TrainingSet {
     }
 }
 
-/// A fitted linear ranker.
+/// Boosted trees, flattened for scoring: perpetual keeps its nodes in a hash map per tree,
+/// which costs a hash lookup per node on the request path; here a tree is a slice of nodes
+/// and a step is an index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forest {
+    pub base: f64,
+    /// Per tree, the index of its root in `nodes`.
+    pub roots: Vec<u32>,
+    pub nodes: Vec<TreeNode>,
+}
+
+/// One node: a leaf (`feature == u32::MAX`) holds `value`; a split sends `x[feature] <
+/// threshold` to `left`, else to `right`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TreeNode {
+    pub feature: u32,
+    pub threshold: f64,
+    pub left: u32,
+    pub right: u32,
+    pub value: f32,
+}
+
+impl Forest {
+    fn from_booster(b: &perpetual::PerpetualBooster) -> Result<Forest, RankerError> {
+        let mut f = Forest { base: b.base_score, roots: Vec::new(), nodes: Vec::new() };
+        for tree in b.get_prediction_trees() {
+            let start = f.nodes.len() as u32;
+            let mut ids: Vec<usize> = tree.nodes.keys().copied().collect();
+            ids.sort_unstable();
+            let at = |id: usize| -> Result<u32, RankerError> {
+                ids.binary_search(&id)
+                    .map(|i| start + i as u32)
+                    .map_err(|_| RankerError::Boost(format!("tree node {id} missing")))
+            };
+            for id in &ids {
+                let n = &tree.nodes[id];
+                if n.left_cats.is_some() {
+                    return Err(RankerError::Boost("categorical split in a numeric model".into()));
+                }
+                f.nodes.push(if n.is_leaf {
+                    TreeNode { feature: u32::MAX, threshold: 0.0, left: 0, right: 0, value: n.weight_value }
+                } else {
+                    TreeNode {
+                        feature: n.split_feature as u32,
+                        threshold: n.split_value,
+                        left: at(n.left_child)?,
+                        right: at(n.right_child)?,
+                        value: 0.0,
+                    }
+                });
+            }
+            f.roots.push(at(0)?);
+        }
+        Ok(f)
+    }
+
+    /// The raw score (log-odds) of one row.
+    #[inline]
+    pub fn score(&self, x: &[f32]) -> f32 {
+        let mut sum = self.base;
+        for &r in &self.roots {
+            let mut n = &self.nodes[r as usize];
+            while n.feature != u32::MAX {
+                let v = f64::from(x.get(n.feature as usize).copied().unwrap_or(0.0));
+                n = &self.nodes[if v < n.threshold { n.left } else { n.right } as usize];
+            }
+            sum += f64::from(n.value);
+        }
+        sum as f32
+    }
+
+    /// Whether every split reads a feature of a row and every child exists.
+    pub fn consistent(&self) -> bool {
+        let n = self.nodes.len() as u32;
+        self.roots.iter().all(|&r| r < n)
+            && self
+                .nodes
+                .iter()
+                .all(|t| t.feature == u32::MAX || ((t.feature as usize) < ROW && t.left < n && t.right < n))
+    }
+}
+
+/// A fitted ranker: a linear model over [`expand`]ed rows, or boosted trees over rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranker {
     pub weights: Vec<f32>,
     pub bias: f32,
+    /// When set, the ranker is these trees (and `weights` are zero).
+    pub forest: Option<Forest>,
 }
 
 impl Ranker {
-    /// Fits logistic regression on the rows.
+    /// Fits the chosen learner on the rows.
     pub fn fit(set: &TrainingSet, params: &ValidRankerParams) -> Result<Ranker, RankerError> {
         let p = params.get();
         let pos = set.positives();
         if pos == 0 || pos == set.len() {
             return Err(RankerError::NoCases);
+        }
+        if p.learner == Learner::Boosted {
+            return Ranker::fit_boosted(set, p);
         }
         let x = Array2::from_shape_vec((set.len(), INPUT), set.rows.clone())
             .map_err(|e| RankerError::Fit(e.to_string()))?;
@@ -168,12 +292,40 @@ impl Ranker {
             .map_err(|e| RankerError::Fit(e.to_string()))?;
         // linfa-logistic 0.8.1 names its positive class by first appearance, not by value.
         let sign = if fitted.labels().pos.class == 1 { 1.0f32 } else { -1.0 };
-        Ok(Ranker { weights: fitted.params().iter().map(|&w| sign * w).collect(), bias: sign * fitted.intercept() })
+        Ok(Ranker {
+            weights: fitted.params().iter().map(|&w| sign * w).collect(),
+            bias: sign * fitted.intercept(),
+            forest: None,
+        })
+    }
+
+    fn fit_boosted(set: &TrainingSet, p: &RankerParams) -> Result<Ranker, RankerError> {
+        use perpetual::objective::Objective;
+        // perpetual's matrix is column-major; the trees read the raw row features.
+        let rows = set.len();
+        let mut data = vec![0f64; rows * ROW];
+        for (r, x) in set.rows.chunks_exact(INPUT).enumerate() {
+            for (c, &v) in x[..ROW].iter().enumerate() {
+                data[c * rows + r] = f64::from(v);
+            }
+        }
+        let y: Vec<f64> = set.labels.iter().map(|&l| l as f64).collect();
+        let mut booster = perpetual::PerpetualBooster::default()
+            .set_objective(Objective::LogLoss)
+            .set_budget(p.budget)
+            .set_seed(p.seed);
+        booster
+            .fit(&perpetual::Matrix::new(&data, rows, ROW), &y, None, None)
+            .map_err(|e| RankerError::Boost(e.to_string()))?;
+        Ok(Ranker { weights: vec![0.0; INPUT], bias: 0.0, forest: Some(Forest::from_booster(&booster)?) })
     }
 
     /// The score of one row (higher = more likely next).
     #[inline]
     pub fn score(&self, features: &[f32]) -> f32 {
+        if let Some(f) = &self.forest {
+            return f.score(features);
+        }
         let mut x = [0f32; INPUT];
         expand(features, &mut x);
         self.bias + self.weights.iter().zip(x.iter()).map(|(w, v)| w * v).sum::<f32>()
@@ -185,7 +337,7 @@ impl Ranker {
         for &f in features {
             weights[f] = 1.0;
         }
-        Ranker { weights, bias: 0.0 }
+        Ranker { weights, bias: 0.0, forest: None }
     }
 }
 
@@ -210,6 +362,28 @@ mod tests {
         let mut lo = [0f32; ROW];
         lo[0] = 0.1;
         assert!(r.score(&hi) > r.score(&lo), "{r:?}");
+    }
+
+    #[test]
+    fn boosted_trees_learn_a_band_of_one_feature_and_flatten_into_a_consistent_forest() {
+        // Positive exactly when feature 0 lies in a middle band.
+        let mut set = TrainingSet::default();
+        for i in 0..3000 {
+            let mut f = [0f32; ROW];
+            f[0] = (i % 100) as f32 / 100.0;
+            f[1] = (i % 13) as f32 / 13.0;
+            set.push(&f, (0.4..0.6).contains(&f[0]));
+        }
+        let row = |a: f32| {
+            let mut f = [0f32; ROW];
+            f[0] = a;
+            f
+        };
+        let p = RankerParams { learner: Learner::Boosted, ..RankerParams::default() }.check().unwrap();
+        let r = Ranker::fit(&set, &p).unwrap();
+        let forest = r.forest.as_ref().expect("trees");
+        assert!(forest.consistent() && !forest.roots.is_empty());
+        assert!(r.score(&row(0.5)) > r.score(&row(0.1)) && r.score(&row(0.5)) > r.score(&row(0.9)));
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub struct ModelParams {
     /// Popular services per segment used as fallback candidates.
     pub popular: usize,
     pub ranker: RankerParams,
-    /// Neighbours kept per service in the item similarities (item-kNN).
+    /// Neighbours kept per service in the item similarities (item-kNN); 0 turns item-kNN off.
     #[serde(default = "default_knn_keep")]
     pub knn_keep: usize,
     /// Candidates taken from the best services of the sequence model and of item-kNN each.
@@ -119,7 +119,7 @@ pub enum ModelError {
     Profile(#[from] tongban_features::profile::ProfileError),
     #[error(transparent)]
     Ranker(#[from] RankerError),
-    #[error("neighbours, popular and knn_keep must be at least 1")]
+    #[error("neighbours and popular must be at least 1")]
     Candidates,
     #[error(transparent)]
     Seq(#[from] SeqError),
@@ -267,7 +267,7 @@ impl Model {
         params.profile().check()?;
         params.ranker.check()?;
         params.seq.check()?;
-        if params.neighbours == 0 || params.popular == 0 || params.knn_keep == 0 {
+        if params.neighbours == 0 || params.popular == 0 {
             return Err(ModelError::Candidates);
         }
         let stats = ItemStats::build(log, segments, now, &params.stats());
@@ -433,15 +433,15 @@ impl Model {
         }
     }
 
-    /// The sequence model's logit of every service for a subject (empty without one).
-    pub fn seq_logits(&self, profile: &Profile, scratch: &mut ScoreScratch) -> Vec<f32> {
-        self.prepare_model(profile, scratch);
+    /// The sequence model's logit of every service for a subject at `now` (empty without one).
+    pub fn seq_logits(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Vec<f32> {
+        self.prepare_model(profile, now, scratch);
         scratch.seq.clone()
     }
 
     /// The whole-history item-kNN score of every service for a subject.
     pub fn knn_scores(&self, profile: &Profile, scratch: &mut ScoreScratch) -> Vec<f32> {
-        self.prepare_model(profile, scratch);
+        self.prepare_model(profile, 0, scratch);
         scratch.knn.clone()
     }
 
@@ -449,16 +449,16 @@ impl Model {
     /// every service, the whole-history item-kNN scores.
     fn prepare_subject(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Prepared {
         let prep = self.extractor.prepare(profile, now, &mut scratch.features);
-        self.prepare_model(profile, scratch);
+        self.prepare_model(profile, now, scratch);
         prep
     }
 
-    fn prepare_model(&self, profile: &Profile, scratch: &mut ScoreScratch) {
+    fn prepare_model(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
         let n = self.service_count();
         scratch.seq.clear();
         scratch.seq_max = f32::NEG_INFINITY;
         if let Some(m) = &self.seq {
-            m.query(profile.starts().rev().map(|r| r.service), &mut scratch.q);
+            m.query(profile.starts().rev().map(|r| (r.service, r.at)), now, &mut scratch.q);
             m.logits(&scratch.q, &mut scratch.seq);
             scratch.seq.resize(n, f32::NEG_INFINITY);
             scratch.seq_max = scratch.seq.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -3,15 +3,21 @@
 //!
 //! Architecture (width `d`, window `L`, `C` filters):
 //! ```text
-//! G = E[x_t, x_t-1, ..., x_t-L+1]            (L x d) embeddings of the last starts, newest first
+//! G = E[x_t, ..., x_t-L+1] + T[gap]          (L x d) embeddings of the last starts, newest first,
+//!                                             plus one of the time since each (log2 days) at
+//!                                             the moment of prediction
 //! S = F G                                     (C x d) F: C learned causal filters over the window,
 //!                                             initialised as normalised decays (1-l) l^k
-//! u = vec(S) Wa + ba                          (d)
+//! a = softmax_k(g_0 Wq . g_k Wk / sqrt d)     attention of the newest start over the window
+//! u = vec(S) Wa + (a G) Wo + M[month] + ba    (d) M: the month of the moment of prediction
 //! h = LayerNorm(u + gelu(u Wb + bb) Wc + bc)  (d) one residual feed-forward block
 //! logit(s) = h . E[s] + bias[s]               every service; E is shared with the input
 //! ```
 //! A learnable filter over the sequence in place of attention, as FMLP-Rec does in the
 //! frequency domain; for a window of 50 the filter is a 4 x 50 matrix product, no FFT.
+//!
+//! In training the moment of prediction is the time of the target start; in serving it is now.
+//! For logs without real time (positions as times) the gaps and the month are constant.
 //!
 //! Training is full softmax cross-entropy when the catalogue has at most `negatives` services,
 //! otherwise sampled softmax against `negatives` services drawn uniformly per batch, never one
@@ -64,8 +70,8 @@ impl Default for SeqParams {
             filters: 4,
             epochs: 20,
             max_positions: 400_000,
-            batch: 256,
-            lr: 2e-3,
+            batch: 1024,
+            lr: 4e-3,
             weight_decay: 1e-4,
             dropout: 0.3,
             item_dropout: 0.2,
@@ -128,6 +134,13 @@ pub struct SeqModel {
     /// `(filters * dim) x dim`, `dim`.
     pub wa: Vec<f32>,
     pub ba: Vec<f32>,
+    /// `GAPS x dim` time-gap and `12 x dim` month embeddings.
+    pub gap: Vec<f32>,
+    pub month: Vec<f32>,
+    /// Attention: query, key and output maps, `dim x dim` each.
+    pub wq: Vec<f32>,
+    pub wk: Vec<f32>,
+    pub wo: Vec<f32>,
     /// `dim x hidden`, `hidden`.
     pub wb: Vec<f32>,
     pub bb: Vec<f32>,
@@ -144,6 +157,23 @@ pub struct SeqModel {
 
 fn hidden(dim: usize) -> usize {
     2 * dim
+}
+
+/// Gap buckets: 0 is under a day, k covers [2^(k-1), 2^k) days, the last everything longer.
+const GAPS: usize = 16;
+
+fn gap_bucket(seconds: i64) -> usize {
+    let days = seconds.max(0) / 86_400;
+    if days == 0 {
+        0
+    } else {
+        (64 - days.leading_zeros() as usize).min(GAPS - 1)
+    }
+}
+
+/// Month (0-11, Shanghai) of a timestamp.
+fn month_of(at: i64) -> usize {
+    usize::from(tongban_features::time::Timestamp(at).date_shanghai().month.clamp(1, 12)) - 1
 }
 
 /// `gelu` with the tanh approximation (candle's `gelu`).
@@ -179,13 +209,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 impl SeqModel {
-    /// The query vector of a history given newest first (at most `window` are read; services
-    /// outside the model are skipped).
-    pub fn query(&self, newest_first: impl Iterator<Item = u32>, out: &mut Vec<f32>) {
+    /// The query vector at `now` of a history of (service, time) given newest first (at most
+    /// `window` are read; services outside the model are skipped).
+    pub fn query(&self, newest_first: impl Iterator<Item = (u32, i64)>, now: i64, out: &mut Vec<f32>) {
         let (d, c) = (self.dim, self.filters);
+        let window: Vec<(u32, i64)> = newest_first.filter(|x| (x.0 as usize) < self.items).take(self.window).collect();
+        let g: Vec<Vec<f32>> = window
+            .iter()
+            .map(|&(i, at)| {
+                let t = gap_bucket(now - at) * d;
+                self.emb[i as usize * d..(i as usize + 1) * d]
+                    .iter()
+                    .zip(&self.gap[t..t + d])
+                    .map(|(a, b)| a + b)
+                    .collect()
+            })
+            .collect();
         let mut s = vec![0f32; c * d];
-        for (k, item) in newest_first.filter(|&i| (i as usize) < self.items).take(self.window).enumerate() {
-            let e = &self.emb[item as usize * d..(item as usize + 1) * d];
+        for (k, e) in g.iter().enumerate() {
             for f in 0..c {
                 let w = self.filter[f * self.window + k];
                 for (o, &v) in s[f * d..(f + 1) * d].iter_mut().zip(e) {
@@ -193,8 +234,27 @@ impl SeqModel {
                 }
             }
         }
-        let mut u = self.ba.clone();
+        let m = month_of(now) * d;
+        let mut u: Vec<f32> = self.ba.iter().zip(&self.month[m..m + d]).map(|(a, b)| a + b).collect();
         vec_mat(&s, &self.wa, &mut u);
+        if let Some(newest) = g.first() {
+            // (g_0 Wq) . (g_k Wk) = g_k . q' with q' = Wk (g_0 Wq): one d x d product, not L.
+            let mut q = vec![0f32; d];
+            vec_mat(newest, &self.wq, &mut q);
+            let qk: Vec<f32> = self.wk.chunks_exact(d).map(|row| dot(row, &q)).collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            let scores: Vec<f32> = g.iter().map(|e| dot(e, &qk) * scale).collect();
+            let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let w: Vec<f32> = scores.iter().map(|x| (x - top).exp()).collect();
+            let total: f32 = w.iter().sum();
+            let mut att = vec![0f32; d];
+            for (e, &wi) in g.iter().zip(&w) {
+                for (a, &v) in att.iter_mut().zip(e) {
+                    *a += wi / total * v;
+                }
+            }
+            vec_mat(&att, &self.wo, &mut u);
+        }
         let mut v = self.bb.clone();
         vec_mat(&u, &self.wb, &mut v);
         v.iter_mut().for_each(|x| *x = gelu(*x));
@@ -233,6 +293,9 @@ impl SeqModel {
             && self.emb.len() == self.items * d
             && self.wa.len() == self.filters * d * d
             && self.ba.len() == d
+            && [&self.wq, &self.wk, &self.wo].iter().all(|m| m.len() == d * d)
+            && self.gap.len() == GAPS * d
+            && self.month.len() == 12 * d
             && self.wb.len() == d * h
             && self.bb.len() == h
             && self.wc.len() == h * d
@@ -242,8 +305,8 @@ impl SeqModel {
             && self.bias.len() == self.items
     }
 
-    /// Trains on sequences of service indices (each subject's starts, oldest first).
-    pub fn train(sequences: &[Vec<u32>], items: usize, p: &SeqParams) -> Result<SeqModel, SeqError> {
+    /// Trains on sequences of (service, time) (each subject's starts, oldest first).
+    pub fn train(sequences: &[Vec<(u32, i64)>], items: usize, p: &SeqParams) -> Result<SeqModel, SeqError> {
         p.check()?;
         let positions: Vec<(u32, u32)> = sequences
             .iter()
@@ -281,6 +344,11 @@ impl SeqModel {
         let filter = var(f0, &[c, l])?;
         let wa = var(normal(c * d * d, (1.0 / (c * d) as f32).sqrt()), &[c * d, d])?;
         let ba = var(vec![0.0; d], &[d])?;
+        let gap = var(normal(GAPS * d, 0.02), &[GAPS, d])?;
+        let month = var(normal(12 * d, 0.02), &[12, d])?;
+        let wq = var(normal(d * d, (1.0 / d as f32).sqrt()), &[d, d])?;
+        let wk = var(normal(d * d, (1.0 / d as f32).sqrt()), &[d, d])?;
+        let wo = var(normal(d * d, 0.5 * (1.0 / d as f32).sqrt()), &[d, d])?;
         let wb = var(normal(d * h, (1.0 / d as f32).sqrt()), &[d, h])?;
         let bb = var(vec![0.0; h], &[h])?;
         let wc = var(normal(h * d, 0.5 * (1.0 / h as f32).sqrt()), &[h, d])?;
@@ -288,7 +356,7 @@ impl SeqModel {
         let ln_g = var(vec![1.0; d], &[d])?;
         let ln_b = var(vec![0.0; d], &[d])?;
         let bias = var(vec![0.0; items], &[items])?;
-        let vars = [&emb, &filter, &wa, &ba, &wb, &bb, &wc, &bc, &ln_g, &ln_b, &bias];
+        let vars = [&emb, &gap, &month, &filter, &wa, &ba, &wq, &wk, &wo, &wb, &bb, &wc, &bc, &ln_g, &ln_b, &bias];
         let mut opt = AdamW::new(
             vars.iter().map(|v| (*v).clone()).collect(),
             ParamsAdamW { lr: p.lr, weight_decay: p.weight_decay, ..ParamsAdamW::default() },
@@ -305,29 +373,45 @@ impl SeqModel {
             for chunk in order[..take].chunks(p.batch) {
                 let b = chunk.len();
                 let mut ids = vec![items as u32; b * l];
+                let mut gaps = vec![0u32; b * l];
                 let mut mask = vec![0f32; b * l];
                 let mut targets = Vec::with_capacity(b);
+                let mut months = Vec::with_capacity(b);
                 for (r, &(s, t)) in chunk.iter().enumerate() {
                     let seq = &sequences[s as usize];
-                    targets.push(seq[t as usize]);
-                    for (k, &item) in seq[..t as usize].iter().rev().take(l).enumerate() {
+                    let (target, at) = seq[t as usize];
+                    targets.push(target);
+                    months.push(month_of(at) as u32);
+                    for (k, &(item, then)) in seq[..t as usize].iter().rev().take(l).enumerate() {
                         if k > 0 && erng.gen::<f32>() < p.item_dropout {
                             continue;
                         }
                         ids[r * l + k] = item;
+                        gaps[r * l + k] = gap_bucket(at - then) as u32;
                         mask[r * l + k] = 1.0;
                     }
                 }
                 let keep = 1.0 - p.dropout;
                 let drop: Vec<f32> =
                     (0..b * c * d).map(|_| if erng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+                let absent: Vec<f32> = mask.iter().map(|&m| if m > 0.0 { 0.0 } else { -1e4 }).collect();
                 let ids_t = Tensor::from_vec(ids, b * l, &dev)?;
                 let mask_t = Tensor::from_vec(mask, (b, 1, l), &dev)?;
-                let g = emb.as_tensor().index_select(&ids_t, 0)?.reshape((b, l, d))?;
+                let g = (emb.as_tensor().index_select(&ids_t, 0)?
+                    + gap.as_tensor().index_select(&Tensor::from_vec(gaps, b * l, &dev)?, 0)?)?
+                .reshape((b, l, d))?;
                 let w = filter.as_tensor().unsqueeze(0)?.broadcast_mul(&mask_t)?;
                 let z = w.matmul(&g)?.reshape((b, c * d))?;
                 let z = (z * Tensor::from_vec(drop, (b, c * d), &dev)?)?;
-                let u = z.matmul(wa.as_tensor())?.broadcast_add(ba.as_tensor())?;
+                // Attention of the newest start (always present) over the window.
+                let qk = g.narrow(1, 0, 1)?.reshape((b, d))?.matmul(wq.as_tensor())?.matmul(&wk.as_tensor().t()?)?;
+                let scores = (g.matmul(&qk.unsqueeze(2)?)?.reshape((b, l))? * (1.0 / (d as f64).sqrt()))?;
+                let scores = scores.add(&Tensor::from_vec(absent, (b, l), &dev)?)?;
+                let a = candle_nn::ops::softmax(&scores, 1)?;
+                let att = a.unsqueeze(1)?.matmul(&g)?.reshape((b, d))?;
+                let mon = month.as_tensor().index_select(&Tensor::from_vec(months, b, &dev)?, 0)?;
+                let u = ((z.matmul(wa.as_tensor())? + att.matmul(wo.as_tensor())?)? + mon)?
+                    .broadcast_add(ba.as_tensor())?;
                 let v = u
                     .matmul(wb.as_tensor())?
                     .broadcast_add(bb.as_tensor())?
@@ -392,6 +476,11 @@ impl SeqModel {
             emb: emb_v,
             wa: get(&wa)?,
             ba: get(&ba)?,
+            gap: get(&gap)?,
+            month: get(&month)?,
+            wq: get(&wq)?,
+            wk: get(&wk)?,
+            wo: get(&wo)?,
             wb: get(&wb)?,
             bb: get(&bb)?,
             wc: get(&wc)?,
@@ -409,12 +498,21 @@ mod tests {
     use super::*;
 
     /// Sequences that cycle through 0 -> 1 -> 2 -> 3 -> 0: the model must learn the cycle.
-    fn cycles() -> Vec<Vec<u32>> {
-        (0..200).map(|s| (0..8).map(|t| ((s + t) % 4) as u32).collect()).collect()
+    fn cycles() -> Vec<Vec<(u32, i64)>> {
+        (0..200).map(|s| (0..8).map(|t| (((s + t) % 4) as u32, t as i64 * 86_400)).collect()).collect()
     }
 
     fn small() -> SeqParams {
-        SeqParams { dim: 8, window: 4, epochs: 30, batch: 64, lr: 1e-2, dropout: 0.0, item_dropout: 0.0, ..SeqParams::default() }
+        SeqParams {
+            dim: 8,
+            window: 4,
+            epochs: 30,
+            batch: 64,
+            lr: 1e-2,
+            dropout: 0.0,
+            item_dropout: 0.0,
+            ..SeqParams::default()
+        }
     }
 
     #[test]
@@ -425,7 +523,7 @@ mod tests {
         let mut q = Vec::new();
         let mut out = Vec::new();
         for last in 0..4u32 {
-            m.query([last, (last + 3) % 4].into_iter(), &mut q);
+            m.query([(last, 86_400), ((last + 3) % 4, 0)].into_iter(), 2 * 86_400, &mut q);
             m.logits(&q, &mut out);
             let best = (0..4).max_by(|&a, &b| out[a].total_cmp(&out[b])).unwrap();
             assert_eq!(best as u32, (last + 1) % 4, "{out:?}");
@@ -445,15 +543,16 @@ mod tests {
     #[test]
     fn sampled_softmax_learns_too_and_bad_input_is_refused() {
         let p = SeqParams { negatives: 16, ..small() };
-        let seqs: Vec<Vec<u32>> = (0..200).map(|s| (0..8).map(|t| ((s + t) % 40) as u32).collect()).collect();
+        let seqs: Vec<Vec<(u32, i64)>> =
+            (0..200).map(|s| (0..8).map(|t| (((s + t) % 40) as u32, t as i64 * 86_400)).collect()).collect();
         let m = SeqModel::train(&seqs, 40, &p).unwrap();
         let mut q = Vec::new();
-        m.query([5u32, 4].into_iter(), &mut q);
+        m.query([(5u32, 86_400), (4, 0)].into_iter(), 2 * 86_400, &mut q);
         let mut out = Vec::new();
         m.logits(&q, &mut out);
         let best = (0..40).max_by(|&a, &b| out[a].total_cmp(&out[b])).unwrap();
         assert_eq!(best, 6);
-        assert!(matches!(SeqModel::train(&[vec![1]], 4, &small()), Err(SeqError::NoData)));
+        assert!(matches!(SeqModel::train(&[vec![(1, 0)]], 4, &small()), Err(SeqError::NoData)));
         assert!(SeqModel::train(&cycles(), 4, &SeqParams { dim: 1, ..small() }).is_err());
     }
 }
