@@ -87,6 +87,8 @@ fn fixture() -> &'static Fixture {
         let mut params = ModelParams::default();
         params.ranker.max_cases = 2000;
         params.ranker.max_iterations = 60;
+        // The sequence model is on the request path; a few epochs are enough for these tests.
+        params.seq.epochs = 3;
         let model = train(&log, &[], Some(cat.clone()), &params, TrainStyle::Temporal { horizon_days: 90 }).unwrap();
         let now = log.events.iter().map(|e| e.at.0).max().unwrap() + 1;
         let data = DataInfo {

@@ -68,7 +68,19 @@ fn temporal_evaluation_reports_the_model_the_baselines_and_the_oracle() {
     let v = ok_json(&out);
     let r = &v["report"];
     let names: Vec<&str> = r["scorers"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["tongban", "popularity", "markov", "item-knn", "oracle"]);
+    assert_eq!(
+        names,
+        [
+            "tongban",
+            "popularity",
+            "markov",
+            "item-knn",
+            "sequence model",
+            "item-knn (whole history)",
+            "tongban, candidate stage only",
+            "oracle"
+        ]
+    );
     let (model, pop, markov, oracle) = (
         metric(r, "tongban", "hr", 5),
         metric(r, "popularity", "hr", 5),

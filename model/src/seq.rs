@@ -69,7 +69,7 @@ impl Default for SeqParams {
             window: 50,
             filters: 4,
             epochs: 20,
-            max_positions: 400_000,
+            max_positions: 120_000,
             batch: 1024,
             lr: 4e-3,
             weight_decay: 1e-4,
