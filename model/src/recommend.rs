@@ -435,13 +435,13 @@ impl Model {
 
     /// The sequence model's logit of every service for a subject at `now` (empty without one).
     pub fn seq_logits(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Vec<f32> {
-        self.prepare_model(profile, now, scratch);
+        self.prepare_seq(profile, now, scratch);
         scratch.seq.clone()
     }
 
     /// The whole-history item-kNN score of every service for a subject.
     pub fn knn_scores(&self, profile: &Profile, scratch: &mut ScoreScratch) -> Vec<f32> {
-        self.prepare_model(profile, 0, scratch);
+        self.prepare_knn(profile, scratch);
         scratch.knn.clone()
     }
 
@@ -454,6 +454,11 @@ impl Model {
     }
 
     fn prepare_model(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
+        self.prepare_seq(profile, now, scratch);
+        self.prepare_knn(profile, scratch);
+    }
+
+    fn prepare_seq(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
         let n = self.service_count();
         scratch.seq.clear();
         scratch.seq_max = f32::NEG_INFINITY;
@@ -463,6 +468,10 @@ impl Model {
             scratch.seq.resize(n, f32::NEG_INFINITY);
             scratch.seq_max = scratch.seq.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         }
+    }
+
+    fn prepare_knn(&self, profile: &Profile, scratch: &mut ScoreScratch) {
+        let n = self.service_count();
         if scratch.knn.len() != n {
             scratch.knn = vec![0.0; n];
             scratch.knn_touched.clear();
