@@ -1,12 +1,12 @@
 //! tongban-model: what a subject will need next.
 //!
-//! Owns the candidate sources and the scorer ([`recommend`]), the linfa-trained ranker
-//! ([`ranker`]), evaluation protocols with baselines and the oracle ([`eval`]), and the model
-//! artifact ([`artifact`]).
+//! Owns the candidate sources and the scorer ([`recommend`]), the sequence model ([`seq`]),
+//! item similarities ([`knn`]), the ranker ([`ranker`]), evaluation protocols with baselines
+//! and the oracle ([`eval`]), and the model artifact ([`artifact`]).
 //!
 //! Like `features`, it does no network IO, knows nothing of Redis, axum or tokio, and never
-//! reads the clock: `now` and `created_at` are arguments. It reads and writes files only in
-//! [`artifact`].
+//! reads the wall clock: `now` and `created_at` are arguments (training logs elapsed seconds
+//! from a monotonic timer). It reads and writes files only in [`artifact`].
 
 pub mod artifact;
 pub mod eval;
