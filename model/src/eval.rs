@@ -162,18 +162,18 @@ fn top_k(scores: &[f32], k: usize, subject: u32, seed: u64, out: &mut Vec<(f32, 
     }
 }
 
-/// A way to score every service for a case; `items` is the list ranked (sampled protocol),
-/// `None` for all services.
+/// What a scorer scores: a case, its subject's profile, and the list ranked (the sampled
+/// protocol's), `None` for all services.
+struct Query<'a> {
+    case: &'a TestCase,
+    profile: &'a Profile,
+    items: Option<&'a [u32]>,
+}
+
+/// A way to score every service for a case.
 trait FullScorer: Sync {
     fn name(&self) -> String;
-    fn score(
-        &self,
-        case: &TestCase,
-        profile: &Profile,
-        items: Option<&[u32]>,
-        out: &mut [f32],
-        scratch: &mut ScoreScratch,
-    );
+    fn score(&self, q: &Query<'_>, out: &mut [f32], scratch: &mut ScoreScratch);
 }
 
 struct Popularity<'m>(&'m Model);
@@ -203,7 +203,7 @@ impl FullScorer for Popularity<'_> {
     fn name(&self) -> String {
         "popularity".into()
     }
-    fn score(&self, _: &TestCase, _: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, _: &Query<'_>, out: &mut [f32], _: &mut ScoreScratch) {
         for (s, o) in out.iter_mut().enumerate() {
             *o = self.0.stats().pop(s as u32) as f32;
         }
@@ -215,7 +215,8 @@ impl FullScorer for Markov<'_> {
         "markov".into()
     }
     /// First-order Markov chain from the last start, popularity prior for everything else.
-    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], _: &mut ScoreScratch) {
+        let profile = q.profile;
         for (s, o) in out.iter_mut().enumerate() {
             *o = pop_prior(self.0, s);
         }
@@ -234,7 +235,8 @@ impl FullScorer for ItemKnn<'_> {
         "item-knn".into()
     }
     /// Sum of cosine similarities to the last 20 distinct starts, popularity prior.
-    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], _: &mut ScoreScratch) {
+        let profile = q.profile;
         for (s, o) in out.iter_mut().enumerate() {
             *o = pop_prior(self.0, s);
         }
@@ -258,7 +260,8 @@ impl FullScorer for LongKnn<'_> {
     fn name(&self) -> String {
         "item-knn (whole history)".into()
     }
-    fn score(&self, _: &TestCase, profile: &Profile, _: Option<&[u32]>, out: &mut [f32], scratch: &mut ScoreScratch) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let profile = q.profile;
         let knn = self.0.knn_scores(profile, scratch);
         for (s, o) in out.iter_mut().enumerate() {
             *o = knn[s] + pop_prior(self.0, s);
@@ -270,14 +273,8 @@ impl FullScorer for Sequence<'_> {
     fn name(&self) -> String {
         "sequence model".into()
     }
-    fn score(
-        &self,
-        case: &TestCase,
-        profile: &Profile,
-        _: Option<&[u32]>,
-        out: &mut [f32],
-        scratch: &mut ScoreScratch,
-    ) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let (case, profile) = (q.case, q.profile);
         let logits = self.0.seq_logits(profile, case.now, scratch);
         for (s, o) in out.iter_mut().enumerate() {
             *o = logits.get(s).copied().unwrap_or(f32::MIN);
@@ -289,14 +286,8 @@ impl FullScorer for Ranked<'_> {
     fn name(&self) -> String {
         self.name.clone()
     }
-    fn score(
-        &self,
-        case: &TestCase,
-        profile: &Profile,
-        items: Option<&[u32]>,
-        out: &mut [f32],
-        scratch: &mut ScoreScratch,
-    ) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let (case, profile, items) = (q.case, q.profile, q.items);
         let req = Request { k: usize::MAX, ..Request::default() };
         self.model.score_all(profile, &req, case.now, items, out, scratch);
     }
@@ -306,14 +297,8 @@ impl FullScorer for Candidates<'_> {
     fn name(&self) -> String {
         "tongban, candidate stage only".into()
     }
-    fn score(
-        &self,
-        case: &TestCase,
-        profile: &Profile,
-        _: Option<&[u32]>,
-        out: &mut [f32],
-        scratch: &mut ScoreScratch,
-    ) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], scratch: &mut ScoreScratch) {
+        let (case, profile) = (q.case, q.profile);
         for (s, o) in out.iter_mut().enumerate() {
             *o = -1e6 + pop_prior(self.0, s) * 1e6;
         }
@@ -330,7 +315,8 @@ impl FullScorer for Oracle<'_> {
     fn name(&self) -> String {
         "oracle".into()
     }
-    fn score(&self, case: &TestCase, _: &Profile, _: Option<&[u32]>, out: &mut [f32], _: &mut ScoreScratch) {
+    fn score(&self, q: &Query<'_>, out: &mut [f32], _: &mut ScoreScratch) {
+        let case = q.case;
         out.iter_mut().for_each(|o| *o = -1.0);
         if let Some(t) = self.0.get(&case.subject) {
             for &(s, p) in t {
@@ -618,7 +604,7 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
                         v.push(case.target);
                         v
                     });
-                    sc.score(case, profile, subset.as_deref(), out, scratch);
+                    sc.score(&Query { case, profile, items: subset.as_deref() }, out, scratch);
                     if let Some(m) = masks.as_ref().and_then(|m| m.get(&case.subject)) {
                         for &s in m {
                             out[s as usize] = f32::NEG_INFINITY;
