@@ -300,7 +300,7 @@ impl FullScorer for Candidates<'_> {
     fn score(&self, q: &Query<'_>, out: &mut [f32], scratch: &mut ScoreScratch) {
         let (case, profile) = (q.case, q.profile);
         for (s, o) in out.iter_mut().enumerate() {
-            *o = -1e6 + pop_prior(self.0, s) * 1e6;
+            *o = self.0.floor_score(s as u32);
         }
         let req = Request { k: usize::MAX, ..Request::default() };
         self.0.score_candidates(profile, &req, case.now, scratch);

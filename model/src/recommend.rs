@@ -368,7 +368,8 @@ impl Model {
     /// Gathers candidates, computes their features and scores; results in `scratch.scored()`.
     pub fn score_candidates(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) {
         if req.personalised {
-            self.score_personal(profile, req, now, scratch);
+            let prep = self.gather_personal(profile, req, now, scratch);
+            self.score_rows(profile, &prep, scratch);
             return;
         }
         scratch.begin(self.service_count());
@@ -385,8 +386,9 @@ impl Model {
         scores.extend(cands.iter().map(|&s| st.segment_share(seg, s) + 1e-9 * st.pop(s) as f32));
     }
 
-    /// The personalised candidate stage; returns the subject's prepared context.
-    fn score_personal(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) -> Prepared {
+    /// The personalised candidate stage (gathered, rules applied, not scored); returns the
+    /// subject's prepared context.
+    fn gather_personal(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) -> Prepared {
         scratch.begin(self.service_count());
         let prep = self.prepare_subject(profile, now, scratch);
         self.personal_sources(profile, now, scratch);
@@ -398,8 +400,13 @@ impl Model {
             }
         }
         self.apply_rules(profile, req, scratch);
-        self.score_rows(profile, &prep, scratch);
         prep
+    }
+
+    /// The score of a service the rules exclude: below every real score, by popularity.
+    pub fn floor_score(&self, s: u32) -> f32 {
+        let st = self.stats();
+        FLOOR + st.pop(s) as f32 / st.pop_max().max(1) as f32
     }
 
     /// Scores every service of `items` (every service when `None`) with the ranker, as the
@@ -414,10 +421,8 @@ impl Model {
         out: &mut [f32],
         scratch: &mut ScoreScratch,
     ) {
-        let st = self.stats();
-        let top = st.pop_max().max(1) as f32;
         for (s, o) in out.iter_mut().enumerate() {
-            *o = FLOOR + st.pop(s as u32) as f32 / top;
+            *o = self.floor_score(s as u32);
         }
         let n = self.service_count();
         scratch.begin(n);
@@ -756,7 +761,7 @@ impl Model {
                         if !self.keeper(profile, &req)(case.target) || n < 2 {
                             continue;
                         }
-                        let prep = self.score_personal(profile, &req, case.now, scratch);
+                        let prep = self.gather_personal(profile, &req, case.now, scratch);
                         // The ranker learns to order the candidate stage: a case whose target
                         // is not a candidate teaches it nothing about that order.
                         if !scratch.cands.contains(&case.target) {

@@ -214,19 +214,15 @@ impl SeqModel {
     pub fn query(&self, newest_first: impl Iterator<Item = (u32, i64)>, now: i64, out: &mut Vec<f32>) {
         let (d, c) = (self.dim, self.filters);
         let window: Vec<(u32, i64)> = newest_first.filter(|x| (x.0 as usize) < self.items).take(self.window).collect();
-        let g: Vec<Vec<f32>> = window
-            .iter()
-            .map(|&(i, at)| {
-                let t = gap_bucket(now - at) * d;
-                self.emb[i as usize * d..(i as usize + 1) * d]
-                    .iter()
-                    .zip(&self.gap[t..t + d])
-                    .map(|(a, b)| a + b)
-                    .collect()
-            })
-            .collect();
+        // The window's inputs (embedding + gap embedding), one row of `d` per start.
+        let mut g = Vec::with_capacity(window.len() * d);
+        for &(i, at) in &window {
+            let t = gap_bucket(now - at) * d;
+            let e = &self.emb[i as usize * d..(i as usize + 1) * d];
+            g.extend(e.iter().zip(&self.gap[t..t + d]).map(|(a, b)| a + b));
+        }
         let mut s = vec![0f32; c * d];
-        for (k, e) in g.iter().enumerate() {
+        for (k, e) in g.chunks_exact(d).enumerate() {
             for f in 0..c {
                 let w = self.filter[f * self.window + k];
                 for (o, &v) in s[f * d..(f + 1) * d].iter_mut().zip(e) {
@@ -237,18 +233,18 @@ impl SeqModel {
         let m = month_of(now) * d;
         let mut u: Vec<f32> = self.ba.iter().zip(&self.month[m..m + d]).map(|(a, b)| a + b).collect();
         vec_mat(&s, &self.wa, &mut u);
-        if let Some(newest) = g.first() {
+        if let Some(newest) = g.chunks_exact(d).next() {
             // (g_0 Wq) . (g_k Wk) = g_k . q' with q' = Wk (g_0 Wq): one d x d product, not L.
             let mut q = vec![0f32; d];
             vec_mat(newest, &self.wq, &mut q);
             let qk: Vec<f32> = self.wk.chunks_exact(d).map(|row| dot(row, &q)).collect();
             let scale = 1.0 / (d as f32).sqrt();
-            let scores: Vec<f32> = g.iter().map(|e| dot(e, &qk) * scale).collect();
+            let scores: Vec<f32> = g.chunks_exact(d).map(|e| dot(e, &qk) * scale).collect();
             let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let w: Vec<f32> = scores.iter().map(|x| (x - top).exp()).collect();
             let total: f32 = w.iter().sum();
             let mut att = vec![0f32; d];
-            for (e, &wi) in g.iter().zip(&w) {
+            for (e, &wi) in g.chunks_exact(d).zip(&w) {
                 for (a, &v) in att.iter_mut().zip(e) {
                     *a += wi / total * v;
                 }
