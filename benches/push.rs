@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tongban_features::catalogue::Catalogue;
+use tongban_features::domain::SubjectId;
 use tongban_features::domain::{Channel, EventKind};
 use tongban_features::io::LogEvent;
 use tongban_features::profile::{BundleIndex, Profile, ProfileContext, ProfileParams};
@@ -59,7 +60,7 @@ fn redis_server() -> Redis {
 
 /// Runs the next-step trigger for `subjects` as ingest requests of 100 subjects each run it,
 /// 8 requests at a time. Returns how many pushes were queued.
-async fn trigger(pusher: &Arc<Pusher>, subjects: &Arc<Vec<String>>, done: u32) -> usize {
+async fn trigger(pusher: &Arc<Pusher>, subjects: &Arc<Vec<SubjectId>>, done: u32) -> usize {
     let lanes = 8;
     let per_request = 100;
     let mut tasks = Vec::new();
@@ -69,7 +70,7 @@ async fn trigger(pusher: &Arc<Pusher>, subjects: &Arc<Vec<String>>, done: u32) -
             let mut queued = 0;
             let done = [done];
             for chunk in subjects.chunks(per_request).skip(lane).step_by(lanes) {
-                let items: Vec<(&str, &[u32])> = chunk.iter().map(|s| (s.as_str(), &done[..])).collect();
+                let items: Vec<(&SubjectId, &[u32])> = chunk.iter().map(|s| (s, &done[..])).collect();
                 queued += pusher.after_events_many(&items, None, "bench").await.expect("trigger").queued;
             }
             queued
@@ -93,7 +94,7 @@ fn worker(pusher: &Arc<Pusher>) -> Worker {
 /// Pushes per second: triggers alone, delivery alone (on `first`), then both at once, as a
 /// deployment runs them (on `second`: trigger to inbox, the clock stops when all are
 /// delivered).
-async fn rates(pusher: Arc<Pusher>, first: Arc<Vec<String>>, second: Arc<Vec<String>>, done: u32) -> [f64; 3] {
+async fn rates(pusher: Arc<Pusher>, first: Arc<Vec<SubjectId>>, second: Arc<Vec<SubjectId>>, done: u32) -> [f64; 3] {
     let n = first.len() as f64;
     let started = Instant::now();
     assert_eq!(trigger(&pusher, &first, done).await, first.len(), "one push per subject");
@@ -146,8 +147,10 @@ fn main() {
         at: Timestamp(now - 3600),
     };
     assert!(profile.apply(&ev, &ctx));
-    let first: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-a{i:07}")).collect());
-    let second: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("bench-b{i:07}")).collect());
+    let first: Arc<Vec<SubjectId>> =
+        Arc::new((0..n).map(|i| SubjectId::parse(&format!("bench-a{i:07}")).expect("an id")).collect());
+    let second: Arc<Vec<SubjectId>> =
+        Arc::new((0..n).map(|i| SubjectId::parse(&format!("bench-b{i:07}")).expect("an id")).collect());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let redis = redis_server();
     rt.block_on(async {
@@ -168,10 +171,10 @@ fn main() {
                 store: Arc::new(store),
                 queue: Arc::new(queue),
                 catalogue: cat.clone(),
-                templates: templates.clone(),
+                templates: Arc::new(templates.clone()),
                 caps: Caps::default(),
                 portal: "https://zwfw.dl.gov.cn".into(),
-                fixed_now: Some(now),
+                clock: tongban_server::clock::Clock::pinned(Some(now)),
             });
             let rate = rates(pusher.clone(), first.clone(), second.clone(), registration).await;
             let inbox = pusher.store.inbox(&second[n - 1]).await.expect("inbox");

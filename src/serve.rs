@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use tongban_features::catalogue::Catalogue;
+use tongban_features::domain::SubjectId;
 use tongban_features::io::{read_log_into, read_subjects, BadRowPolicy, EventLog, LogFormat};
 use tongban_features::time::Timestamp;
 use tongban_server::queue::Queue;
@@ -251,10 +252,10 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
         store,
         queue,
         catalogue: cat,
-        templates,
+        templates: Arc::new(templates),
         caps: a.push.caps(),
         portal: a.portal_url.clone(),
-        fixed_now,
+        clock: tongban_server::clock::Clock::pinned(fixed_now),
     }))
 }
 
@@ -347,7 +348,10 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         let mut kept = 0;
         for (i, p) in profiles.iter().enumerate() {
             let id = log.subjects.name(i as u32);
-            if !store.import_profile(id, p).await.with_context(|| format!("importing the profile of {id}"))? {
+            // The log reader validated every subject id.
+            let subject =
+                SubjectId::parse(id).with_context(|| format!("subject id {id:?} in {}", log_path.display()))?;
+            if !store.import_profile(&subject, p).await.with_context(|| format!("importing the profile of {id}"))? {
                 kept += 1;
             }
             segments.insert(id.to_owned(), segs[i]);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tongban_features::catalogue::Catalogue;
+use tongban_features::domain::SubjectId;
 use tongban_features::io::{read_into, BadRowPolicy, EventLog, LogFormat};
 use tongban_features::synth::{generate, GenParams, MemorySink};
 use tongban_model::artifact::{self, DataInfo};
@@ -20,6 +21,11 @@ use tongban_server::push::{push_id, Caps, Trigger};
 use tongban_server::queue::Queue;
 use tongban_server::store::RedisStore;
 use tongban_server::{ApiKeys, AppState, Models, Served, Settings, Store};
+
+/// A subject id of the tests.
+fn sid(s: &str) -> SubjectId {
+    SubjectId::parse(s).unwrap()
+}
 
 /// A `redis-server` of this test's own.
 struct RedisServer {
@@ -170,7 +176,7 @@ async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option
     // Import the history of ten subjects (all of them would only slow the test down).
     let profiles = model.profiles(&f.log, &[]);
     for (i, p) in profiles.iter().enumerate().take(10) {
-        assert!(store.import_profile(f.log.subjects.name(i as u32), p).await.unwrap());
+        assert!(store.import_profile(&sid(f.log.subjects.name(i as u32)), p).await.unwrap());
     }
     let settings = Settings {
         keys,
@@ -565,7 +571,7 @@ async fn push_flow(backend: Backend) {
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 0, "deferred by quiet hours: {inbox}");
     let f = fixture();
     let window = f.now.div_euclid(Caps::default().dedup_days * 86_400);
-    let quiet_id = push_id("co-quiet", "b.e.open", Trigger::NextStep, window);
+    let quiet_id = push_id(&sid("co-quiet"), "b.e.open", Trigger::NextStep, window);
     let rec = app.wait_status(&quiet_id, "deferred").await;
     assert!(rec["decisions"].to_string().contains("quiet_hours:deferred_to"), "{rec}");
     assert_eq!(rec["trigger"], "next_step");
@@ -600,7 +606,7 @@ async fn push_flow(backend: Backend) {
     let (_, inbox) = app.get("/v1/users/co-open/inbox").await;
     assert_eq!(inbox["unread"], 0);
     // The open came back as an event.
-    let profile = app.state.store.profile("co-open").await.unwrap().unwrap();
+    let profile = app.state.store.profile(&sid("co-open")).await.unwrap().unwrap();
     assert!(profile.recent().iter().any(|r| r.kind == tongban_features::domain::EventKind::PushOpened));
     assert_eq!(
         app.client
@@ -692,7 +698,7 @@ async fn drain(w: &Worker) {
 }
 
 fn next_step_id(subject: &str, bundle: &str) -> String {
-    push_id(subject, bundle, Trigger::NextStep, fixture().now.div_euclid(Caps::default().dedup_days * 86_400))
+    push_id(&sid(subject), bundle, Trigger::NextStep, fixture().now.div_euclid(Caps::default().dedup_days * 86_400))
 }
 
 async fn policy_is_rechecked_at_delivery(backend: Backend) {
@@ -718,7 +724,7 @@ async fn policy_is_rechecked_at_delivery(backend: Backend) {
     complete(&app, "co-late", "e.entry.registration", None).await;
     drain(&w).await;
     let p = app.state.pusher.clone().unwrap();
-    let (profile, _) = app.state.store.profile_and_prefs("co-late").await.unwrap();
+    let (profile, _) = app.state.store.profile_and_prefs(&sid("co-late")).await.unwrap();
     let svc = p.catalogue.lookup("e.tax.invoice").unwrap();
     let cand = tongban_server::push::Candidate {
         trigger: Trigger::Deadline,
@@ -737,7 +743,7 @@ async fn policy_is_rechecked_at_delivery(backend: Backend) {
         stage: p.catalogue.service(svc).category,
     };
     let prefs = tongban_server::push::Preferences { quiet_hours: None, ..Default::default() };
-    let o = p.offer("co-late", &profile.unwrap(), &prefs, &[cand], "test").await.unwrap();
+    let o = p.offer(&sid("co-late"), &profile.unwrap(), &prefs, &[cand], "test").await.unwrap();
     assert_eq!(o.queued, 1, "{o:?}");
     drain(&w).await;
     let (_, rec) = app.get(&format!("/admin/pushes/{}", o.ids[0])).await;
@@ -856,7 +862,9 @@ async fn caps_under_concurrency(backend: Backend) {
                 .into_iter()
                 .map(|id| {
                     let state = state.clone();
-                    tokio::spawn(async move { state.store.reserve(subject, &id, now, &caps, critical).await.unwrap() })
+                    tokio::spawn(
+                        async move { state.store.reserve(&sid(subject), &id, now, &caps, critical).await.unwrap() },
+                    )
                 })
                 .collect();
             let mut ok = 0;
@@ -869,8 +877,8 @@ async fn caps_under_concurrency(backend: Backend) {
     let many = |prefix: &str, n: usize| (0..n).map(|i| format!("TB-{prefix}{i:04}")).collect::<Vec<_>>();
     assert_eq!(run("cap-a", many("", 40), false).await, caps.per_day, "daily cap");
     assert_eq!(run("cap-b", vec!["TB-SAME".to_owned(); 20], false).await, 1, "one push per id");
-    assert_eq!(app.state.store.reserve("cap-c", "TB-0000", now, &caps, false).await.unwrap(), Ok(()));
-    let again = app.state.store.reserve("cap-c", "TB-0000", now, &caps, true).await.unwrap();
+    assert_eq!(app.state.store.reserve(&sid("cap-c"), "TB-0000", now, &caps, false).await.unwrap(), Ok(()));
+    let again = app.state.store.reserve(&sid("cap-c"), "TB-0000", now, &caps, true).await.unwrap();
     assert_eq!(again, Err(tongban_server::push::Skip::Duplicate), "an id reserved in either lane is a duplicate");
     // The critical lane has its own cap, also with the normal lane full.
     assert_eq!(run("cap-a", many("C", 20), true).await, caps.critical_per_week);
@@ -880,7 +888,7 @@ async fn caps_under_concurrency(backend: Backend) {
         for i in 0..5 {
             let id = format!("TB-D{day}-{i}");
             total += usize::from(
-                app.state.store.reserve("cap-a", &id, now + day * 86_400, &caps, false).await.unwrap().is_ok(),
+                app.state.store.reserve(&sid("cap-a"), &id, now + day * 86_400, &caps, false).await.unwrap().is_ok(),
             );
         }
     }
@@ -975,10 +983,11 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     // They allowed app pushes: every delivery also goes to a webhook that takes 50 ms to
     // answer, so that a worker spends most of its time with a batch logged and not yet
     // acknowledged, where a kill hurts most.
-    let prefs = tongban_server::push::Preferences { channels: vec!["app".into()], ..Default::default() };
+    let prefs =
+        tongban_server::push::Preferences { channels: vec![tongban_server::push::Outbound::App], ..Default::default() };
     for (s, p) in subjects.iter().zip(&profiles) {
-        store.import_profile(s, p).await.unwrap();
-        store.put_prefs(s, &prefs).await.unwrap();
+        store.import_profile(&sid(s), p).await.unwrap();
+        store.put_prefs(&sid(s), &prefs).await.unwrap();
     }
     let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
     let (hook, _, hook_calls) = receiver(status, Duration::from_millis(50)).await;
@@ -988,10 +997,10 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     let items: Vec<Enqueue> = (0..n)
         .map(|i| Enqueue {
             job: Job {
-                subject: subjects[i % subjects.len()].to_owned(),
+                subject: sid(subjects[i % subjects.len()]),
                 message: InboxMessage {
                     id: format!("TB-{i:016X}"),
-                    trigger: "next_step".into(),
+                    trigger: Trigger::NextStep,
                     bundle: None,
                     services: Vec::new(),
                     title: format!("push {i}"),

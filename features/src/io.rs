@@ -10,7 +10,6 @@
 //! Bad rows are an error naming file, line and reason; with [`BadRowPolicy::Skip`] they are
 //! counted in the [`ReadReport`] (with the first few kept for display), never silently dropped.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Channel, EventKind, Rating, ServiceId, SubjectId};
 use crate::time::Timestamp;
 
-/// The header of the native CSV log.
-pub const NATIVE_HEADER: &str = "event_id,subject,service,kind,rating,at,channel";
+pub use crate::hash::fnv1a;
+use crate::log::clip;
+pub use crate::log::{EventLog, Interner, LogEvent, NATIVE_HEADER, SUBJECTS_HEADER};
 
 /// Which file format to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,113 +90,6 @@ pub struct ReadReport {
     pub skipped: u64,
     /// The first few skipped rows, for display.
     pub first_skipped: Vec<BadRow>,
-}
-
-/// Strings to dense indices, in first-seen order.
-#[derive(Debug, Clone, Default)]
-pub struct Interner {
-    map: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
-}
-
-impl Interner {
-    pub fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.map.get(s) {
-            return i;
-        }
-        let i = self.names.len() as u32;
-        self.names.push(s.into());
-        self.map.insert(s.into(), i);
-        i
-    }
-    pub fn get(&self, s: &str) -> Option<u32> {
-        self.map.get(s).copied()
-    }
-    pub fn name(&self, i: u32) -> &str {
-        &self.names[i as usize]
-    }
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
-
-/// One event in compact form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogEvent {
-    /// 64-bit FNV-1a hash of the event id string (for de-duplication).
-    pub id: u64,
-    pub subject: u32,
-    pub service: u32,
-    pub kind: EventKind,
-    /// 1-5 for `rated`, 0 otherwise.
-    pub rating: u8,
-    pub channel: Channel,
-    pub at: Timestamp,
-}
-
-/// A whole log in memory, sorted stably by (subject, time).
-#[derive(Debug, Clone, Default)]
-pub struct EventLog {
-    pub subjects: Interner,
-    pub services: Interner,
-    pub events: Vec<LogEvent>,
-    /// When set, the services are fixed (a catalogue's) and an unknown one is a bad row.
-    closed: bool,
-}
-
-impl EventLog {
-    /// An empty log whose service indices are the catalogue's: reading into it rejects
-    /// services the catalogue does not know.
-    pub fn for_catalogue(cat: &crate::catalogue::Catalogue) -> EventLog {
-        let mut log = EventLog::default();
-        for s in cat.services() {
-            log.services.intern(&s.id);
-        }
-        log.closed = true;
-        log
-    }
-
-    /// A log with the same subjects and services (and closedness) but no events: for subsets
-    /// and for reading a second file with the same indices.
-    pub fn empty_like(&self) -> EventLog {
-        EventLog {
-            subjects: self.subjects.clone(),
-            services: self.services.clone(),
-            events: Vec::new(),
-            closed: self.closed,
-        }
-    }
-
-    fn service(&mut self, id: &str) -> Result<u32, String> {
-        match self.services.get(id) {
-            Some(i) => Ok(i),
-            None if self.closed => Err(format!("unknown service {:?} (not in the catalogue)", clip(id))),
-            None => Ok(self.services.intern(id)),
-        }
-    }
-
-    /// Sorts stably by (subject, time): equal times keep their input order.
-    pub fn sort(&mut self) {
-        self.events.sort_by_key(|e| (e.subject, e.at));
-    }
-
-    /// The events of each subject, as contiguous slices (the log must be sorted).
-    pub fn by_subject(&self) -> impl Iterator<Item = &[LogEvent]> {
-        self.events.chunk_by(|a, b| a.subject == b.subject)
-    }
-}
-
-/// FNV-1a, 64 bits: a stable hash for event ids and seeds.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// The JSONL form of a native event.
@@ -298,10 +191,6 @@ pub fn read_into<R: BufRead>(
     log.sort();
     report.events = log.events.len() as u64;
     Ok((log, report))
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(80).collect()
 }
 
 fn parse_native_csv(row: &str, log: &mut EventLog) -> Result<(), String> {
@@ -451,8 +340,8 @@ pub fn read_subjects(path: &Path, log: &mut EventLog, on: crate::time::Date) -> 
     let mut segs = Vec::new();
     for (i, row) in text.lines().enumerate() {
         if i == 0 {
-            if row != crate::synth::SUBJECTS_HEADER {
-                return Err(bad(1, format!("expected the header {:?}", crate::synth::SUBJECTS_HEADER)));
+            if row != SUBJECTS_HEADER {
+                return Err(bad(1, format!("expected the header {:?}", SUBJECTS_HEADER)));
             }
             continue;
         }

@@ -1,7 +1,7 @@
 //! tongban-features: the domain and the data.
 //!
 //! Owns the domain types ([`domain`]), the service catalogue with its life-event bundles
-//! ([`catalogue`]), event-log files ([`io`]), time arithmetic without a clock ([`time`]) and the
+//! ([`catalogue`]), the event log in memory ([`log`]) and its files ([`io`]), time arithmetic without a clock ([`time`]) and the
 //! synthetic Dalian histories with their oracle truth ([`synth`]).
 //!
 //! It deliberately does no network IO, knows nothing of Redis, axum or tokio, and never reads
@@ -10,7 +10,9 @@
 
 pub mod catalogue;
 pub mod domain;
+pub mod hash;
 pub mod io;
+pub mod log;
 pub mod profile;
 pub mod stats;
 pub mod synth;

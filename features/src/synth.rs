@@ -709,7 +709,7 @@ pub fn simulate_subject(cat: &Catalogue, params: &GenParams, kind: SubjectKind, 
 
 fn simulate_prepared(prep: &Prepared<'_>, params: &GenParams, kind: SubjectKind, i: u64) -> SubjectRun {
     let (start, cutoff, end) = window(params);
-    let stream = crate::io::fnv1a(format!("{}:{:?}:{}", params.seed, kind, i).as_bytes());
+    let stream = crate::hash::fnv1a(format!("{}:{:?}:{}", params.seed, kind, i).as_bytes());
     let mut rng = ChaCha8Rng::seed_from_u64(stream);
     let start_date = Timestamp(start).date_shanghai();
     let district = pick_weighted(&mut rng, &DISTRICT_WEIGHTS) as u8;
@@ -1023,15 +1023,14 @@ impl GenSink for MemorySink {
     fn progress(&mut self, _: u64, _: u64) {}
 }
 
-/// The header of `subjects.csv`.
-pub const SUBJECTS_HEADER: &str = "subject,kind,born,district,group,class";
+pub use crate::log::SUBJECTS_HEADER;
 
 /// Simulates every subject, in parallel chunks, writing in subject order.
 pub fn generate(cat: &Catalogue, params: &GenParams, sink: &mut dyn GenSink) -> std::io::Result<GenSummary> {
     use rayon::prelude::*;
     let prep = Prepared::new(cat);
     let (start, cutoff, end) = window(params);
-    let header = if params.jsonl { String::new() } else { format!("{}\n", crate::io::NATIVE_HEADER) };
+    let header = if params.jsonl { String::new() } else { format!("{}\n", crate::log::NATIVE_HEADER) };
     sink.events(&header)?;
     sink.future(&header)?;
     sink.subjects(&format!("{SUBJECTS_HEADER}\n"))?;

@@ -1,16 +1,24 @@
-//! tongban-server: the HTTP API and the stores.
+//! tongban-server: the HTTP API, the stores, the push queue and its worker.
 //!
-//! Owns the wire (axum routes, JSON types, API keys, problem bodies: [`api`]), the stores of
-//! profiles (process memory or Redis: [`store`]), hot-swappable models ([`models`]), rendering
-//! of guidance in zh-CN and en ([`render`]), metrics and the OpenAPI document.
+//! Layout (one concern per module; backends behind one trait each):
+//! - [`http`]: router, auth layers, problem bodies, extractors, one file per resource.
+//! - [`app`]: the domain steps the HTTP handlers, the worker and the CLI share: ingest with its
+//!   push triggers, policy-and-enqueue ([`app::Pusher`]), scans, campaigns.
+//! - [`store`] and [`queue`]: a trait each, one file per backend (memory, Redis), Lua scripts
+//!   beside them; the enums [`Store`] and [`queue::Queue`] only delegate.
+//! - [`push`]: triggers, policy, preferences, jobs (no IO); [`templates`]: every word written
+//!   for people, from `templates/*.toml`; [`render`]: portal JSON; [`deliver`]: the worker and
+//!   its channels; [`models`]: hot-swappable models; [`metrics`], [`openapi`], [`config`],
+//!   [`clock`], [`locale`].
 //!
 //! It alone knows wire and storage formats; it converts them to domain types at the edge.
-//! Pushes: triggers, policy and templates ([`push`]), the delivery queue on Redis Streams or
-//! in memory ([`queue`]), policy-and-enqueue and the delivery worker with its channels
-//! ([`deliver`]).
 
-pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
 pub mod deliver;
+pub mod http;
+pub mod locale;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
@@ -18,15 +26,21 @@ pub mod push;
 pub mod queue;
 pub mod render;
 pub mod store;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use api::{router, ApiKeys, AppState, Settings};
+pub use app::AppState;
+pub use config::{ApiKeys, Settings};
+pub use http::router;
 pub use models::{Models, Served};
 pub use store::{Store, StoreError};
+
+use crate::clock::Clock;
+use crate::templates::Templates;
 
 /// Serves `state` on a bound listener until `shutdown` completes (graceful: in-flight requests
 /// finish).
@@ -39,24 +53,27 @@ pub async fn serve(
 }
 
 /// Builds the state from its parts. Pushes are on when the active model has a catalogue and
-/// templates are given.
+/// templates are given; without templates, answers use the built-in words.
 pub fn state(
     models: Models,
     store: Arc<Store>,
     queue: Arc<queue::Queue>,
     settings: Settings,
     segments: HashMap<String, u16>,
-    templates: Option<push::Templates>,
+    templates: Option<Templates>,
 ) -> Arc<AppState> {
-    let pusher = match (models.catalogue(), templates) {
-        (Some(cat), Some(templates)) => Some(Arc::new(deliver::Pusher {
+    let clock = Clock::pinned(settings.fixed_now);
+    let pushes = templates.is_some();
+    let templates = Arc::new(templates.unwrap_or_else(Templates::builtin));
+    let pusher = match (models.catalogue(), pushes) {
+        (Some(cat), true) => Some(Arc::new(app::Pusher {
             store: store.clone(),
             queue: queue.clone(),
             catalogue: cat,
-            templates,
+            templates: templates.clone(),
             caps: settings.caps,
             portal: settings.portal_url.clone(),
-            fixed_now: settings.fixed_now,
+            clock,
         })),
         _ => None,
     };
@@ -67,8 +84,10 @@ pub fn state(
         settings,
         metrics: metrics::Metrics::default(),
         segments,
-        buckets: Default::default(),
         pusher,
+        templates,
+        clock,
+        limiter: Default::default(),
     })
 }
 

@@ -105,10 +105,11 @@ impl Metrics {
 }
 
 /// Appends push transitions by (status, trigger) and the queue's depth.
-pub fn render_pushes(out: &mut String, counts: &[(String, String, u64)], depth: &crate::queue::Depth) {
+pub fn render_pushes(out: &mut String, counts: &[crate::queue::Count], depth: &crate::queue::Depth) {
     use std::fmt::Write as _;
     let _ = writeln!(out, "# TYPE tongban_pushes_total counter");
     for (status, trigger, n) in counts {
+        let (status, trigger) = (status.as_str(), trigger.as_str());
         let _ = writeln!(out, "tongban_pushes_total{{status=\"{status}\",trigger=\"{trigger}\"}} {n}");
     }
     let _ = writeln!(out, "# TYPE tongban_push_queue gauge");

@@ -12,6 +12,7 @@ use tongban_model::artifact::{self, ArtifactError, Header};
 use tongban_model::Model;
 
 use crate::render::{self, Locale};
+use crate::templates::Templates;
 
 /// A model being served.
 #[derive(Debug)]
@@ -33,14 +34,14 @@ impl Served {
 
     /// The serialised guidance of a service in a locale. Every suggestion repeats the same few
     /// hundred services, so rendering them once per model takes most of the JSON work off the
-    /// request path. `portal` is fixed for a server's lifetime.
-    pub fn guidance(&self, service: u32, locale: Locale, portal: &str) -> Option<&RawValue> {
+    /// request path. `portal` and `templates` are fixed for a server's lifetime.
+    pub fn guidance(&self, service: u32, locale: Locale, portal: &str, templates: &Templates) -> Option<&RawValue> {
         let cat = self.model.catalogue()?;
         let all = self.guidance.get_or_init(|| {
             (0..cat.services().len() as u32)
                 .map(|s| {
                     [Locale::ZhCn, Locale::En].map(|l| {
-                        serde_json::value::to_raw_value(&render::service(cat, s, l, portal))
+                        serde_json::value::to_raw_value(&render::service(cat, templates, s, l, portal))
                             .expect("guidance serialises")
                     })
                 })

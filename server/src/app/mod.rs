@@ -1,0 +1,58 @@
+//! The application layer: the domain steps that are not HTTP, called by the HTTP handlers, the
+//! worker and the CLI alike. [`ingest`] (events -> profiles -> push triggers), [`pusher`]
+//! (policy -> reservation -> queue), [`scan`] (deadlines coming due), [`campaign`].
+
+pub mod campaign;
+pub mod ingest;
+pub mod pusher;
+pub mod related;
+pub mod scan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::http::auth::RateLimiter;
+use crate::metrics::Metrics;
+use crate::models::Models;
+use crate::queue::Queue;
+use crate::store::Store;
+use crate::templates::Templates;
+
+pub use self::campaign::{CampaignIn, CampaignReport};
+pub use self::ingest::{Ingested, NewEvent};
+pub use self::pusher::{Offer, Offered, Pusher};
+pub use self::scan::ScanReport;
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct AppState {
+    pub models: Models,
+    pub store: Arc<Store>,
+    /// The delivery queue (pushes).
+    pub queue: Arc<Queue>,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    /// Segments of known subjects (from an imported subjects file).
+    pub segments: HashMap<String, u16>,
+    /// Pushes: present when the model has a catalogue and templates were loaded.
+    pub pusher: Option<Arc<Pusher>>,
+    /// The words of answers (built in unless `--templates` replaced them).
+    pub templates: Arc<Templates>,
+    pub clock: Clock,
+    /// Token buckets per API key.
+    pub limiter: RateLimiter,
+}
+
+impl AppState {
+    /// The policy clock's now (Unix seconds).
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// A subject's segment (from the subjects file), 0 if unknown.
+    pub fn segment(&self, subject: &str) -> u16 {
+        self.segments.get(subject).copied().unwrap_or(0)
+    }
+}

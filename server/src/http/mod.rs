@@ -1,0 +1,88 @@
+//! The HTTP API (v1, JSON): one file per resource, the router here. Wire types live in the
+//! resource files and become domain types at the edge. Each route group has its scope layer
+//! ([`auth`]), which runs before any extractor reads the body; failures are problem bodies
+//! ([`problem`]).
+
+pub mod auth;
+pub mod extract;
+pub mod problem;
+
+mod admin;
+mod events;
+mod ops;
+mod recommendations;
+mod services;
+mod users;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use self::problem::ApiError;
+use crate::app::AppState;
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// Counts requests and latency by route template (never the raw path: ids are personal data).
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    state.metrics.observe(route.as_ref().map_or("unmatched", |p| p.as_str()), res.status().as_u16(), started.elapsed());
+    res
+}
+
+/// The application router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.settings.max_body_bytes;
+    let portal = Router::new()
+        .route("/v1/users/{id}/recommendations", get(recommendations::for_subject))
+        .route("/v1/users/{id}/preferences", get(users::get_prefs).put(users::put_prefs))
+        .route("/v1/users/{id}/inbox", get(users::get_inbox))
+        .route("/v1/users/{id}/inbox/{msg}/read", post(users::read_message))
+        .route("/v1/sessions/recommendations", post(recommendations::for_session))
+        .route("/v1/services/popular", get(services::popular))
+        .route("/v1/services/{id}", get(services::guidance))
+        .route("/v1/services/{id}/related", get(services::related_services))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::portal));
+    let ingest = Router::new()
+        .route("/v1/users/{id}", delete(users::erase))
+        .route("/v1/events", post(events::post_events))
+        .route("/v1/feedback", post(events::post_feedback))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::ingest));
+    let operator = Router::new()
+        .route("/admin/models", get(admin::models).post(admin::activate))
+        .route("/admin/models/rollback", post(admin::rollback))
+        .route("/admin/pushes/{id}", get(admin::push))
+        .route("/admin/queue", get(admin::queue))
+        .route("/admin/campaigns", post(admin::campaign))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::operator));
+    let open = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/docs", get(ops::docs))
+        .route("/ping", get(ops::ping));
+    Router::new()
+        .merge(portal)
+        .merge(ingest)
+        .merge(operator)
+        .merge(open)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(10),
+        ))
+        .with_state(state)
+}

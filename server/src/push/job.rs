@@ -1,0 +1,118 @@
+//! What the queue carries: the rendered message and its audit trail.
+
+use serde::{Deserialize, Serialize};
+use tongban_features::catalogue::Catalogue;
+use tongban_features::domain::SubjectId;
+use tongban_features::io::fnv1a;
+use tongban_features::time::Timestamp;
+
+use super::prefs::Preferences;
+use super::trigger::{Candidate, Trigger};
+use crate::templates::Templates;
+
+/// One message of the portal inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxMessage {
+    /// Push id: stable for the same (subject, bundle, trigger, window), so receivers and the
+    /// store de-duplicate by it. Contains no personal data.
+    pub id: String,
+    pub trigger: Trigger,
+    pub bundle: Option<String>,
+    pub services: Vec<String>,
+    pub title: String,
+    pub body: String,
+    pub sms: String,
+    pub created_at: i64,
+    /// Not shown before this time (quiet hours).
+    pub deliver_at: i64,
+    pub expires_at: i64,
+    pub read: bool,
+    pub model: String,
+}
+
+/// The push id of (subject, key, trigger, window): a hash, no personal data. Receivers and the
+/// inbox de-duplicate by it.
+pub fn push_id(subject: &SubjectId, key: &str, trigger: Trigger, window: i64) -> String {
+    format!("TB-{:016X}", fnv1a(format!("{subject}|{key}|{}|{window}", trigger.as_str()).as_bytes()))
+}
+
+/// A push on its way: the rendered message, who it is for, and its audit trail. This is what
+/// the queue carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub subject: SubjectId,
+    pub message: InboxMessage,
+    pub critical: bool,
+    pub done_after: i64,
+    pub reasons: Vec<String>,
+    /// Policy decisions so far, e.g. `consent:ok`, `quiet_hours:deferred`.
+    pub decisions: Vec<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Builds the job of a candidate that passed the policy.
+#[allow(clippy::too_many_arguments)]
+pub fn job(
+    cat: &Catalogue,
+    templates: &Templates,
+    prefs: &Preferences,
+    subject: &SubjectId,
+    c: &Candidate,
+    now: i64,
+    portal: &str,
+    model: &str,
+) -> Job {
+    let locale = prefs.locale;
+    let id = push_id(subject, &c.key, c.trigger, c.window);
+    let r = templates.render(cat, locale, c.kind, &c.content, portal, &id);
+    let deliver_at = prefs.deliverable_at(now);
+    let mut decisions = vec!["consent:ok".to_owned(), "not_done:ok".to_owned(), "caps:ok".to_owned()];
+    if c.critical {
+        decisions.push("lane:critical".into());
+    }
+    if deliver_at > now {
+        decisions.push(format!("quiet_hours:deferred_to:{}", Timestamp(deliver_at)));
+    }
+    Job {
+        subject: subject.clone(),
+        message: InboxMessage {
+            id,
+            trigger: c.trigger,
+            bundle: c.content.bundle.map(|b| cat.bundles()[b as usize].id.clone()),
+            services: c.content.services.iter().map(|&s| cat.service(s).id.clone()).collect(),
+            title: r.title,
+            body: r.body,
+            sms: r.sms,
+            created_at: now,
+            deliver_at,
+            expires_at: c.expires_at,
+            read: false,
+            model: model.to_owned(),
+        },
+        critical: c.critical,
+        done_after: c.done_after,
+        reasons: c.reasons.iter().map(|&r| r.to_owned()).collect(),
+        decisions,
+        attempts: 0,
+        last_error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_ids_are_stable_per_window_and_carry_no_personal_data() {
+        let p1 = SubjectId::parse("p0000001").unwrap();
+        let a = push_id(&p1, "b.birth", Trigger::NextStep, 7);
+        assert_eq!(a, push_id(&p1, "b.birth", Trigger::NextStep, 7));
+        assert_ne!(a, push_id(&p1, "b.birth", Trigger::NextStep, 8));
+        assert_ne!(a, push_id(&p1, "b.birth", Trigger::Deadline, 7));
+        assert!(!a.contains("p0000001"));
+        assert_eq!(a.len(), crate::templates::REF_SAMPLE.len());
+    }
+}

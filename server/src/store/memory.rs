@@ -1,0 +1,193 @@
+//! The embedded store: sharded mutexes over hash maps, in process memory. Every operation on
+//! one subject runs under its shard's lock, so each is atomic per subject as on Redis.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use tongban_features::domain::SubjectId;
+use tongban_features::io::fnv1a;
+use tongban_features::profile::{Profile, ProfileContext};
+
+use super::rules::{self, SENT_KEEP_SECS};
+use super::{apply_events, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError, SubjectData};
+use crate::push::{Caps, InboxMessage, Preferences, Skip};
+
+#[derive(Debug, Default)]
+struct Entry {
+    profile: Profile,
+    seen: HashSet<String>,
+    prefs: Option<Preferences>,
+    inbox: Vec<InboxMessage>,
+    /// Pushes reserved: (id, at, critical).
+    sent: Vec<(String, i64, bool)>,
+}
+
+impl Entry {
+    /// Whether the subject has a profile (an entry may hold only preferences, an inbox or
+    /// reservations).
+    fn has_profile(&self) -> bool {
+        self.profile.events() > 0 || !self.profile.services().is_empty()
+    }
+}
+
+type Shard = HashMap<SubjectId, Entry>;
+
+/// The embedded store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+}
+
+impl MemoryStore {
+    fn shard(&self, subject: &SubjectId) -> MutexGuard<'_, Shard> {
+        let h = fnv1a(subject.as_str().as_bytes());
+        self.shards[(h % self.shards.len() as u64) as usize].lock().expect("no panics while holding the lock")
+    }
+
+    fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Applied {
+        let mut shard = self.shard(batch.subject);
+        let entry = shard
+            .entry(batch.subject.clone())
+            .or_insert_with(|| Entry { profile: Profile::new(segment), ..Entry::default() });
+        let seen: Vec<bool> = batch.ids.iter().map(|id| entry.seen.contains(id)).collect();
+        let (out, new_ids) = apply_events(&mut entry.profile, batch, &seen, ctx);
+        entry.seen.extend(new_ids.into_iter().map(str::to_owned));
+        out
+    }
+
+    fn reserve(&self, it: &Reservation<'_>, now: i64, caps: &Caps) -> Result<(), Skip> {
+        let mut shard = self.shard(it.subject);
+        let sent = &mut shard.entry(it.subject.clone()).or_default().sent;
+        if sent.iter().any(|(x, _, _)| x == it.id) {
+            return Err(Skip::Duplicate);
+        }
+        sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
+        let lane: Vec<i64> = sent.iter().filter(|x| x.2 == it.critical).map(|x| x.1).collect();
+        if let Some(skip) = rules::first_reached(&rules::cap_rules(caps, it.critical), &lane, now) {
+            return Err(skip);
+        }
+        sent.push((it.id.to_owned(), now, it.critical));
+        Ok(())
+    }
+
+    fn push_inbox(&self, item: &InboxItem<'_>) -> bool {
+        let mut shard = self.shard(item.subject);
+        let inbox = &mut shard.entry(item.subject.clone()).or_default().inbox;
+        if inbox.iter().any(|x| x.id == item.message.id) {
+            return false;
+        }
+        inbox.push(item.message.clone());
+        if inbox.len() > rules::INBOX_CAP {
+            let drop = rules::over_cap(inbox.clone());
+            inbox.retain(|m| !drop.contains(&m.id));
+        }
+        true
+    }
+}
+
+impl Backend for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn profile(&self, subject: &SubjectId) -> Result<Option<Profile>, StoreError> {
+        Ok(self.shard(subject).get(subject).filter(|e| e.has_profile()).map(|e| e.profile.clone()))
+    }
+
+    async fn apply_many(
+        &self,
+        batches: &[Batch<'_>],
+        segments: &[u16],
+        ctx: &ProfileContext,
+    ) -> Result<Vec<Applied>, StoreError> {
+        Ok(batches.iter().zip(segments).map(|(b, &seg)| self.apply(b, ctx, seg)).collect())
+    }
+
+    async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
+        let mut shard = self.shard(subject);
+        if shard.get(subject).is_some_and(Entry::has_profile) {
+            return Ok(false);
+        }
+        shard.entry(subject.clone()).or_default().profile = profile.clone();
+        Ok(true)
+    }
+
+    async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
+        Ok(self.shard(subject).remove(subject).is_some())
+    }
+
+    async fn profiles_and_prefs_each(
+        &self,
+        subjects: &[&SubjectId],
+    ) -> Result<Vec<Result<ProfileAndPrefs, StoreError>>, StoreError> {
+        Ok(subjects
+            .iter()
+            .map(|subject| {
+                Ok(self
+                    .shard(subject)
+                    .get(*subject)
+                    .map_or((None, None), |e| (e.has_profile().then(|| e.profile.clone()), e.prefs.clone())))
+            })
+            .collect())
+    }
+
+    async fn put_prefs(&self, subject: &SubjectId, prefs: &Preferences) -> Result<(), StoreError> {
+        self.shard(subject).entry(subject.clone()).or_default().prefs = Some(prefs.clone());
+        Ok(())
+    }
+
+    async fn inbox(&self, subject: &SubjectId) -> Result<Vec<InboxMessage>, StoreError> {
+        let mut out = self.shard(subject).get(subject).map(|e| e.inbox.clone()).unwrap_or_default();
+        rules::newest_first(&mut out);
+        Ok(out)
+    }
+
+    async fn push_inbox_many(&self, items: &[InboxItem<'_>]) -> Result<Vec<bool>, StoreError> {
+        Ok(items.iter().map(|it| self.push_inbox(it)).collect())
+    }
+
+    async fn mark_read(&self, subject: &SubjectId, id: &str) -> Result<(), StoreError> {
+        if let Some(msg) = self.shard(subject).get_mut(subject).and_then(|e| e.inbox.iter_mut().find(|x| x.id == id)) {
+            msg.read = true;
+        }
+        Ok(())
+    }
+
+    async fn reserve_many(
+        &self,
+        items: &[Reservation<'_>],
+        now: i64,
+        caps: &Caps,
+    ) -> Result<Vec<Result<(), Skip>>, StoreError> {
+        Ok(items.iter().map(|it| self.reserve(it, now, caps)).collect())
+    }
+
+    async fn release(&self, items: &[Reservation<'_>]) -> Result<(), StoreError> {
+        for it in items {
+            if let Some(e) = self.shard(it.subject).get_mut(it.subject) {
+                e.sent.retain(|(id, _, _)| id != it.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {
+        let i = cursor as usize;
+        let Some(shard) = self.shards.get(i) else { return Ok((0, Vec::new())) };
+        let out = shard
+            .lock()
+            .expect("no panics while holding the lock")
+            .iter()
+            .filter(|(_, e)| e.has_profile())
+            .map(|(k, e)| (k.clone(), e.profile.clone(), e.prefs.clone()))
+            .collect();
+        let next = if i + 1 < self.shards.len() { i as u64 + 1 } else { 0 };
+        Ok((next, out))
+    }
+}

@@ -1,0 +1,328 @@
+//! Where subjects' data lives: profiles, event ids seen, preferences, the inbox and the push
+//! reservations. One interface ([`Backend`]), one file per backend: process memory
+//! ([`memory`], the embedded default) and Redis ([`redis`], shared by replicas). [`Store`] only
+//! delegates; the same contract suite (`server/tests/store_contract.rs`) runs on every backend.
+//!
+//! An event older than every event of a full profile window is acknowledged as `too_late` and
+//! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
+//! The rules of de-duplication, caps and the inbox cap are written once ([`rules`]).
+
+pub mod memory;
+pub mod redis;
+pub mod rules;
+
+use std::future::Future;
+
+use tongban_features::domain::SubjectId;
+use tongban_features::io::LogEvent;
+use tongban_features::profile::{Profile, ProfileContext, ProfileError};
+
+use crate::push::{Caps, InboxMessage, Preferences, Skip};
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{redact, RedisStore};
+pub use self::rules::{INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_TTL_SECS, SENT_KEEP_SECS};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored profile unreadable: {0}")]
+    Corrupt(#[from] ProfileError),
+    #[error("too many concurrent updates of one subject")]
+    Contention,
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// What an ingest did for one subject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Older than the whole retained window of a full profile: acknowledged, not applied.
+    pub too_late: usize,
+}
+
+/// One subject's events to apply; `ids` are the senders' event ids (for idempotency).
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    pub subject: &'a SubjectId,
+    pub events: &'a [LogEvent],
+    pub ids: &'a [String],
+}
+
+/// A subject's id, profile and preferences.
+pub type SubjectData = (SubjectId, Profile, Option<Preferences>);
+
+/// A subject's profile and preferences, either possibly absent.
+pub type ProfileAndPrefs = (Option<Profile>, Option<Preferences>);
+
+/// One push to reserve.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    pub subject: &'a SubjectId,
+    pub id: &'a str,
+    pub critical: bool,
+}
+
+/// One message for a subject's inbox, and how long the inbox keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxItem<'a> {
+    pub subject: &'a SubjectId,
+    pub message: &'a InboxMessage,
+    pub ttl_secs: i64,
+}
+
+/// What a store backend must do. Every method that takes a slice answers one result per item,
+/// in order, and costs one round trip on a networked backend.
+pub trait Backend: Send + Sync {
+    /// Checks that the backend answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The subject's profile, if any.
+    fn profile(&self, subject: &SubjectId) -> impl Future<Output = Result<Option<Profile>, StoreError>> + Send;
+
+    /// Applies the batches of several subjects, ignoring event ids seen before; `segments[i]`
+    /// is set on a new profile of `batches[i]`. Atomic per subject.
+    fn apply_many(
+        &self,
+        batches: &[Batch<'_>],
+        segments: &[u16],
+        ctx: &ProfileContext,
+    ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
+
+    /// Stores a profile built offline unless the subject already has one (a restarted replica
+    /// never overwrites what live ingest wrote). Returns whether it stored it.
+    fn import_profile(
+        &self,
+        subject: &SubjectId,
+        profile: &Profile,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Erases everything kept about a subject; an update prepared before the erasure cannot
+    /// land after it. Returns whether anything existed.
+    fn erase(&self, subject: &SubjectId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Profiles and preferences of several subjects; one unreadable profile fails only its own
+    /// subject. An entry holding only preferences, inbox or reservations has no profile.
+    fn profiles_and_prefs_each(
+        &self,
+        subjects: &[&SubjectId],
+    ) -> impl Future<Output = Result<Vec<Result<ProfileAndPrefs, StoreError>>, StoreError>> + Send;
+
+    fn put_prefs(
+        &self,
+        subject: &SubjectId,
+        prefs: &Preferences,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The subject's inbox, newest first, with read marks.
+    fn inbox(&self, subject: &SubjectId) -> impl Future<Output = Result<Vec<InboxMessage>, StoreError>> + Send;
+
+    /// Adds messages to inboxes (capped at [`INBOX_CAP`], the oldest dropped) unless a message
+    /// with the same id is there. Answers whether each was added.
+    fn push_inbox_many(&self, items: &[InboxItem<'_>]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+
+    /// Marks a message of the inbox read (the caller checked that it is there).
+    fn mark_read(&self, subject: &SubjectId, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reserves pushes, in order, atomically per push: not reserved before (within
+    /// [`SENT_KEEP_SECS`], in either lane) and within the caps of its lane ([`rules`]).
+    fn reserve_many(
+        &self,
+        items: &[Reservation<'_>],
+        now: i64,
+        caps: &Caps,
+    ) -> impl Future<Output = Result<Vec<Result<(), Skip>>, StoreError>> + Send;
+
+    /// Forgets reservations (an enqueue that failed after them).
+    fn release(&self, items: &[Reservation<'_>]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One page of subjects that have a profile. Start with cursor 0; the page returning
+    /// cursor 0 is the last. A subject written during the scan may be missed or seen twice.
+    fn page(&self, cursor: u64) -> impl Future<Output = Result<(u64, Vec<SubjectData>), StoreError>> + Send;
+}
+
+/// A store: one of the backends. Only delegates.
+#[derive(Debug)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+macro_rules! delegate {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            Store::Memory($b) => $call,
+            Store::Redis($b) => $call,
+        }
+    };
+}
+
+impl Store {
+    pub fn memory() -> Store {
+        Store::Memory(MemoryStore::default())
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, b => b.ping().await)
+    }
+
+    pub async fn profile(&self, subject: &SubjectId) -> Result<Option<Profile>, StoreError> {
+        delegate!(self, b => b.profile(subject).await)
+    }
+
+    /// Applies one subject's batch.
+    pub async fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Result<Applied, StoreError> {
+        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx).await?[0])
+    }
+
+    /// See [`Backend::apply_many`].
+    pub async fn apply_many(
+        &self,
+        batches: &[Batch<'_>],
+        segments: &[u16],
+        ctx: &ProfileContext,
+    ) -> Result<Vec<Applied>, StoreError> {
+        delegate!(self, b => b.apply_many(batches, segments, ctx).await)
+    }
+
+    pub async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
+        delegate!(self, b => b.import_profile(subject, profile).await)
+    }
+
+    pub async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
+        delegate!(self, b => b.erase(subject).await)
+    }
+
+    /// The subject's profile and preferences, in one round trip.
+    pub async fn profile_and_prefs(&self, subject: &SubjectId) -> Result<ProfileAndPrefs, StoreError> {
+        Ok(self.profiles_and_prefs(&[subject]).await?.pop().expect("one subject, one answer"))
+    }
+
+    /// Profiles and preferences of several subjects, failing if any fails.
+    pub async fn profiles_and_prefs(&self, subjects: &[&SubjectId]) -> Result<Vec<ProfileAndPrefs>, StoreError> {
+        self.profiles_and_prefs_each(subjects).await?.into_iter().collect()
+    }
+
+    /// See [`Backend::profiles_and_prefs_each`].
+    pub async fn profiles_and_prefs_each(
+        &self,
+        subjects: &[&SubjectId],
+    ) -> Result<Vec<Result<ProfileAndPrefs, StoreError>>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.profiles_and_prefs_each(subjects).await)
+    }
+
+    pub async fn put_prefs(&self, subject: &SubjectId, prefs: &Preferences) -> Result<(), StoreError> {
+        delegate!(self, b => b.put_prefs(subject, prefs).await)
+    }
+
+    pub async fn inbox(&self, subject: &SubjectId) -> Result<Vec<InboxMessage>, StoreError> {
+        delegate!(self, b => b.inbox(subject).await)
+    }
+
+    /// Adds one message; see [`Backend::push_inbox_many`].
+    pub async fn push_inbox(
+        &self,
+        subject: &SubjectId,
+        message: &InboxMessage,
+        ttl_secs: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.push_inbox_many(&[InboxItem { subject, message, ttl_secs }]).await?[0])
+    }
+
+    pub async fn push_inbox_many(&self, items: &[InboxItem<'_>]) -> Result<Vec<bool>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.push_inbox_many(items).await)
+    }
+
+    /// Marks a message read; false when the inbox has no such message.
+    pub async fn mark_read(&self, subject: &SubjectId, id: &str) -> Result<bool, StoreError> {
+        if !self.inbox(subject).await?.iter().any(|m| m.id == id) {
+            return Ok(false);
+        }
+        delegate!(self, b => b.mark_read(subject, id).await)?;
+        Ok(true)
+    }
+
+    /// Reserves one push; see [`Backend::reserve_many`].
+    pub async fn reserve(
+        &self,
+        subject: &SubjectId,
+        id: &str,
+        now: i64,
+        caps: &Caps,
+        critical: bool,
+    ) -> Result<Result<(), Skip>, StoreError> {
+        Ok(self.reserve_many(&[Reservation { subject, id, critical }], now, caps).await?[0])
+    }
+
+    pub async fn reserve_many(
+        &self,
+        items: &[Reservation<'_>],
+        now: i64,
+        caps: &Caps,
+    ) -> Result<Vec<Result<(), Skip>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.reserve_many(items, now, caps).await)
+    }
+
+    pub async fn release(&self, items: &[Reservation<'_>]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        delegate!(self, b => b.release(items).await)
+    }
+
+    pub async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {
+        delegate!(self, b => b.page(cursor).await)
+    }
+}
+
+/// Applies a batch's events to a profile; `seen[i]` says whether event `i`'s id was seen
+/// before. Returns the counts and the ids newly applied. Shared by every backend.
+pub(crate) fn apply_events<'b>(
+    profile: &mut Profile,
+    batch: &Batch<'b>,
+    seen: &[bool],
+    ctx: &ProfileContext,
+) -> (Applied, Vec<&'b str>) {
+    let mut out = Applied::default();
+    let mut new_ids: Vec<&str> = Vec::new();
+    for ((e, id), was) in batch.events.iter().zip(batch.ids).zip(seen) {
+        if *was || new_ids.contains(&id.as_str()) {
+            out.duplicates += 1;
+            continue;
+        }
+        let late = profile.too_late();
+        if profile.apply(e, ctx) {
+            out.accepted += 1;
+            new_ids.push(id);
+        } else if profile.too_late() > late {
+            out.too_late += 1;
+        } else {
+            out.duplicates += 1;
+        }
+    }
+    (out, new_ids)
+}

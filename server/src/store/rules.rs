@@ -1,0 +1,78 @@
+//! The rules of the push bookkeeping, defined once: the memory store runs them in Rust, the
+//! Redis store passes them to its Lua script (`lua/reserve.lua`) as arguments.
+
+use crate::push::{Caps, InboxMessage, Skip};
+
+const DAY: i64 = 86_400;
+
+/// How long reserved push ids are remembered (de-duplication of yearly and once-per-event
+/// pushes); caps only look at the last week.
+pub const SENT_KEEP_SECS: i64 = 400 * DAY;
+
+/// Inbox messages kept per subject (the oldest go first).
+pub const INBOX_CAP: usize = 50;
+
+/// How long Redis remembers event ids for idempotency (the profile also ignores duplicates of
+/// its retained events).
+pub const SEEN_TTL_SECS: i64 = 30 * DAY;
+
+/// The most ids one compare-and-set may add (Lua's `unpack` limit is about 8,000).
+pub const MAX_IDS_PER_WRITE: usize = 5000;
+
+/// One cap: at most `limit` reservations of a lane within the last `window_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapRule {
+    pub window_secs: i64,
+    pub limit: usize,
+    /// The answer when the cap is reached.
+    pub skip: Skip,
+}
+
+/// The caps of a lane, checked in order. The critical lane (legal deadlines) has only its own
+/// weekly cap; the normal lane a daily and a weekly one.
+pub fn cap_rules(caps: &Caps, critical: bool) -> Vec<CapRule> {
+    if critical {
+        vec![CapRule { window_secs: 7 * DAY, limit: caps.critical_per_week, skip: Skip::CriticalCap }]
+    } else {
+        vec![
+            CapRule { window_secs: DAY, limit: caps.per_day, skip: Skip::DailyCap },
+            CapRule { window_secs: 7 * DAY, limit: caps.per_week, skip: Skip::WeeklyCap },
+        ]
+    }
+}
+
+/// The first rule that `reserved` (the lane's reservation times) has reached at `now`.
+pub fn first_reached(rules: &[CapRule], reserved: &[i64], now: i64) -> Option<Skip> {
+    rules.iter().find(|r| reserved.iter().filter(|&&at| at > now - r.window_secs).count() >= r.limit).map(|r| r.skip)
+}
+
+/// Inbox order: newest first (by creation, then id).
+pub fn newest_first(msgs: &mut [InboxMessage]) {
+    msgs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+}
+
+/// The ids of the messages beyond [`INBOX_CAP`], the oldest by creation.
+pub fn over_cap(mut msgs: Vec<InboxMessage>) -> Vec<String> {
+    newest_first(&mut msgs);
+    msgs.into_iter().skip(INBOX_CAP).map(|m| m.id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_within_their_window_and_lanes_have_their_own_rules() {
+        let caps = Caps { per_day: 2, per_week: 3, critical_per_week: 1, ..Caps::default() };
+        let normal = cap_rules(&caps, false);
+        let now = 100 * DAY;
+        assert_eq!(first_reached(&normal, &[], now), None);
+        assert_eq!(first_reached(&normal, &[now - 10, now - 20], now), Some(Skip::DailyCap));
+        // A day ago exactly is outside the daily window, inside the weekly one.
+        assert_eq!(first_reached(&normal, &[now - DAY, now - 2 * DAY], now), None);
+        assert_eq!(first_reached(&normal, &[now - DAY, now - 2 * DAY, now - 3 * DAY], now), Some(Skip::WeeklyCap));
+        let critical = cap_rules(&caps, true);
+        assert_eq!(first_reached(&critical, &[now - 6 * DAY], now), Some(Skip::CriticalCap));
+        assert_eq!(first_reached(&critical, &[now - 7 * DAY], now), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! The queue contract: every case runs on every backend (memory, and a real `redis-server`
+//! started here), by one macro. Redis-only failure cases follow.
+
+mod support;
+
+use std::time::Duration;
+
+use tongban_features::domain::SubjectId;
+use tongban_server::push::{InboxMessage, Job, Skip, Trigger};
+use tongban_server::queue::{wall_ms, Enqueue, Outcome, Queue, Status};
+use tongban_server::store::RedisStore;
+
+use support::RedisServer;
+
+struct Harness {
+    queue: Queue,
+    redis: Option<RedisServer>,
+}
+
+impl Harness {
+    fn memory() -> Harness {
+        Harness { queue: Queue::memory(), redis: None }
+    }
+
+    async fn redis() -> Harness {
+        let r = RedisServer::start();
+        let store = RedisStore::connect(&r.url(), "qc:").await.expect("connect to the test's redis-server");
+        let (conn, prefix) = store.connection();
+        let queue = Queue::redis(conn, &prefix, 4).await.expect("create the queue");
+        Harness { queue, redis: Some(r) }
+    }
+}
+
+fn job(id: &str, subject: &str, trigger: Trigger) -> Job {
+    Job {
+        subject: SubjectId::parse(subject).unwrap(),
+        message: InboxMessage {
+            id: id.into(),
+            trigger,
+            bundle: None,
+            services: vec!["s.one".into()],
+            title: "t".into(),
+            body: "b".into(),
+            sms: "s".into(),
+            created_at: 1,
+            deliver_at: 1,
+            expires_at: i64::MAX,
+            read: false,
+            model: "m".into(),
+        },
+        critical: false,
+        done_after: 0,
+        reasons: vec!["test".into()],
+        decisions: vec![],
+        attempts: 0,
+        last_error: None,
+    }
+}
+
+fn ready(job: Job) -> Enqueue {
+    Enqueue { job, due_ms: 0, status: Status::Queued }
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::memory()).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::redis().await).await
+            })*
+        }
+    };
+}
+
+contract!(
+    a_job_is_claimed_once_and_finished_with_its_record,
+    a_delayed_job_waits_for_its_due_time,
+    a_job_left_pending_by_a_dead_worker_is_reclaimed,
+    a_retry_counts_the_attempt_and_comes_back_after_its_delay,
+    dead_letters_keep_the_reason_newest_first,
+    skips_never_overwrite_a_record_and_duplicates_are_only_counted,
+    transitions_are_counted_by_status_and_trigger,
+    many_jobs_over_partitions_are_all_delivered,
+);
+
+async fn a_job_is_claimed_once_and_finished_with_its_record(h: Harness) {
+    let q = &h.queue;
+    q.enqueue(&[ready(job("TB-1", "u-a", Trigger::NextStep))]).await.unwrap();
+    assert_eq!(q.record("TB-1").await.unwrap().unwrap().status, Status::Queued);
+    let got = q.claim("w1", 10, 60_000).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].reclaimed);
+    assert!(q.claim("w2", 10, 60_000).await.unwrap().is_empty(), "claimed once");
+    assert_eq!(q.depth().await.unwrap().pending, 1);
+    q.finish(vec![(got[0].clone(), Outcome::Delivered { channels: "inbox".into() })]).await.unwrap();
+    let rec = q.record("TB-1").await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.detail.as_deref()), (Status::Delivered, Some("inbox")));
+    assert!(q.depth().await.unwrap().idle());
+}
+
+async fn a_delayed_job_waits_for_its_due_time(h: Harness) {
+    let q = &h.queue;
+    let due = wall_ms() + 60_000;
+    q.enqueue(&[Enqueue { job: job("TB-D", "u-d", Trigger::Renewal), due_ms: due, status: Status::Deferred }])
+        .await
+        .unwrap();
+    assert_eq!(q.promote(wall_ms()).await.unwrap(), 0);
+    assert!(q.claim("w", 10, 60_000).await.unwrap().is_empty());
+    assert_eq!(q.depth().await.unwrap().delayed, 1);
+    assert_eq!(q.promote(due).await.unwrap(), 1);
+    let got = q.claim("w", 10, 60_000).await.unwrap();
+    assert_eq!(got[0].job.message.id, "TB-D");
+}
+
+async fn a_job_left_pending_by_a_dead_worker_is_reclaimed(h: Harness) {
+    let q = &h.queue;
+    q.enqueue(&[ready(job("TB-P", "u-p", Trigger::NextStep))]).await.unwrap();
+    let first = q.claim("dead-worker", 10, 50).await.unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let again = q.claim("live-worker", 10, 50).await.unwrap();
+    assert_eq!(again.len(), 1, "reclaimed after the visibility timeout");
+    assert!(again[0].reclaimed);
+    q.finish(vec![(again[0].clone(), Outcome::Delivered { channels: "inbox".into() })]).await.unwrap();
+    assert!(q.depth().await.unwrap().idle());
+}
+
+async fn a_retry_counts_the_attempt_and_comes_back_after_its_delay(h: Harness) {
+    let q = &h.queue;
+    q.enqueue(&[ready(job("TB-R", "u-r", Trigger::Deadline))]).await.unwrap();
+    let c = q.claim("w", 10, 60_000).await.unwrap().remove(0);
+    let due = wall_ms() + 1_000;
+    q.finish(vec![(c, Outcome::Retry { due_ms: due, error: "webhook answered 503".into() })]).await.unwrap();
+    let rec = q.record("TB-R").await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.attempts), (Status::Retrying, 1));
+    assert_eq!(q.depth().await.unwrap().delayed, 1);
+    q.promote(due).await.unwrap();
+    let back = q.claim("w", 10, 60_000).await.unwrap();
+    assert_eq!(back[0].job.attempts, 1);
+    assert_eq!(back[0].job.last_error.as_deref(), Some("webhook answered 503"));
+}
+
+async fn dead_letters_keep_the_reason_newest_first(h: Harness) {
+    let q = &h.queue;
+    for id in ["TB-X1", "TB-X2"] {
+        q.enqueue(&[ready(job(id, "u-x", Trigger::Campaign))]).await.unwrap();
+        let c = q.claim("w", 10, 60_000).await.unwrap().remove(0);
+        q.finish(vec![(c, Outcome::Dead { reason: format!("gone {id}") })]).await.unwrap();
+        // Stream ids are per millisecond: keep the two apart.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].1, "gone TB-X2");
+    assert_eq!(dead[0].0.as_ref().unwrap().message.id, "TB-X2");
+    assert_eq!(q.depth().await.unwrap().dead, 2);
+    assert_eq!(q.record("TB-X1").await.unwrap().unwrap().status, Status::Dead);
+}
+
+async fn skips_never_overwrite_a_record_and_duplicates_are_only_counted(h: Harness) {
+    let q = &h.queue;
+    q.enqueue(&[ready(job("TB-S", "u-s", Trigger::NextStep))]).await.unwrap();
+    q.skipped(&[(job("TB-S", "u-s", Trigger::NextStep), Skip::WeeklyCap)]).await.unwrap();
+    assert_eq!(q.record("TB-S").await.unwrap().unwrap().status, Status::Queued, "the sent push keeps its record");
+    q.skipped(&[(job("TB-N", "u-s", Trigger::NextStep), Skip::Duplicate)]).await.unwrap();
+    assert!(q.record("TB-N").await.unwrap().is_none(), "a duplicate writes no record");
+    q.skipped(&[(job("TB-O", "u-s", Trigger::NextStep), Skip::PushOff)]).await.unwrap();
+    let rec = q.record("TB-O").await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.detail.as_deref()), (Status::Skipped, Some("push_off")));
+}
+
+async fn transitions_are_counted_by_status_and_trigger(h: Harness) {
+    let q = &h.queue;
+    q.enqueue(&[ready(job("TB-C1", "u-c", Trigger::NextStep)), ready(job("TB-C2", "u-c", Trigger::Renewal))])
+        .await
+        .unwrap();
+    q.skipped(&[(job("TB-C3", "u-c", Trigger::Renewal), Skip::Duplicate)]).await.unwrap();
+    let counts = q.counts().await.unwrap();
+    let n = |s: Status, t: Trigger| counts.iter().find(|c| c.0 == s && c.1 == t).map_or(0, |c| c.2);
+    assert_eq!(n(Status::Queued, Trigger::NextStep), 1);
+    assert_eq!(n(Status::Queued, Trigger::Renewal), 1);
+    assert_eq!(n(Status::Skipped, Trigger::Renewal), 1);
+}
+
+async fn many_jobs_over_partitions_are_all_delivered(h: Harness) {
+    let q = &h.queue;
+    let jobs: Vec<Enqueue> = (0..200).map(|i| ready(job(&format!("TB-M{i}"), &format!("u-m{i}"), Trigger::NextStep))).collect();
+    q.enqueue(&jobs).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let got = q.claim("w", 64, 60_000).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for c in &got {
+            assert!(seen.insert(c.job.message.id.clone()), "claimed twice: {}", c.job.message.id);
+        }
+        q.finish(got.into_iter().map(|c| (c, Outcome::Delivered { channels: "inbox".into() })).collect()).await.unwrap();
+    }
+    assert_eq!(seen.len(), 200);
+    assert!(q.depth().await.unwrap().idle());
+}
+
+// ---- Redis only.
+
+#[tokio::test]
+async fn redis_an_entry_that_is_not_a_job_goes_to_the_dead_letters() {
+    let h = Harness::redis().await;
+    let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
+    let _: String = redis::cmd("XADD").arg("qc:tb:{q:0}:ready").arg("*").arg("job").arg("{not json").query_async(&mut raw).await.unwrap();
+    h.queue.enqueue(&[ready(job("TB-OK", "u-ok", Trigger::NextStep))]).await.unwrap();
+    let got = h.queue.claim("w", 10, 60_000).await.unwrap();
+    assert_eq!(got.len(), 1, "the good job still comes");
+    let dead = h.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].0.is_none() && dead[0].1.contains("unreadable queued job"), "{:?}", dead[0].1);
+}
+
+#[tokio::test]
+async fn redis_lost_consumer_groups_and_scripts_are_made_again() {
+    let h = Harness::redis().await;
+    let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
+    // A Redis restarted without persistence: everything gone.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    assert!(h.queue.claim("w", 10, 60_000).await.unwrap().is_empty(), "the groups are created again");
+    let due = wall_ms() + 10;
+    h.queue.enqueue(&[Enqueue { job: job("TB-G", "u-g", Trigger::NextStep), due_ms: due, status: Status::Deferred }]).await.unwrap();
+    assert_eq!(h.queue.promote(due + 1).await.unwrap(), 1, "the promote script is loaded again");
+    assert_eq!(h.queue.claim("w", 10, 60_000).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error() {
+    let mut h = Harness::redis().await;
+    h.redis.as_mut().unwrap().kill();
+    assert!(h.queue.enqueue(&[ready(job("TB-Z", "u-z", Trigger::NextStep))]).await.is_err());
+    assert!(h.queue.claim("w", 10, 60_000).await.is_err());
+}

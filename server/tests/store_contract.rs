@@ -1,0 +1,336 @@
+//! The store contract: every case runs on every backend (memory, and a real `redis-server`
+//! started here), by one macro. Redis-only failure cases follow.
+
+mod support;
+
+use std::sync::Arc;
+
+use tongban_features::domain::{Channel, EventKind, SubjectId};
+use tongban_features::io::LogEvent;
+use tongban_features::profile::{BundleIndex, Profile, ProfileContext, ProfileParams};
+use tongban_features::time::Timestamp;
+use tongban_server::push::{Caps, InboxMessage, Outbound, Preferences, Skip, Trigger};
+use tongban_server::store::{Batch, InboxItem, RedisStore, Store, StoreError, INBOX_CAP};
+
+use support::RedisServer;
+
+const DAY: i64 = 86_400;
+const T0: i64 = 1_780_000_000;
+
+/// A store under test, with its Redis server if any.
+struct Harness {
+    store: Arc<Store>,
+    redis: Option<RedisServer>,
+}
+
+impl Harness {
+    fn memory() -> Harness {
+        Harness { store: Arc::new(Store::memory()), redis: None }
+    }
+
+    async fn redis() -> Harness {
+        let r = RedisServer::start();
+        let store = RedisStore::connect(&r.url(), "contract:").await.expect("connect to the test's redis-server");
+        Harness { store: Arc::new(Store::Redis(store)), redis: Some(r) }
+    }
+}
+
+fn sid(s: &str) -> SubjectId {
+    SubjectId::parse(s).unwrap()
+}
+
+fn ctx(max_events: usize) -> ProfileContext {
+    ProfileContext {
+        params: ProfileParams { max_events, ..ProfileParams::default() },
+        bundles: BundleIndex::default(),
+    }
+}
+
+fn event(service: u32, at: i64, kind: EventKind) -> LogEvent {
+    LogEvent { id: at as u64, subject: 0, service, kind, rating: 0, channel: Channel::Web, at: Timestamp(at) }
+}
+
+fn message(id: &str, created_at: i64) -> InboxMessage {
+    InboxMessage {
+        id: id.into(),
+        trigger: Trigger::NextStep,
+        bundle: None,
+        services: vec!["s.one".into()],
+        title: "t".into(),
+        body: "b".into(),
+        sms: "s".into(),
+        created_at,
+        deliver_at: created_at,
+        expires_at: created_at + 30 * DAY,
+        read: false,
+        model: "m".into(),
+    }
+}
+
+async fn apply(store: &Store, subject: &SubjectId, events: &[LogEvent], ids: &[&str]) -> tongban_server::store::Applied {
+    let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    store.apply(&Batch { subject, events, ids: &ids }, &ctx(64), 3).await.unwrap()
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::memory()).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::redis().await).await
+            })*
+        }
+    };
+}
+
+contract!(
+    events_are_idempotent_by_id_within_and_across_requests,
+    an_event_older_than_a_full_window_is_too_late_not_a_duplicate,
+    a_new_profile_takes_its_segment_and_a_missing_one_is_none,
+    import_never_overwrites_a_profile_and_keeps_preferences,
+    erase_forgets_everything_and_answers_whether_anything_existed,
+    preferences_round_trip_and_alone_make_no_profile,
+    the_inbox_keeps_one_message_per_id_newest_first_within_its_cap,
+    read_marks_only_mark_messages_that_exist,
+    reservations_deduplicate_in_both_lanes_and_cap_each_lane,
+    caps_count_only_their_window,
+    released_reservations_can_be_made_again,
+    pages_visit_every_subject_with_a_profile_once,
+    concurrent_updates_of_one_subject_lose_nothing,
+    batches_of_several_subjects_answer_in_order,
+);
+
+async fn events_are_idempotent_by_id_within_and_across_requests(h: Harness) {
+    let s = sid("u-idem");
+    let evs = [event(1, T0, EventKind::Applied), event(2, T0 + 1, EventKind::Applied), event(1, T0, EventKind::Applied)];
+    let a = apply(&h.store, &s, &evs, &["e1", "e2", "e1"]).await;
+    assert_eq!((a.accepted, a.duplicates, a.too_late), (2, 1, 0), "a repeated id in one request counts once");
+    let again = apply(&h.store, &s, &evs[..2], &["e1", "e2"]).await;
+    assert_eq!((again.accepted, again.duplicates), (0, 2));
+    let p = h.store.profile(&s).await.unwrap().expect("a profile");
+    assert_eq!(p.events(), 2);
+}
+
+async fn an_event_older_than_a_full_window_is_too_late_not_a_duplicate(h: Harness) {
+    let s = sid("u-late");
+    let ids: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+    let evs: Vec<LogEvent> = (0..4).map(|i| event(i, T0 + i64::from(i) * DAY, EventKind::Applied)).collect();
+    let small = ctx(4);
+    let full = h.store.apply(&Batch { subject: &s, events: &evs, ids: &ids }, &small, 0).await.unwrap();
+    assert_eq!(full.accepted, 4);
+    let old = [event(9, T0 - DAY, EventKind::Applied)];
+    let late = h.store.apply(&Batch { subject: &s, events: &old, ids: &["old".into()] }, &small, 0).await.unwrap();
+    assert_eq!((late.accepted, late.duplicates, late.too_late), (0, 0, 1));
+}
+
+async fn a_new_profile_takes_its_segment_and_a_missing_one_is_none(h: Harness) {
+    assert!(h.store.profile(&sid("u-nobody")).await.unwrap().is_none());
+    apply(&h.store, &sid("u-seg"), &[event(1, T0, EventKind::Applied)], &["x"]).await;
+    assert_eq!(h.store.profile(&sid("u-seg")).await.unwrap().unwrap().segment(), 3);
+}
+
+async fn import_never_overwrites_a_profile_and_keeps_preferences(h: Harness) {
+    let s = sid("u-imp");
+    let prefs = Preferences { push: false, ..Preferences::default() };
+    h.store.put_prefs(&s, &prefs).await.unwrap();
+    let mut offline = Profile::new(5);
+    offline.apply(&event(7, T0, EventKind::Completed), &ctx(64));
+    assert!(h.store.import_profile(&s, &offline).await.unwrap(), "preferences alone are no profile");
+    assert!(!h.store.import_profile(&s, &Profile::new(6)).await.unwrap(), "an existing profile is kept");
+    let (p, got) = h.store.profile_and_prefs(&s).await.unwrap();
+    assert_eq!(p.unwrap().segment(), 5);
+    assert_eq!(got, Some(prefs));
+}
+
+async fn erase_forgets_everything_and_answers_whether_anything_existed(h: Harness) {
+    let s = sid("u-erase");
+    assert!(!h.store.erase(&s).await.unwrap(), "nothing to erase");
+    apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a"]).await;
+    h.store.put_prefs(&s, &Preferences::default()).await.unwrap();
+    h.store.push_inbox(&s, &message("TB-1", T0), DAY).await.unwrap();
+    assert_eq!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.unwrap(), Ok(()));
+    assert!(h.store.erase(&s).await.unwrap());
+    assert_eq!(h.store.profile_and_prefs(&s).await.unwrap(), (None, None));
+    assert!(h.store.inbox(&s).await.unwrap().is_empty());
+    assert_eq!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.unwrap(), Ok(()), "reservations go too");
+    let again = apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a"]).await;
+    assert_eq!(again.accepted, 1, "event ids seen go too");
+}
+
+async fn preferences_round_trip_and_alone_make_no_profile(h: Harness) {
+    let s = sid("u-prefs");
+    let prefs = Preferences { channels: vec![Outbound::Sms], quiet_hours: None, ..Preferences::default() };
+    h.store.put_prefs(&s, &prefs).await.unwrap();
+    assert_eq!(h.store.profile_and_prefs(&s).await.unwrap(), (None, Some(prefs.clone())));
+    let page = h.store.page(0).await.unwrap();
+    assert!(page.1.iter().all(|(x, _, _)| x != &s));
+}
+
+async fn the_inbox_keeps_one_message_per_id_newest_first_within_its_cap(h: Harness) {
+    let s = sid("u-inbox");
+    assert!(h.store.push_inbox(&s, &message("TB-A", T0), DAY).await.unwrap());
+    assert!(!h.store.push_inbox(&s, &message("TB-A", T0 + 5), DAY).await.unwrap(), "one message per push id");
+    let many: Vec<InboxMessage> = (0..INBOX_CAP as i64 + 5).map(|i| message(&format!("TB-{i:03}"), T0 + 10 + i)).collect();
+    let items: Vec<InboxItem> = many.iter().map(|m| InboxItem { subject: &s, message: m, ttl_secs: DAY }).collect();
+    assert!(h.store.push_inbox_many(&items).await.unwrap().iter().all(|&added| added));
+    let inbox = h.store.inbox(&s).await.unwrap();
+    assert_eq!(inbox.len(), INBOX_CAP);
+    assert_eq!(inbox[0].id, format!("TB-{:03}", INBOX_CAP + 4), "newest first");
+    assert!(inbox.windows(2).all(|w| w[0].created_at >= w[1].created_at));
+    assert!(inbox.iter().all(|m| m.id != "TB-A"), "the oldest went first");
+}
+
+async fn read_marks_only_mark_messages_that_exist(h: Harness) {
+    let s = sid("u-read");
+    h.store.push_inbox(&s, &message("TB-R", T0), DAY).await.unwrap();
+    assert!(!h.store.mark_read(&s, "TB-NOPE").await.unwrap());
+    assert!(h.store.mark_read(&s, "TB-R").await.unwrap());
+    assert!(h.store.inbox(&s).await.unwrap()[0].read);
+}
+
+async fn reservations_deduplicate_in_both_lanes_and_cap_each_lane(h: Harness) {
+    let s = sid("u-caps");
+    let caps = Caps { per_day: 2, per_week: 3, critical_per_week: 1, ..Caps::default() };
+    let r = |id: &'static str, at: i64, critical: bool| {
+        let (store, s, caps) = (h.store.clone(), s.clone(), caps);
+        async move { store.reserve(&s, id, at, &caps, critical).await.unwrap() }
+    };
+    assert_eq!(r("n1", T0, false).await, Ok(()));
+    assert_eq!(r("n1", T0, true).await, Err(Skip::Duplicate), "an id reserved in either lane is a duplicate");
+    assert_eq!(r("n2", T0, false).await, Ok(()));
+    assert_eq!(r("n3", T0, false).await, Err(Skip::DailyCap));
+    assert_eq!(r("n3", T0 + DAY, false).await, Ok(()));
+    assert_eq!(r("n4", T0 + 2 * DAY, false).await, Err(Skip::WeeklyCap));
+    assert_eq!(r("c1", T0, true).await, Ok(()), "the critical lane has its own cap");
+    assert_eq!(r("c2", T0 + DAY, true).await, Err(Skip::CriticalCap));
+    assert_eq!(r("c2", T0 + 7 * DAY, true).await, Ok(()));
+}
+
+async fn caps_count_only_their_window(h: Harness) {
+    let s = sid("u-window");
+    let caps = Caps { per_day: 1, per_week: 2, ..Caps::default() };
+    let mut ok = 0;
+    for day in 0..14 {
+        let id = format!("w{day}");
+        if h.store.reserve(&s, &id, T0 + day * DAY, &caps, false).await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 4, "two a week over two weeks");
+}
+
+async fn released_reservations_can_be_made_again(h: Harness) {
+    let s = sid("u-release");
+    let caps = Caps::default();
+    assert_eq!(h.store.reserve(&s, "TB-X", T0, &caps, true).await.unwrap(), Ok(()));
+    let res = [tongban_server::store::Reservation { subject: &s, id: "TB-X", critical: true }];
+    h.store.release(&res).await.unwrap();
+    assert_eq!(h.store.reserve(&s, "TB-X", T0, &caps, true).await.unwrap(), Ok(()));
+}
+
+async fn pages_visit_every_subject_with_a_profile_once(h: Harness) {
+    let n = 300;
+    for i in 0..n {
+        let s = sid(&format!("u-page-{i}"));
+        apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["p"]).await;
+    }
+    h.store.put_prefs(&sid("u-page-prefs-only"), &Preferences::default()).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = 0;
+    loop {
+        let (next, page) = h.store.page(cursor).await.unwrap();
+        for (s, p, _) in page {
+            assert_eq!(p.events(), 1);
+            seen.insert(s.as_str().to_owned());
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), n, "every subject with a profile, and no other");
+}
+
+async fn concurrent_updates_of_one_subject_lose_nothing(h: Harness) {
+    let s = sid("u-race");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, s) = (h.store.clone(), s.clone());
+            tokio::spawn(async move {
+                let e = [event(i, T0 + i64::from(i), EventKind::Applied)];
+                let ids = [format!("race-{i}")];
+                store.apply(&Batch { subject: &s, events: &e, ids: &ids }, &ctx(64), 0).await.unwrap().accepted
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await.unwrap();
+    }
+    assert_eq!(accepted, 16);
+    assert_eq!(h.store.profile(&s).await.unwrap().unwrap().events(), 16);
+}
+
+async fn batches_of_several_subjects_answer_in_order(h: Harness) {
+    let (a, b) = (sid("u-ord-a"), sid("u-ord-b"));
+    apply(&h.store, &a, &[event(1, T0, EventKind::Applied)], &["x"]).await;
+    let ea = [event(1, T0, EventKind::Applied)];
+    let eb = [event(1, T0, EventKind::Applied), event(2, T0 + 1, EventKind::Completed)];
+    let (ia, ib) = (vec!["x".to_owned()], vec!["x".to_owned(), "y".to_owned()]);
+    let batches = [Batch { subject: &a, events: &ea, ids: &ia }, Batch { subject: &b, events: &eb, ids: &ib }];
+    let out = h.store.apply_many(&batches, &[0, 0], &ctx(64)).await.unwrap();
+    assert_eq!((out[0].accepted, out[0].duplicates), (0, 1));
+    assert_eq!(out[1].accepted, 2, "ids are per subject");
+    let got = h.store.profiles_and_prefs(&[&b, &a]).await.unwrap();
+    assert_eq!(got[0].0.as_ref().unwrap().events(), 2);
+    assert_eq!(got[1].0.as_ref().unwrap().events(), 1);
+}
+
+// ---- Redis only: what a networked backend can meet.
+
+#[tokio::test]
+async fn redis_a_restart_that_forgot_the_scripts_is_recovered_alone() {
+    let h = Harness::redis().await;
+    let url = h.redis.as_ref().unwrap().url();
+    let mut raw = support::raw(&url).await;
+    let s = sid("u-noscript");
+    apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a"]).await;
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    let a = apply(&h.store, &s, &[event(2, T0 + 1, EventKind::Applied)], &["b"]).await;
+    assert_eq!(a.accepted, 1, "the compare-and-set script is loaded again");
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    assert_eq!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.unwrap(), Ok(()));
+}
+
+#[tokio::test]
+async fn redis_an_unreadable_profile_fails_only_its_own_subject() {
+    let h = Harness::redis().await;
+    let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
+    let (good, bad) = (sid("u-good"), sid("u-bad"));
+    apply(&h.store, &good, &[event(1, T0, EventKind::Applied)], &["a"]).await;
+    let _: () = redis::cmd("SET").arg("contract:tb:{u:u-bad}:p").arg("not a profile").query_async(&mut raw).await.unwrap();
+    let each = h.store.profiles_and_prefs_each(&[&good, &bad]).await.unwrap();
+    assert!(each[0].is_ok());
+    assert!(matches!(each[1], Err(StoreError::Corrupt(_))), "{:?}", each[1]);
+    assert!(matches!(h.store.profile(&bad).await, Err(StoreError::Corrupt(_))));
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_never_a_silent_drop() {
+    let mut h = Harness::redis().await;
+    let s = sid("u-down");
+    apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a"]).await;
+    h.redis.as_mut().unwrap().kill();
+    let ids = ["b".to_owned()];
+    let e = [event(2, T0 + 1, EventKind::Applied)];
+    let r = h.store.apply(&Batch { subject: &s, events: &e, ids: &ids }, &ctx(64), 0).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(matches!(h.store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.is_err());
+}
