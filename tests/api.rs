@@ -2,9 +2,8 @@
 //! `redis-server` started here on a free port (one per test, killed on drop).
 
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -27,45 +26,9 @@ fn sid(s: &str) -> SubjectId {
     SubjectId::parse(s).unwrap()
 }
 
-/// A `redis-server` of this test's own.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        // Owned from here on: dropped (killed and waited for) on every path, panics included.
-        let server = RedisServer { child, port };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+#[path = "../server/tests/support/mod.rs"]
+mod support;
+use support::RedisServer;
 
 struct Fixture {
     catalogue: Arc<Catalogue>,
@@ -444,6 +407,35 @@ async fn keys_are_checked_by_scope() {
     assert_eq!(app.client.get(&admin).header("x-api-key", "op-k").send().await.unwrap().status().as_u16(), 200);
     // Operations routes need no key.
     assert_eq!(app.get("/healthz").await.0, 200);
+}
+
+/// Every route with a scope answers 401 to a request without a key before it reads the body:
+/// a broken body never gets a parser's answer, and an unauthenticated client learns nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_get_401_before_any_body_parsing() {
+    let keys =
+        ApiKeys { portal: vec!["portal-k".into()], ingest: vec!["ingest-k".into()], operator: vec!["op-k".into()] };
+    let (app, _) = start(Backend::Memory, keys).await;
+    let mut protected = 0;
+    for &(method, path, _, scope, _, _, _) in tongban_server::openapi::ROUTES {
+        if scope == "none" {
+            continue;
+        }
+        protected += 1;
+        let url = format!("{}{}", app.base, path.replace("{id}", "u-401").replace("{msg}", "TB-0"));
+        let req = match method {
+            "get" => app.client.get(&url),
+            "post" => app.client.post(&url),
+            "put" => app.client.put(&url),
+            "delete" => app.client.delete(&url),
+            m => panic!("unexpected method {m}"),
+        };
+        let r = req.header("content-type", "application/json").body("{").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{method} {path}: {body}");
+    }
+    assert!(protected >= 18, "{protected} protected routes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::http::problem::ProblemCode;
+use crate::push::{Outbound, Trigger};
+
 /// (method, path, summary, key scope, query parameters, request body schema, response schema).
 pub type RouteDoc = (
     &'static str,
@@ -163,9 +166,9 @@ fn schemas() -> Value {
             "push": s("boolean"), "categories_off": { "type": "array", "items": s("string") },
             "quiet_hours": { "type": "array", "items": s("integer"), "minItems": 2, "maxItems": 2, "nullable": true },
             "utc_offset_minutes": s("integer"), "personalised": s("boolean"), "locale": s("string"),
-            "channels": { "type": "array", "items": { "type": "string", "enum": ["sms", "app"] } } } },
+            "channels": { "type": "array", "items": { "type": "string", "enum": Outbound::ALL.map(Outbound::as_str) } } } },
         "PushRecord": { "type": "object", "properties": {
-            "id": s("string"), "trigger": { "type": "string", "enum": ["next_step", "sensitive", "deadline", "renewal", "yearly_window", "campaign"] },
+            "id": s("string"), "trigger": { "type": "string", "enum": Trigger::ALL.map(Trigger::as_str) },
             "bundle": { "type": "string", "nullable": true }, "services": { "type": "array", "items": s("string") },
             "model": s("string"), "reasons": { "type": "array", "items": s("string") }, "decisions": { "type": "array", "items": s("string") },
             "critical": s("boolean"), "created_at": s("integer"), "deliver_at": s("integer"), "expires_at": s("integer"), "attempts": s("integer"),
@@ -198,7 +201,10 @@ fn schemas() -> Value {
         "Ingested": { "type": "object", "properties": { "accepted": s("integer"), "duplicates": s("integer"),
             "too_late": s("integer"), "pushed": s("integer") } },
         "Ready": { "type": "object", "properties": { "store": s("string"), "model": s("string") } },
-        "Problem": { "type": "object", "properties": { "type": s("string"), "title": s("string"), "status": s("integer"), "code": s("string"), "detail": s("string") } },
+        "Problem": { "type": "object", "required": ["type", "title", "status", "code", "detail"], "properties": {
+            "type": s("string"), "title": s("string"), "status": s("integer"),
+            "code": { "type": "string", "enum": ProblemCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>() },
+            "detail": s("string") } },
         "Object": s("object"),
         "Text": s("string"),
         "Empty": s("object"),

@@ -190,7 +190,8 @@ async fn transitions_are_counted_by_status_and_trigger(h: Harness) {
 
 async fn many_jobs_over_partitions_are_all_delivered(h: Harness) {
     let q = &h.queue;
-    let jobs: Vec<Enqueue> = (0..200).map(|i| ready(job(&format!("TB-M{i}"), &format!("u-m{i}"), Trigger::NextStep))).collect();
+    let jobs: Vec<Enqueue> =
+        (0..200).map(|i| ready(job(&format!("TB-M{i}"), &format!("u-m{i}"), Trigger::NextStep))).collect();
     q.enqueue(&jobs).await.unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..50 {
@@ -201,7 +202,9 @@ async fn many_jobs_over_partitions_are_all_delivered(h: Harness) {
         for c in &got {
             assert!(seen.insert(c.job.message.id.clone()), "claimed twice: {}", c.job.message.id);
         }
-        q.finish(got.into_iter().map(|c| (c, Outcome::Delivered { channels: "inbox".into() })).collect()).await.unwrap();
+        q.finish(got.into_iter().map(|c| (c, Outcome::Delivered { channels: "inbox".into() })).collect())
+            .await
+            .unwrap();
     }
     assert_eq!(seen.len(), 200);
     assert!(q.depth().await.unwrap().idle());
@@ -213,7 +216,14 @@ async fn many_jobs_over_partitions_are_all_delivered(h: Harness) {
 async fn redis_an_entry_that_is_not_a_job_goes_to_the_dead_letters() {
     let h = Harness::redis().await;
     let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
-    let _: String = redis::cmd("XADD").arg("qc:tb:{q:0}:ready").arg("*").arg("job").arg("{not json").query_async(&mut raw).await.unwrap();
+    let _: String = ::redis::cmd("XADD")
+        .arg("qc:tb:{q:0}:ready")
+        .arg("*")
+        .arg("job")
+        .arg("{not json")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     h.queue.enqueue(&[ready(job("TB-OK", "u-ok", Trigger::NextStep))]).await.unwrap();
     let got = h.queue.claim("w", 10, 60_000).await.unwrap();
     assert_eq!(got.len(), 1, "the good job still comes");
@@ -227,11 +237,14 @@ async fn redis_lost_consumer_groups_and_scripts_are_made_again() {
     let h = Harness::redis().await;
     let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
     // A Redis restarted without persistence: everything gone.
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     assert!(h.queue.claim("w", 10, 60_000).await.unwrap().is_empty(), "the groups are created again");
     let due = wall_ms() + 10;
-    h.queue.enqueue(&[Enqueue { job: job("TB-G", "u-g", Trigger::NextStep), due_ms: due, status: Status::Deferred }]).await.unwrap();
+    h.queue
+        .enqueue(&[Enqueue { job: job("TB-G", "u-g", Trigger::NextStep), due_ms: due, status: Status::Deferred }])
+        .await
+        .unwrap();
     assert_eq!(h.queue.promote(due + 1).await.unwrap(), 1, "the promote script is loaded again");
     assert_eq!(h.queue.claim("w", 10, 60_000).await.unwrap().len(), 1);
 }

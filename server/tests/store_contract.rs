@@ -40,10 +40,7 @@ fn sid(s: &str) -> SubjectId {
 }
 
 fn ctx(max_events: usize) -> ProfileContext {
-    ProfileContext {
-        params: ProfileParams { max_events, ..ProfileParams::default() },
-        bundles: BundleIndex::default(),
-    }
+    ProfileContext { params: ProfileParams { max_events, ..ProfileParams::default() }, bundles: BundleIndex::default() }
 }
 
 fn event(service: u32, at: i64, kind: EventKind) -> LogEvent {
@@ -67,7 +64,12 @@ fn message(id: &str, created_at: i64) -> InboxMessage {
     }
 }
 
-async fn apply(store: &Store, subject: &SubjectId, events: &[LogEvent], ids: &[&str]) -> tongban_server::store::Applied {
+async fn apply(
+    store: &Store,
+    subject: &SubjectId,
+    events: &[LogEvent],
+    ids: &[&str],
+) -> tongban_server::store::Applied {
     let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
     store.apply(&Batch { subject, events, ids: &ids }, &ctx(64), 3).await.unwrap()
 }
@@ -108,7 +110,8 @@ contract!(
 
 async fn events_are_idempotent_by_id_within_and_across_requests(h: Harness) {
     let s = sid("u-idem");
-    let evs = [event(1, T0, EventKind::Applied), event(2, T0 + 1, EventKind::Applied), event(1, T0, EventKind::Applied)];
+    let evs =
+        [event(1, T0, EventKind::Applied), event(2, T0 + 1, EventKind::Applied), event(1, T0, EventKind::Applied)];
     let a = apply(&h.store, &s, &evs, &["e1", "e2", "e1"]).await;
     assert_eq!((a.accepted, a.duplicates, a.too_late), (2, 1, 0), "a repeated id in one request counts once");
     let again = apply(&h.store, &s, &evs[..2], &["e1", "e2"]).await;
@@ -176,7 +179,8 @@ async fn the_inbox_keeps_one_message_per_id_newest_first_within_its_cap(h: Harne
     let s = sid("u-inbox");
     assert!(h.store.push_inbox(&s, &message("TB-A", T0), DAY).await.unwrap());
     assert!(!h.store.push_inbox(&s, &message("TB-A", T0 + 5), DAY).await.unwrap(), "one message per push id");
-    let many: Vec<InboxMessage> = (0..INBOX_CAP as i64 + 5).map(|i| message(&format!("TB-{i:03}"), T0 + 10 + i)).collect();
+    let many: Vec<InboxMessage> =
+        (0..INBOX_CAP as i64 + 5).map(|i| message(&format!("TB-{i:03}"), T0 + 10 + i)).collect();
     let items: Vec<InboxItem> = many.iter().map(|m| InboxItem { subject: &s, message: m, ttl_secs: DAY }).collect();
     assert!(h.store.push_inbox_many(&items).await.unwrap().iter().all(|&added| added));
     let inbox = h.store.inbox(&s).await.unwrap();
@@ -301,10 +305,10 @@ async fn redis_a_restart_that_forgot_the_scripts_is_recovered_alone() {
     let mut raw = support::raw(&url).await;
     let s = sid("u-noscript");
     apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a"]).await;
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     let a = apply(&h.store, &s, &[event(2, T0 + 1, EventKind::Applied)], &["b"]).await;
     assert_eq!(a.accepted, 1, "the compare-and-set script is loaded again");
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     assert_eq!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.unwrap(), Ok(()));
 }
 
@@ -314,7 +318,8 @@ async fn redis_an_unreadable_profile_fails_only_its_own_subject() {
     let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
     let (good, bad) = (sid("u-good"), sid("u-bad"));
     apply(&h.store, &good, &[event(1, T0, EventKind::Applied)], &["a"]).await;
-    let _: () = redis::cmd("SET").arg("contract:tb:{u:u-bad}:p").arg("not a profile").query_async(&mut raw).await.unwrap();
+    let _: () =
+        ::redis::cmd("SET").arg("contract:tb:{u:u-bad}:p").arg("not a profile").query_async(&mut raw).await.unwrap();
     let each = h.store.profiles_and_prefs_each(&[&good, &bad]).await.unwrap();
     assert!(each[0].is_ok());
     assert!(matches!(each[1], Err(StoreError::Corrupt(_))), "{:?}", each[1]);
