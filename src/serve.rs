@@ -127,21 +127,16 @@ impl PushArgs {
         if !(1..=1024).contains(&self.partitions) {
             bail!("--partitions {}: expected 1 to 1024", self.partitions);
         }
-        if !(1..=10_000).contains(&self.batch) {
-            bail!("--batch {}: expected 1 to 10000", self.batch);
-        }
-        if self.max_attempts == 0 {
-            bail!("--max-attempts: expected at least 1");
-        }
-        if self.cap_per_day > self.cap_per_week {
-            bail!("--cap-per-day {} is more than --cap-per-week {}", self.cap_per_day, self.cap_per_week);
-        }
-        if !(1..=365).contains(&self.dedup_days) || !(1..=365).contains(&self.push_ttl_days) {
+        if self.dedup_days > 365 || self.push_ttl_days > 365 {
             bail!("--dedup-days and --push-ttl-days: expected 1 to 365");
         }
-        if !(0.0..=1.0).contains(&self.min_confidence) {
-            bail!("--min-confidence {}: expected 0 to 1", self.min_confidence);
-        }
+        // The ranges the server itself enforces, named by their flags.
+        self.caps().check().map_err(|e| {
+            anyhow::anyhow!("push caps (--cap-*, --dedup-days, --push-ttl-days, --min-confidence): {e}")
+        })?;
+        self.worker_config()
+            .check()
+            .map_err(|e| anyhow::anyhow!("worker (--batch, --max-attempts, --backoff-ms): {e}"))?;
         Ok(())
     }
 
@@ -157,7 +152,7 @@ impl PushArgs {
     }
 
     fn worker(&self, pusher: Arc<tongban_server::deliver::Pusher>) -> Result<tongban_server::deliver::Worker> {
-        use tongban_server::deliver::{Channels, LogChannel, Webhook, Worker, WorkerConfig};
+        use tongban_server::deliver::{Channels, LogChannel, Webhook, Worker};
         let log = match &self.push_log {
             Some(p) => Some(LogChannel::open(p).with_context(|| format!("--push-log {}", p.display()))?),
             None => None,
@@ -172,15 +167,18 @@ impl PushArgs {
             }
             None => None,
         };
-        let cfg = WorkerConfig {
+        Ok(Worker { pusher, channels: Channels { log, webhook }, cfg: self.worker_config() })
+    }
+
+    fn worker_config(&self) -> tongban_server::deliver::WorkerConfig {
+        tongban_server::deliver::WorkerConfig {
             batch: self.batch,
             reclaim_idle_ms: self.reclaim_after_ms,
             max_attempts: self.max_attempts,
             backoff_base_ms: self.backoff_ms.max(1),
             scan_every: (self.scan_every_secs > 0).then(|| std::time::Duration::from_secs(self.scan_every_secs)),
-            ..WorkerConfig::new()
-        };
-        Ok(Worker { pusher, channels: Channels { log, webhook }, cfg })
+            ..tongban_server::deliver::WorkerConfig::new()
+        }
     }
 }
 
@@ -333,6 +331,23 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let (model, header) = tongban_model::artifact::load(&args.model, catalogue.clone())?;
     let (store, queue) = connect(args.redis.as_deref(), &args.redis_prefix, args.push.partitions).await?;
     let mut segments = HashMap::new();
+    let keys = keys_from_env();
+    if keys.is_open() {
+        eprintln!("warning: no API key configured (TONGBAN_PORTAL_KEYS, TONGBAN_INGEST_KEYS, TONGBAN_OPERATOR_KEYS): the API is open");
+    }
+    let settings = Settings {
+        keys,
+        max_body_bytes: args.max_body_bytes,
+        max_batch: args.max_batch,
+        max_k: 50,
+        portal_url: args.portal_url.clone(),
+        fixed_now,
+        rate_per_key: args.rate_limit,
+        caps: args.push.caps(),
+    };
+    settings
+        .check()
+        .map_err(|e| anyhow::anyhow!("serve settings (--max-body-bytes, --max-batch, --portal-url): {e}"))?;
     if let Some(log_path) = &args.import {
         let started = std::time::Instant::now();
         let base = catalogue.as_deref().map_or_else(EventLog::default, EventLog::for_catalogue);
@@ -364,23 +379,6 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             started.elapsed().as_secs_f64()
         );
     }
-    if args.max_batch == 0 || args.max_batch > tongban_server::store::MAX_IDS_PER_WRITE {
-        bail!("--max-batch {}: expected 1 to {}", args.max_batch, tongban_server::store::MAX_IDS_PER_WRITE);
-    }
-    let keys = keys_from_env();
-    if keys.is_open() {
-        eprintln!("warning: no API key configured (TONGBAN_PORTAL_KEYS, TONGBAN_INGEST_KEYS, TONGBAN_OPERATOR_KEYS): the API is open");
-    }
-    let settings = Settings {
-        keys,
-        max_body_bytes: args.max_body_bytes,
-        max_batch: args.max_batch,
-        max_k: 50,
-        portal_url: args.portal_url.clone(),
-        fixed_now,
-        rate_per_key: args.rate_limit,
-        caps: args.push.caps(),
-    };
     let served = Served::new(model, header, args.model.clone());
     let version = served.version.clone();
     let templates = match &catalogue {

@@ -409,6 +409,18 @@ async fn keys_are_checked_by_scope() {
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
+/// Errors the router answers itself carry problem bodies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_answers_a_problem_body() {
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let r = app.client.delete(format!("{}/v1/events", app.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(r.headers().contains_key("allow"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+}
+
 /// Every route with a scope answers 401 to a request without a key before it reads the body:
 /// a broken body never gets a parser's answer, and an unauthenticated client learns nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,15 +20,42 @@ use std::time::{Duration, Instant};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-use self::problem::ApiError;
+use self::problem::{ApiError, ProblemCode};
 use crate::app::AppState;
 
 async fn not_found() -> ApiError {
     ApiError::not_found("route")
+}
+
+/// Errors answered below the handlers (405 from the router, 504 from the timeout layer) come
+/// without a body: give them a problem body like every other error.
+async fn bare_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) || res.headers().contains_key("content-type") {
+        return res;
+    }
+    let problem = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::new(ProblemCode::MethodNotAllowed, "this route does not take this method")
+        }
+        StatusCode::GATEWAY_TIMEOUT => {
+            ApiError::new(ProblemCode::Timeout, "the request took too long; nothing is known to be stored, retry later")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            ProblemCode::TooLarge,
+            "request body too large (the server's limit is set by --max-body-bytes)",
+        ),
+        _ => return res,
+    };
+    let mut out = problem.into_response();
+    if let Some(allow) = res.headers().get("allow") {
+        out.headers_mut().insert("allow", allow.clone());
+    }
+    out
 }
 
 /// Counts requests and latency by route template (never the raw path: ids are personal data).
@@ -84,5 +111,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(10),
         ))
+        .layer(middleware::map_response(bare_errors))
         .with_state(state)
 }
