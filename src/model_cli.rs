@@ -152,7 +152,15 @@ fn read_negatives(path: &Path, log: &EventLog) -> Result<HashMap<u32, Vec<u32>>>
                 log.services.get(it).with_context(|| format!("{}:{}: unknown item {it:?}", path.display(), i + 1))
             })
             .collect();
-        map.insert(u, items?);
+        let items = items?;
+        if items.is_empty() {
+            bail!("{}:{}: user {user:?} has no negatives (expected `user item1 item2 ...`)", path.display(), i + 1);
+        }
+        map.insert(u, items);
+    }
+    if map.is_empty() {
+        // Without negatives every target would rank first: a perfect score that measures nothing.
+        bail!("{}: no negatives (expected lines of `user item1 item2 ...`)", path.display());
     }
     Ok(map)
 }

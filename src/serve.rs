@@ -24,7 +24,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TONGBAN_CATALOGUE")]
     pub catalogue: Option<PathBuf>,
     /// Redis URL (redis://host:port/db); without it, the embedded in-memory store.
-    #[arg(long, env = "TONGBAN_REDIS_URL")]
+    #[arg(long, env = "TONGBAN_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// Prefix of every Redis key (to share one Redis between deployments).
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
@@ -208,7 +208,7 @@ fn parse_now(now: &Option<String>) -> Result<Option<i64>> {
 #[derive(clap::Args, Debug)]
 pub struct PushProcessArgs {
     /// Redis URL (redis://host:port/db): the store and queue the servers use.
-    #[arg(long, env = "TONGBAN_REDIS_URL")]
+    #[arg(long, env = "TONGBAN_REDIS_URL", hide_env_values = true)]
     pub redis: String,
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,

@@ -294,6 +294,8 @@ async fn suite(backend: Backend) {
         (json!({ "events": [good, { "event_id": "b3", "subject": fresh, "service": "x.nowhere", "kind": "applied" }] }).to_string(), 422, "unknown_service"),
         (json!({ "events": [good, { "event_id": "b4", "subject": fresh, "service": "e.entry.seal", "kind": "rated", "rating": 9 }] }).to_string(), 400, "bad_event"),
         (json!({ "events": vec![good.clone(); 101] }).to_string(), 400, "batch_too_large"),
+        // Far in the future it would freeze the profile window: refused.
+        (json!({ "event_id": "b5", "subject": fresh, "service": "e.entry.seal", "kind": "applied", "at": "9999-12-31T23:59:59Z" }).to_string(), 400, "bad_event"),
     ];
     for (body, want, code) in cases {
         let (status, r) = app.post("/v1/events", &body).await;

@@ -208,3 +208,19 @@ fn the_generated_files_do_not_depend_on_the_number_of_threads() {
         assert_eq!(sha(&one.join(f)), sha(&three.join(f)), "{f} differs");
     }
 }
+
+#[test]
+fn an_empty_negatives_file_is_an_error_not_a_perfect_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("lines.txt");
+    let lines: String = (0..30).map(|u| format!("u{u} a{} b{} c{}\n", u % 5, u % 7, u % 3)).collect();
+    std::fs::write(&events, lines).unwrap();
+    let empty = dir.path().join("negatives.txt");
+    std::fs::write(&empty, "").unwrap();
+    let (e, n) = (events.to_str().unwrap(), empty.to_str().unwrap());
+    let args = ["eval", "--events", e, "--format", "lines", "--protocol", "loo-sampled", "--negatives-file", n];
+    let out = tongban(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an empty negatives file must fail: {err}");
+    assert!(err.contains("no negatives"), "{err}");
+}

@@ -162,8 +162,10 @@ async fn erase_forgets_everything_and_answers_whether_anything_existed(h: Harnes
     assert_eq!(h.store.profile_and_prefs(&s).await.unwrap(), (None, None));
     assert!(h.store.inbox(&s).await.unwrap().is_empty());
     assert_eq!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.unwrap(), Ok(()), "reservations go too");
+    assert!(!h.store.import_profile(&s, &Profile::new(1)).await.unwrap(), "an import never brings it back");
+    assert!(h.store.profile(&s).await.unwrap().is_none());
     let again = apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a"]).await;
-    assert_eq!(again.accepted, 1, "event ids seen go too");
+    assert_eq!(again.accepted, 1, "event ids seen go too; live events start a new profile");
 }
 
 async fn preferences_round_trip_and_alone_make_no_profile(h: Harness) {

@@ -14,6 +14,9 @@ use super::extract::JsonBody;
 use super::problem::{ApiError, ProblemCode};
 use crate::app::{ingest, AppState, Ingested, NewEvent};
 
+/// How far ahead of the server's clock an event's time may be.
+const MAX_AHEAD_SECS: i64 = 86_400;
+
 /// One event on the wire.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +57,11 @@ fn validate(state: &AppState, model: &tongban_model::Model, i: usize, e: &EventI
         Some(t) => Timestamp::parse(t).ok_or_else(|| bad("at", format!("expected RFC 3339, got {t:?}")))?,
         None => Timestamp(state.now()),
     };
+    // A clock ahead by a little is tolerated; an event far in the future would hold a place in
+    // the profile window that every real event after it could never take back.
+    if at.0 > state.now() + MAX_AHEAD_SECS {
+        return Err(bad("at", format!("{} is more than a day ahead of the server's clock", Timestamp(at.0))));
+    }
     let channel = Channel::parse(e.channel.as_deref().unwrap_or("web")).map_err(|x| bad("channel", x.to_string()))?;
     let event = LogEvent { id: fnv1a(id.as_str().as_bytes()), subject: 0, service, kind, rating, channel, at };
     Ok(NewEvent { id: id.as_str().to_owned(), subject, event })

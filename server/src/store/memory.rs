@@ -20,6 +20,8 @@ struct Entry {
     inbox: Vec<InboxMessage>,
     /// Pushes reserved: (id, at, critical).
     sent: Vec<(String, i64, bool)>,
+    /// The subject was erased: a bulk import never brings it back.
+    erased: bool,
 }
 
 impl Entry {
@@ -111,7 +113,7 @@ impl Backend for MemoryStore {
 
     async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
         let mut shard = self.shard(subject);
-        if shard.get(subject).is_some_and(Entry::has_profile) {
+        if shard.get(subject).is_some_and(|e| e.has_profile() || e.erased) {
             return Ok(false);
         }
         shard.entry(subject.clone()).or_default().profile = profile.clone();
@@ -119,7 +121,12 @@ impl Backend for MemoryStore {
     }
 
     async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
-        Ok(self.shard(subject).remove(subject).is_some())
+        let mut shard = self.shard(subject);
+        let existed = shard.get(subject).is_some_and(|e| {
+            e.has_profile() || e.prefs.is_some() || !e.inbox.is_empty() || !e.sent.is_empty() || !e.seen.is_empty()
+        });
+        shard.insert(subject.clone(), Entry { erased: true, ..Entry::default() });
+        Ok(existed)
     }
 
     async fn profiles_and_prefs_each(

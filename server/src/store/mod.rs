@@ -98,7 +98,8 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
 
     /// Stores a profile built offline unless the subject already has one (a restarted replica
-    /// never overwrites what live ingest wrote). Returns whether it stored it.
+    /// never overwrites what live ingest wrote) or was erased (an import never brings an erased
+    /// subject back). Returns whether it stored it.
     fn import_profile(
         &self,
         subject: &SubjectId,
@@ -106,7 +107,8 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Erases everything kept about a subject; an update prepared before the erasure cannot
-    /// land after it. Returns whether anything existed.
+    /// land after it, and a later bulk import skips the subject (live events after the erasure
+    /// start a new profile). Returns whether anything existed.
     fn erase(&self, subject: &SubjectId) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Profiles and preferences of several subjects; one unreadable profile fails only its own

@@ -7,7 +7,8 @@
 //! stays active the set keeps growing, a known limit of this version). Pushes: `:prefs`
 //! (preferences JSON), `:msgs` (the inbox: a hash of push id to message JSON, capped at
 //! `INBOX_CAP`, expiring with its longest-lived message), `:read` (read marks), `:sent` and
-//! `:crit` (pushes reserved per lane, for de-duplication and caps).
+//! `:crit` (pushes reserved per lane, for de-duplication and caps), `:x` (the subject was
+//! erased: a bulk import never brings it back; never expires, holds no data but the fact).
 //!
 //! An update is optimistic: read the profile and its version, apply the events in Rust, then
 //! `lua/cas.lua` writes the new profile and the seen ids only if the version did not move
@@ -74,6 +75,7 @@ struct Keys {
     read: String,
     sent: String,
     crit: String,
+    erased: String,
 }
 
 impl RedisStore {
@@ -137,6 +139,7 @@ impl RedisStore {
             read: format!("{tag}:read"),
             sent: format!("{tag}:sent"),
             crit: format!("{tag}:crit"),
+            erased: format!("{tag}:x"),
         }
     }
 
@@ -241,8 +244,14 @@ impl Backend for RedisStore {
     async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
         let k = self.keys(subject);
         let mut c = self.conn.clone();
-        let stored: i64 =
-            self.import.key(&k.profile).key(&k.version).arg(profile.encode()).invoke_async(&mut c).await?;
+        let stored: i64 = self
+            .import
+            .key(&k.profile)
+            .key(&k.version)
+            .key(&k.erased)
+            .arg(profile.encode())
+            .invoke_async(&mut c)
+            .await?;
         Ok(stored == 1)
     }
 
@@ -257,6 +266,10 @@ impl Backend for RedisStore {
             .arg(&[&k.prefs, &k.inbox, &k.read, &k.sent, &k.crit])
             .cmd("INCR")
             .arg(&k.version)
+            .cmd("SET")
+            .arg(&k.erased)
+            .arg(1)
+            .ignore()
             .query_async(&mut c)
             .await?;
         Ok(n > 0)
