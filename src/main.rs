@@ -84,9 +84,9 @@ enum CatalogueCommand {
 
 #[derive(clap::Args, Debug)]
 struct CatalogueArgs {
-    /// Catalogue file or folder of *.toml files.
-    #[arg(long, env = "TONGBAN_CATALOGUE", default_value = "catalogue")]
-    catalogue: PathBuf,
+    /// Catalogue file or folder of *.toml files [default: the built-in Dalian catalogue].
+    #[arg(long, env = "TONGBAN_CATALOGUE")]
+    catalogue: Option<PathBuf>,
     /// Extend the catalogue with generated long-tail services up to this many (scale tests).
     #[arg(long)]
     long_tail: Option<usize>,
@@ -94,8 +94,7 @@ struct CatalogueArgs {
 
 impl CatalogueArgs {
     fn load(&self) -> Result<Catalogue> {
-        let cat = Catalogue::load(&self.catalogue)
-            .with_context(|| format!("loading the catalogue from {} (set --catalogue)", self.catalogue.display()))?;
+        let cat = load_catalogue(self.catalogue.as_deref())?;
         Ok(match self.long_tail {
             Some(n) => cat.with_long_tail(n),
             None => cat,
@@ -302,8 +301,23 @@ pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// A catalogue from a file or folder, or the built-in one.
+pub fn load_catalogue(path: Option<&std::path::Path>) -> Result<Catalogue> {
+    match path {
+        Some(p) => {
+            Catalogue::load(p).with_context(|| format!("loading the catalogue from {} (set --catalogue)", p.display()))
+        }
+        None => Ok(Catalogue::builtin()),
+    }
+}
+
 fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
-    match Catalogue::load(&args.catalogue) {
+    let name = args.catalogue.as_ref().map_or("(built in)".to_owned(), |p| p.display().to_string());
+    let loaded = match &args.catalogue {
+        Some(p) => Catalogue::load(p),
+        None => Ok(Catalogue::builtin()),
+    };
+    match loaded {
         Ok(cat) => {
             let cat = match args.long_tail {
                 Some(n) => cat.with_long_tail(n),
@@ -313,7 +327,7 @@ fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({ "valid": true, "summary": s }))?;
             } else {
-                println!("catalogue {} is valid (fingerprint {})", args.catalogue.display(), s.fingerprint);
+                println!("catalogue {name} is valid (fingerprint {})", s.fingerprint);
                 println!(
                     "  services: {} ({} for persons, {} for enterprises)",
                     s.services, s.person_services, s.enterprise_services
@@ -331,7 +345,7 @@ fn catalogue_check(args: &CatalogueArgs, json: bool) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({ "valid": false, "problems": problems }))?;
             } else {
-                eprintln!("catalogue {} is invalid ({} problems):", args.catalogue.display(), problems.len());
+                eprintln!("catalogue {name} is invalid ({} problems):", problems.len());
                 for p in &problems {
                     eprintln!("  {p}");
                 }

@@ -47,9 +47,10 @@ pub struct ServeArgs {
     pub max_batch: usize,
     #[arg(long, env = "TONGBAN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
-    /// Push templates folder (`zh-CN.toml`, `en.toml`), checked at start-up.
-    #[arg(long, env = "TONGBAN_TEMPLATES", default_value = "templates")]
-    pub templates: PathBuf,
+    /// Push templates folder (`zh-CN.toml`, `en.toml`), checked at start-up [default: the
+    /// built-in templates].
+    #[arg(long, env = "TONGBAN_TEMPLATES")]
+    pub templates: Option<PathBuf>,
     /// Requests per second per API key (429 with Retry-After beyond); 0 = no limit.
     #[arg(long, env = "TONGBAN_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
@@ -212,10 +213,12 @@ pub struct PushProcessArgs {
     pub redis: String,
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
-    #[arg(long, env = "TONGBAN_CATALOGUE", default_value = "catalogue")]
-    pub catalogue: PathBuf,
-    #[arg(long, env = "TONGBAN_TEMPLATES", default_value = "templates")]
-    pub templates: PathBuf,
+    /// Catalogue file or folder [default: the built-in Dalian catalogue].
+    #[arg(long, env = "TONGBAN_CATALOGUE")]
+    pub catalogue: Option<PathBuf>,
+    /// Push templates folder [default: the built-in templates].
+    #[arg(long, env = "TONGBAN_TEMPLATES")]
+    pub templates: Option<PathBuf>,
     /// Pin the policy clock (RFC 3339).
     #[arg(long, env = "TONGBAN_NOW")]
     pub now: Option<String>,
@@ -237,14 +240,23 @@ pub struct ScanArgs {
     pub common: PushProcessArgs,
 }
 
+/// Templates from a folder, or the built-in ones, checked against the catalogue.
+fn load_templates(dir: Option<&Path>, cat: &Catalogue) -> Result<tongban_server::push::Templates> {
+    let t = match dir {
+        Some(d) => tongban_server::push::Templates::load(d, cat),
+        None => {
+            let t = tongban_server::push::Templates::builtin();
+            t.check(cat).map(|()| t)
+        }
+    };
+    t.map_err(|e| anyhow::anyhow!("push templates: {e}"))
+}
+
 async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::Pusher>> {
     a.push.check()?;
     let fixed_now = parse_now(&a.now)?;
-    let cat = Arc::new(
-        Catalogue::load(&a.catalogue).with_context(|| format!("loading the catalogue {}", a.catalogue.display()))?,
-    );
-    let templates = tongban_server::push::Templates::load(&a.templates, &cat)
-        .map_err(|e| anyhow::anyhow!("push templates: {e}"))?;
+    let cat = Arc::new(crate::load_catalogue(a.catalogue.as_deref())?);
+    let templates = load_templates(a.templates.as_deref(), &cat)?;
     let (store, queue) = connect(Some(&a.redis), &a.redis_prefix, a.push.partitions).await?;
     Ok(Arc::new(tongban_server::deliver::Pusher {
         store,
@@ -317,16 +329,12 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let fixed_now = parse_now(&args.now)?;
     args.push.check()?;
     let header = tongban_model::artifact::read_header(&args.model)?;
+    // A model trained with a catalogue serves with one: the given one, else the built-in one
+    // (loading the model checks that the fingerprints agree).
     let catalogue = match (&args.catalogue, &header.catalogue_fingerprint) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(_)) => Some(PathBuf::from("catalogue")),
+        (Some(p), _) => Some(Arc::new(crate::load_catalogue(Some(p))?)),
+        (None, Some(_)) => Some(Arc::new(Catalogue::builtin())),
         (None, None) => None,
-    };
-    let catalogue = match catalogue {
-        Some(p) => {
-            Some(Arc::new(Catalogue::load(&p).with_context(|| format!("loading the catalogue {}", p.display()))?))
-        }
-        None => None,
     };
     let (model, header) = tongban_model::artifact::load(&args.model, catalogue.clone())?;
     let (store, queue) = connect(args.redis.as_deref(), &args.redis_prefix, args.push.partitions).await?;
@@ -382,10 +390,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let served = Served::new(model, header, args.model.clone());
     let version = served.version.clone();
     let templates = match &catalogue {
-        Some(cat) => Some(
-            tongban_server::push::Templates::load(&args.templates, cat)
-                .map_err(|e| anyhow::anyhow!("push templates: {e}"))?,
-        ),
+        Some(cat) => Some(load_templates(args.templates.as_deref(), cat)?),
         None => None,
     };
     let state = tongban_server::state(Models::new(served, catalogue), store, queue, settings, segments, templates);
@@ -431,8 +436,9 @@ pub struct DemoArgs {
     pub dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    #[arg(long, default_value = "catalogue")]
-    pub catalogue: PathBuf,
+    /// Catalogue file or folder [default: the built-in Dalian catalogue].
+    #[arg(long)]
+    pub catalogue: Option<PathBuf>,
 }
 
 fn exe() -> Result<PathBuf> {
@@ -471,7 +477,21 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
     let dir = &args.dir;
     let events = dir.join("events.csv");
     let model = dir.join("demo.model");
-    let cat = args.catalogue.to_str().context("catalogue path")?.to_owned();
+    // The steps run this binary with one catalogue: the given one, or the built-in one written
+    // into the demo folder (the same fingerprint), so the demo runs from any directory.
+    let catalogue = match &args.catalogue {
+        Some(p) => p.clone(),
+        None => {
+            let d = dir.join("catalogue");
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            for (path, text) in Catalogue::builtin_files() {
+                let name = Path::new(path).file_name().context("a catalogue file name")?;
+                std::fs::write(d.join(name), text).with_context(|| format!("writing {}", d.display()))?;
+            }
+            d
+        }
+    };
+    let cat: Vec<std::ffi::OsString> = vec!["--catalogue".into(), catalogue.clone().into()];
     if !events.exists() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         step(
@@ -486,10 +506,9 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
                     "7",
                     "--truth-samples",
                     "0",
-                    "--catalogue",
-                    &cat,
-                    "--out",
                 ])
+                .args(&cat)
+                .arg("--out")
                 .arg(dir),
             "generating a small Dalian history (20,000 people, 2,000 companies)",
         )?;
@@ -504,7 +523,9 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", params.display()))?;
         step(
             std::process::Command::new(exe()?)
-                .args(["train", "--catalogue", &cat, "--events"])
+                .arg("train")
+                .args(&cat)
+                .arg("--events")
                 .arg(&events)
                 .arg("--params")
                 .arg(&params)
@@ -541,7 +562,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
     );
     let serve_args = ServeArgs {
         model,
-        catalogue: Some(args.catalogue.clone()),
+        catalogue: Some(catalogue),
         redis: None,
         redis_prefix: String::new(),
         addr: args.addr,
@@ -552,7 +573,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         max_batch: 1000,
         max_body_bytes: 4 << 20,
         rate_limit: 0,
-        templates: PathBuf::from("templates"),
+        templates: None,
         with_worker: true,
         push: PushArgs::defaults(),
     };

@@ -224,3 +224,18 @@ fn an_empty_negatives_file_is_an_error_not_a_perfect_score() {
     assert!(!out.status.success(), "an empty negatives file must fail: {err}");
     assert!(err.contains("no negatives"), "{err}");
 }
+
+#[test]
+fn the_catalogue_is_built_in_with_the_fingerprint_of_its_folder() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tongban"))
+        .args(["catalogue", "check", "--json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "outside the repository: {}", String::from_utf8_lossy(&out.stderr));
+    let builtin = stdout_json(&out);
+    let folder = stdout_json(&tongban(&["catalogue", "check", "--json", "--catalogue", "catalogue"]));
+    assert_eq!(builtin["summary"]["fingerprint"], folder["summary"]["fingerprint"]);
+    assert!(builtin["summary"]["services"].as_u64().unwrap() >= 250);
+}

@@ -309,6 +309,12 @@ pub struct Catalogue {
     fingerprint: String,
 }
 
+/// The files of the built-in catalogue, in the order `load` reads a folder (sorted by name).
+const BUILTIN: [(&str, &str); 2] = [
+    ("catalogue/enterprise.toml", include_str!("../../catalogue/enterprise.toml")),
+    ("catalogue/person.toml", include_str!("../../catalogue/person.toml")),
+];
+
 impl Catalogue {
     /// Loads a catalogue file, or every `*.toml` file of a folder in file-name order.
     pub fn load(path: &Path) -> Result<Catalogue, CatalogueError> {
@@ -334,6 +340,18 @@ impl Catalogue {
             files.push((path.display().to_string(), read(path)?));
         }
         Catalogue::from_sources(&files)
+    }
+
+    /// The Dalian catalogue of this repository (`catalogue/*.toml`), built into the binary: the
+    /// default wherever no `--catalogue` is given. Same fingerprint as loading the folder.
+    pub fn builtin() -> Catalogue {
+        let files = BUILTIN.map(|(name, text)| (name.to_owned(), text.to_owned()));
+        Catalogue::from_sources(&files).expect("the built-in catalogue is valid (tests/cli.rs checks it)")
+    }
+
+    /// The built-in catalogue's files, (path, TOML text), e.g. to write them out.
+    pub fn builtin_files() -> &'static [(&'static str, &'static str)] {
+        &BUILTIN
     }
 
     /// Builds a catalogue from (file name, TOML text) pairs.
