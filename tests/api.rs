@@ -525,6 +525,22 @@ async fn models_swap_under_load_and_a_bad_file_never_replaces_the_active_one() {
         let (status, r) = app.post("/admin/models", &json!({ "path": bad.path() }).to_string()).await;
         assert_eq!((status, r["code"].as_str()), (422, Some("bad_model")), "{r}");
     }
+    // A FIFO would block a read forever and /dev/zero never ends: neither is read, and the
+    // answer is the same as for a path that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let missing = dir.path().join("missing.model");
+    let mut details = Vec::new();
+    for path in [fifo.as_path(), Path::new("/dev/zero"), missing.as_path(), dir.path()] {
+        let body = json!({ "path": path }).to_string();
+        let asked = tokio::time::timeout(Duration::from_secs(5), app.post("/admin/models", &body));
+        let (status, r) = asked.await.expect("answered at once, never blocked");
+        assert_eq!((status, r["code"].as_str()), (422, Some("bad_model")), "{}: {r}", path.display());
+        details.push(r["detail"].as_str().unwrap().replace(path.to_str().unwrap(), "PATH"));
+    }
+    assert!(details.windows(2).all(|w| w[0] == w[1]), "the answers tell nothing about the path: {details:?}");
+    assert_eq!(app.get("/healthz").await.0, 200);
     for h in load {
         assert!(h.await.unwrap().iter().all(|&s| s == 200));
     }

@@ -11,6 +11,7 @@ use super::extract::{JsonBody, PathParams};
 use super::problem::{ApiError, ProblemCode};
 use crate::app::{AppState, CampaignIn, CampaignReport};
 use crate::queue::PushRecord;
+use tongban_model::artifact::ArtifactError;
 
 pub(super) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.models.list())
@@ -22,15 +23,29 @@ pub(super) struct ActivateIn {
     path: String,
 }
 
+/// The largest model file accepted (today's are a few MB; a city's with 12,000 services about 50).
+const MAX_MODEL_BYTES: u64 = 2 << 30;
+
+/// Loads and activates a model file off the async runtime. Only regular files are read (a FIFO
+/// or a device would block or never end), and an unreadable path is answered the same way
+/// whatever the reason, so the route tells nothing about the server's file system.
 pub(super) async fn activate(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody<ActivateIn>,
 ) -> Result<Json<Value>, ApiError> {
-    let version = state
-        .models
-        .load_and_activate(std::path::Path::new(&body.path))
-        .map_err(|e| ApiError::new(ProblemCode::BadModel, e.to_string()))?;
-    Ok(Json(json!({ "active": version })))
+    let path = std::path::PathBuf::from(&body.path);
+    let unreadable = || ApiError::new(ProblemCode::BadModel, format!("{}: no readable model file there", body.path));
+    let loaded = tokio::task::spawn_blocking(move || {
+        let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file() && m.len() <= MAX_MODEL_BYTES);
+        meta.map(|_| state.models.load_and_activate(&path))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("model loading task: {e}")))?;
+    match loaded {
+        None | Some(Err(ArtifactError::Read { .. })) => Err(unreadable()),
+        Some(Err(e)) => Err(ApiError::new(ProblemCode::BadModel, e.to_string())),
+        Some(Ok(version)) => Ok(Json(json!({ "active": version }))),
+    }
 }
 
 pub(super) async fn rollback(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
