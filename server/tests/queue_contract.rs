@@ -1,6 +1,7 @@
 //! The queue contract: every case runs on every backend (memory, and a real `redis-server`
 //! started here), by one macro. Redis-only failure cases follow.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -59,23 +60,6 @@ fn job(id: &str, subject: &str, trigger: Trigger) -> Job {
 
 fn ready(job: Job) -> Enqueue {
     Enqueue { job, due_ms: 0, status: Status::Queued }
-}
-
-macro_rules! contract {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Harness::memory()).await
-            })*
-        }
-        mod redis {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Harness::redis().await).await
-            })*
-        }
-    };
 }
 
 contract!(

@@ -1,6 +1,7 @@
 //! The store contract: every case runs on every backend (memory, and a real `redis-server`
 //! started here), by one macro. Redis-only failure cases follow.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -72,23 +73,6 @@ async fn apply(
 ) -> tongban_server::store::Applied {
     let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
     store.apply(&Batch { subject, events, ids: &ids }, &ctx(64), 3).await.unwrap()
-}
-
-macro_rules! contract {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Harness::memory()).await
-            })*
-        }
-        mod redis {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Harness::redis().await).await
-            })*
-        }
-    };
 }
 
 contract!(

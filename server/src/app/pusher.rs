@@ -44,15 +44,6 @@ pub struct Offered {
     pub ids: Vec<String>,
 }
 
-/// What a scan did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ScanReport {
-    pub subjects: usize,
-    pub candidates: usize,
-    pub queued: usize,
-    pub skipped: usize,
-}
-
 impl Pusher {
     pub fn now(&self) -> i64 {
         self.clock.now()

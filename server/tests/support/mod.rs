@@ -60,3 +60,23 @@ impl Drop for RedisServer {
 pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
+
+/// Runs each named case on every backend: `case(Harness::memory())` and
+/// `case(Harness::redis().await)`, as `memory::case` and `redis::case`.
+#[allow(unused_macros)]
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::memory()).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::redis().await).await
+            })*
+        }
+    };
+}
