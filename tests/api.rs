@@ -1138,3 +1138,36 @@ async fn a_poison_entry_is_dead_lettered_and_lost_consumer_groups_are_recreated(
     drain(&w).await;
     app.wait_status(&next_step_id("co-after", "b.e.open"), "delivered").await;
 }
+
+/// A client that sends its headers a line at a time (slowloris) is cut off at the header-read
+/// deadline, however often it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let limit = tongban_server::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    loop {
+        assert!(started.elapsed() < limit, "still open after {:?}", started.elapsed());
+        // One header line a second: each read of the server succeeds, the headers never end.
+        if s.write_all(b"x-slow: 1\r\n").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(started.elapsed() >= tongban_server::HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    // The server still answers others.
+    assert_eq!(app.get("/healthz").await.0, 200);
+}

@@ -42,14 +42,54 @@ pub use store::{Store, StoreError};
 use crate::clock::Clock;
 use crate::templates::Templates;
 
+/// How long a client may take to send a request's headers, and to start the next request on
+/// a kept-alive connection: a slow or idle client cannot hold a connection open.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long in-flight requests get to finish after `shutdown`.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `state` on a bound listener until `shutdown` completes (graceful: in-flight requests
-/// finish).
+/// finish, within [`DRAIN`]). HTTP/1.1 and HTTP/2; every connection has a header-read deadline
+/// ([`HEADER_READ_TIMEOUT`]), which `axum::serve` does not set.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(HEADER_READ_TIMEOUT));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+    Ok(())
 }
 
 /// Builds the state from its parts. Pushes are on when the active model has a catalogue and
