@@ -1146,6 +1146,17 @@ async fn a_slow_client_is_cut_off_at_the_header_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
+    // Meanwhile an idle connection that never sends a byte is closed by the same deadline.
+    let idle = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let at = std::time::Instant::now();
+            let mut one = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut one)).await;
+            (closed.is_ok(), at.elapsed())
+        })
+    };
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let started = std::time::Instant::now();
@@ -1168,6 +1179,8 @@ async fn a_slow_client_is_cut_off_at_the_header_deadline() {
         }
     }
     assert!(started.elapsed() >= tongban_server::HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    let (closed, after) = idle.await.unwrap();
+    assert!(closed && after < limit, "an idle connection is closed at the deadline (after {after:?})");
     // The server still answers others.
     assert_eq!(app.get("/healthz").await.0, 200);
 }

@@ -50,19 +50,21 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `state` on a bound listener until `shutdown` completes (graceful: in-flight requests
-/// finish, within [`DRAIN`]). HTTP/1.1 and HTTP/2; every connection has a header-read deadline
-/// ([`HEADER_READ_TIMEOUT`]), which `axum::serve` does not set.
+/// finish, within [`DRAIN`]). HTTP/1.1 (put a proxy in front for HTTP/2 and TLS); every
+/// connection has a header-read deadline ([`HEADER_READ_TIMEOUT`]), which `axum::serve` does
+/// not set.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(HEADER_READ_TIMEOUT));
+    // HTTP/1.1 only: hyper-util's auto builder (HTTP/2 too) first waits for bytes to tell the
+    // two apart, so a client that sends nothing would never meet the header deadline.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -79,7 +81,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
