@@ -13,6 +13,7 @@ use tongban_features::io::{read_log_into, read_subjects, EventLog, LogFormat};
 use tongban_features::time::Timestamp;
 use tongban_model::eval::{evaluate, EvalInput, EvalReport, Negatives, Protocol, Truth};
 use tongban_model::ranker::Learner;
+use tongban_model::seq::SeqArch;
 use tongban_model::ModelParams;
 
 use crate::{print_json, LogArgs};
@@ -420,6 +421,8 @@ pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
             p.seq.dropout = rng.gen_range(0.0..0.5);
             p.seq.item_dropout = rng.gen_range(0.0..0.4);
             p.seq.lr = 10f64.powf(rng.gen_range(-3.3..-2.0));
+            p.seq.arch = [SeqArch::Filter, SeqArch::Sasrec][rng.gen_range(0..2)];
+            p.seq.layers = rng.gen_range(1..=3);
         }
         let input = EvalInput {
             log: &log,

@@ -28,7 +28,8 @@ use crate::seq::SeqModel;
 
 pub const MAGIC: &[u8; 14] = b"TONGBAN-MODEL\n";
 /// 2: item similarities and the sequence model in the body, ranker rows of model features.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the sequence model records its architecture (filter or SASRec blocks) and kept epoch.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Self-describing metadata, readable without decoding the body (`tongban models show`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,18 +268,28 @@ mod tests {
         let text = "1 a b c\n2 a b\n3 b c a\n4 c a b\n5 a b c a\n";
         let (log, _) =
             read_log_from(text.as_bytes(), Path::new("t"), LogFormat::Lines, BadRowPolicy::Fail).expect("reads");
-        let p = crate::seq::SeqParams { dim: 8, window: 4, epochs: 2, ..crate::seq::SeqParams::default() };
-        let seq = SeqModel::train(&crate::eval::sequences(&log), log.services.len(), &p).unwrap();
-        let m =
-            Model::build(&log, &[], None, &ModelParams::default(), 100, Some(Arc::new(seq)), Ranker::uniform(&[0, 19]))
-                .unwrap();
-        let (back, _) = from_bytes(&to_bytes(&m, &header(&m)), "m", None).unwrap();
-        assert_eq!(back.seq(), m.seq());
-        let profiles = m.profiles(&log, &[]);
-        let (mut s1, mut s2) = (m.scratch(), back.scratch());
-        let req = crate::Request::default();
-        for p in &profiles {
-            assert_eq!(m.recommend(p, &req, 100, &mut s1), back.recommend(p, &req, 100, &mut s2));
+        for arch in [crate::seq::SeqArch::Filter, crate::seq::SeqArch::Sasrec] {
+            let p = crate::seq::SeqParams { arch, dim: 8, window: 4, epochs: 2, ..crate::seq::SeqParams::default() };
+            let seq = SeqModel::train(&crate::eval::sequences(&log), log.services.len(), &p).unwrap();
+            assert!(seq.consistent());
+            let m = Model::build(
+                &log,
+                &[],
+                None,
+                &ModelParams::default(),
+                100,
+                Some(Arc::new(seq)),
+                Ranker::uniform(&[0, 19]),
+            )
+            .unwrap();
+            let (back, _) = from_bytes(&to_bytes(&m, &header(&m)), "m", None).unwrap();
+            assert_eq!(back.seq(), m.seq());
+            let profiles = m.profiles(&log, &[]);
+            let (mut s1, mut s2) = (m.scratch(), back.scratch());
+            let req = crate::Request::default();
+            for p in &profiles {
+                assert_eq!(m.recommend(p, &req, 100, &mut s1), back.recommend(p, &req, 100, &mut s2));
+            }
         }
     }
 
@@ -297,11 +308,17 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[MAGIC.len()] = 9;
         assert!(matches!(from_bytes(&v2, "m", None), Err(ArtifactError::Version { found: 9, .. })));
-        // A file of the previous format (no sequence model, no similarities) says to retrain.
-        let mut v1 = bytes.clone();
-        v1[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
-        let err = from_bytes(&v1, "old.model", None).unwrap_err().to_string();
-        assert!(err.contains("format version 1") && err.contains("retrain with `tongban train`"), "{err}");
+        // Files of the previous formats (1: no sequence model, no similarities; 2: a sequence
+        // model without its architecture) say to retrain.
+        for old in [1u32, 2] {
+            let mut v = bytes.clone();
+            v[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&old.to_le_bytes());
+            let err = from_bytes(&v, "old.model", None).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("format version {old}")) && err.contains("retrain with `tongban train`"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tongban_features::vector::{FeatureDef, WIDTH};
 /// Features the model appends to the schema's ([`tongban_features::vector::SCHEMA`]): they
 /// need the model's own parts (the sequence model, the item similarities). Every value lies
 /// in `[0, 1]`.
-pub const MODEL_FEATURES: [FeatureDef; 4] = [
+pub const MODEL_FEATURES: [FeatureDef; 6] = [
     FeatureDef { name: "seq_prob", meaning: "exp(sequence-model logit - the best logit of any service)" },
     FeatureDef { name: "seq_rel", meaning: "max(0, 1 + (sequence-model logit - the best logit of any service) / 16)" },
     FeatureDef {
@@ -28,6 +28,8 @@ pub const MODEL_FEATURES: [FeatureDef; 4] = [
         meaning: "sum of cosine similarities to the subject's retained starts (item-kNN) / the best service's",
     },
     FeatureDef { name: "knn_sum", meaning: "min(1, sum of cosine similarities to the subject's retained starts)" },
+    FeatureDef { name: "seq_p", meaning: "the sequence model's softmax probability over every service" },
+    FeatureDef { name: "seq_logp", meaning: "max(0, 1 + the sequence model's log-probability / 24)" },
 ];
 
 /// Width of a ranker row: the schema's features, then [`MODEL_FEATURES`].

@@ -168,10 +168,12 @@ pub struct ScoreScratch {
     base: Vec<f32>,
     scores: Vec<f32>,
     order: Vec<(f32, u32)>,
-    /// The subject's sequence-model query, every service's logit, and the best logit.
+    /// The subject's sequence-model query, every service's logit, the best logit and the
+    /// log-sum-exp of all of them.
     q: Vec<f32>,
     seq: Vec<f32>,
     seq_max: f32,
+    seq_lse: f32,
     /// Whole-history item-kNN score per service (reset through `knn_touched`), and the best.
     knn: Vec<f32>,
     knn_touched: Vec<u32>,
@@ -467,11 +469,15 @@ impl Model {
         let n = self.service_count();
         scratch.seq.clear();
         scratch.seq_max = f32::NEG_INFINITY;
+        scratch.seq_lse = f32::NEG_INFINITY;
         if let Some(m) = &self.seq {
             m.query(profile.starts().rev().map(|r| (r.service, r.at)), now, &mut scratch.q);
             m.logits(&scratch.q, &mut scratch.seq);
             scratch.seq.resize(n, f32::NEG_INFINITY);
-            scratch.seq_max = scratch.seq.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let top = scratch.seq.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = scratch.seq.iter().filter(|v| v.is_finite()).map(|&v| (v - top).exp()).sum();
+            scratch.seq_max = top;
+            scratch.seq_lse = top + sum.max(1.0).ln();
         }
     }
 
@@ -523,23 +529,23 @@ impl Model {
     /// Feature rows ([`ROW`]: the schema's, then [`crate::ranker::MODEL_FEATURES`]) and ranker scores of
     /// `scratch.cands`.
     fn score_rows(&self, profile: &Profile, prep: &Prepared, scratch: &mut ScoreScratch) {
-        let ScoreScratch { features, cands, base, feats, scores, seq, seq_max, knn, knn_max, .. } = scratch;
+        let ScoreScratch { features, cands, base, feats, scores, seq, seq_max, seq_lse, knn, knn_max, .. } = scratch;
         base.resize(cands.len() * WIDTH, 0.0);
         self.extractor.extract(profile, prep, features, cands, base);
         feats.clear();
         for (&c, row) in cands.iter().zip(base.chunks_exact(WIDTH)) {
             feats.extend_from_slice(row);
             let i = c as usize;
-            let (seq_prob, seq_rel) = match seq.get(i) {
+            let (seq_prob, seq_rel, seq_p, seq_logp) = match seq.get(i) {
                 Some(&v) if v.is_finite() => {
-                    let x = v - *seq_max;
-                    (x.exp(), (1.0 + x / 16.0).max(0.0))
+                    let (x, lp) = (v - *seq_max, v - *seq_lse);
+                    (x.exp(), (1.0 + x / 16.0).max(0.0), lp.exp(), (1.0 + lp / 24.0).max(0.0))
                 }
-                _ => (0.0, 0.0),
+                _ => (0.0, 0.0, 0.0, 0.0),
             };
             let k = knn.get(i).copied().unwrap_or(0.0);
             let knn_rel = if *knn_max > 0.0 { k / *knn_max } else { 0.0 };
-            feats.extend_from_slice(&[seq_prob, seq_rel, knn_rel, k.min(1.0)]);
+            feats.extend_from_slice(&[seq_prob, seq_rel, knn_rel, k.min(1.0), seq_p, seq_logp]);
         }
         scores.clear();
         scores.extend(feats.chunks_exact(ROW).map(|row| self.ranker.score(row)));
