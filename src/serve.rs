@@ -514,7 +514,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         )?;
     }
     if !model.exists() {
-        // A quick start: the sequence model trains 4 epochs instead of the default 20 (minutes
+        // A quick start: the sequence model trains 4 epochs instead of the default 16 (minutes
         // sooner, at some cost in quality).
         let params = dir.join("demo-params.json");
         let mut p = tongban_model::ModelParams::default();
