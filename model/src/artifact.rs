@@ -290,6 +290,20 @@ mod tests {
             for p in &profiles {
                 assert_eq!(m.recommend(p, &req, 100, &mut s1), back.recommend(p, &req, 100, &mut s2));
             }
+            // Served from the state cache: the same answers, computed once per key.
+            let cached = back.clone().with_seq_cache(1 << 20);
+            let mut s3 = cached.scratch();
+            let day = 86_400;
+            for now in [100, 100 + 40 * day, 100 + 400 * day] {
+                for p in &profiles {
+                    for at in [now, now, now + 1] {
+                        assert_eq!(cached.recommend(p, &req, at, &mut s3), m.recommend(p, &req, at, &mut s1), "{at}");
+                    }
+                }
+            }
+            let (entries, bytes) = cached.seq_cache_usage();
+            assert!(entries >= 1 && entries <= 3 * profiles.len() && bytes > 0, "{entries} {bytes}");
+            assert_eq!(m.seq_cache_usage(), (0, 0));
         }
     }
 

@@ -28,7 +28,7 @@ use tongban_features::vector::{Extractor, Prepared, Scratch, WIDTH};
 
 use crate::knn::ItemSims;
 use crate::ranker::{Ranker, RankerError, RankerParams, TrainingSet, ROW};
-use crate::seq::{SeqError, SeqModel, SeqParams};
+use crate::seq::{SeqError, SeqModel, SeqParams, StateKey};
 
 /// Score of a service the rules exclude, below every real score (ranked by popularity).
 const FLOOR: f32 = -1e6;
@@ -168,12 +168,14 @@ pub struct ScoreScratch {
     base: Vec<f32>,
     scores: Vec<f32>,
     order: Vec<(f32, u32)>,
-    /// The subject's sequence-model query, every service's logit, the best logit and the
-    /// log-sum-exp of all of them.
+    /// The subject's sequence-model state: its query, the best logit, the log-sum-exp of all
+    /// logits and the best services; `logits` and `window` are work space.
     q: Vec<f32>,
-    seq: Vec<f32>,
     seq_max: f32,
     seq_lse: f32,
+    seq_top: Vec<u32>,
+    logits: Vec<f32>,
+    window: Vec<(u32, i64)>,
     /// Whole-history item-kNN score per service (reset through `knn_touched`), and the best.
     knn: Vec<f32>,
     knn_touched: Vec<u32>,
@@ -237,6 +239,8 @@ pub struct Model {
     extractor: Extractor,
     sims: Arc<ItemSims>,
     seq: Option<Arc<SeqModel>>,
+    /// Serving only: sequence-model states by [`StateKey`] (see [`Model::with_seq_cache`]).
+    seq_cache: Option<Arc<SeqCache>>,
     ranker: Ranker,
     services: Arc<Vec<String>>,
     /// Per segment (0 = overall) the most used services, best first.
@@ -245,6 +249,36 @@ pub struct Model {
     yearly: Vec<u32>,
     params: ModelParams,
 }
+
+/// The sequence model's summary of one subject's history at one time: everything the request
+/// path needs from it, so that the encoder and the logits of every service run once per change
+/// of the history (or of a time bucket), not once per request.
+#[derive(Debug, Clone)]
+pub struct SeqState {
+    q: Vec<f32>,
+    max: f32,
+    lse: f32,
+    /// The best `model_candidates` services by logit.
+    top: Vec<u32>,
+}
+
+impl SeqState {
+    /// Approximate heap size in bytes (the cache's weight).
+    fn bytes(&self) -> u64 {
+        (std::mem::size_of::<SeqState>() + 4 * self.q.len() + 4 * self.top.len() + 64) as u64
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StateWeight;
+
+impl quick_cache::Weighter<StateKey, Arc<SeqState>> for StateWeight {
+    fn weight(&self, _: &StateKey, v: &Arc<SeqState>) -> u64 {
+        v.bytes()
+    }
+}
+
+type SeqCache = quick_cache::sync::Cache<StateKey, Arc<SeqState>, StateWeight>;
 
 fn audience_of(segment: u16) -> Option<SubjectKind> {
     match segment {
@@ -310,12 +344,32 @@ impl Model {
             extractor: Extractor::new(Arc::new(stats), catalogue),
             sims: Arc::new(sims),
             seq,
+            seq_cache: None,
             ranker,
             services: Arc::new(services),
             popular,
             yearly,
             params,
         }
+    }
+
+    /// Keeps sequence-model states of up to `bytes` in memory, keyed by the history window
+    /// they were computed from and the time buckets the encoder reads (see
+    /// [`SeqModel::state_key`]). A subject's state is computed on its first request after its
+    /// history changed (an ingest on any replica changes the key; nothing is invalidated by
+    /// hand) and then served from the cache. For serving: an evaluation sees every history
+    /// once and gains nothing from it.
+    pub fn with_seq_cache(mut self, bytes: u64) -> Model {
+        self.seq_cache = (bytes > 0 && self.seq.is_some()).then(|| {
+            let per = self.seq.as_ref().map_or(1, |m| 4 * (m.dim + self.params.model_candidates) + 160) as u64;
+            Arc::new(SeqCache::with_weighter((bytes / per).max(1) as usize, bytes, StateWeight))
+        });
+        self
+    }
+
+    /// Entries and bytes in the sequence-state cache (zero without one).
+    pub fn seq_cache_usage(&self) -> (usize, u64) {
+        self.seq_cache.as_ref().map_or((0, 0), |c| (c.len(), c.weight()))
     }
 
     pub fn with_ranker(mut self, ranker: Ranker) -> Model {
@@ -442,8 +496,12 @@ impl Model {
 
     /// The sequence model's logit of every service for a subject at `now` (empty without one).
     pub fn seq_logits(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Vec<f32> {
-        self.prepare_seq(profile, now, scratch);
-        scratch.seq.clone()
+        let Some(m) = &self.seq else { return Vec::new() };
+        m.query(profile.starts().rev().map(|r| (r.service, r.at)), now, &mut scratch.q);
+        let mut out = Vec::new();
+        m.logits(&scratch.q, &mut out);
+        out.resize(self.service_count(), f32::NEG_INFINITY);
+        out
     }
 
     /// The whole-history item-kNN score of every service for a subject.
@@ -465,19 +523,37 @@ impl Model {
         self.prepare_knn(profile, scratch);
     }
 
+    /// The subject's sequence-model state into `scratch`: from the cache when it holds it,
+    /// else computed (the encoder over the window, the logits of every service).
     fn prepare_seq(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
-        let n = self.service_count();
-        scratch.seq.clear();
+        scratch.q.clear();
+        scratch.seq_top.clear();
         scratch.seq_max = f32::NEG_INFINITY;
         scratch.seq_lse = f32::NEG_INFINITY;
-        if let Some(m) = &self.seq {
-            m.query(profile.starts().rev().map(|r| (r.service, r.at)), now, &mut scratch.q);
-            m.logits(&scratch.q, &mut scratch.seq);
-            scratch.seq.resize(n, f32::NEG_INFINITY);
-            let top = scratch.seq.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = scratch.seq.iter().filter(|v| v.is_finite()).map(|&v| (v - top).exp()).sum();
-            scratch.seq_max = top;
-            scratch.seq_lse = top + sum.max(1.0).ln();
+        let Some(m) = &self.seq else { return };
+        m.window_of(profile.starts().rev().map(|r| (r.service, r.at)), &mut scratch.window);
+        let cached = self.seq_cache.as_ref().map(|c| (c, m.state_key(&scratch.window, now)));
+        if let Some(st) = cached.as_ref().and_then(|(c, k)| c.get(k)) {
+            scratch.q.extend_from_slice(&st.q);
+            scratch.seq_top.extend_from_slice(&st.top);
+            (scratch.seq_max, scratch.seq_lse) = (st.max, st.lse);
+            return;
+        }
+        m.query_window(&scratch.window, now, &mut scratch.q);
+        m.logits(&scratch.q, &mut scratch.logits);
+        let top = scratch.logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = scratch.logits.iter().filter(|v| v.is_finite()).map(|&v| (v - top).exp()).sum();
+        scratch.seq_max = top;
+        scratch.seq_lse = top + sum.max(1.0).ln();
+        let mut ranked = std::mem::take(&mut scratch.order);
+        ranked.clear();
+        ranked.extend(scratch.logits.iter().enumerate().map(|(s, &v)| (v, s as u32)));
+        best(&mut ranked, self.params.model_candidates);
+        scratch.seq_top.extend(ranked.iter().map(|x| x.1));
+        scratch.order = ranked;
+        if let Some((c, k)) = cached {
+            let st = SeqState { q: scratch.q.clone(), max: top, lse: scratch.seq_lse, top: scratch.seq_top.clone() };
+            c.insert(k, Arc::new(st));
         }
     }
 
@@ -507,21 +583,15 @@ impl Model {
     fn model_sources(&self, scratch: &mut ScoreScratch) {
         let m = self.params.model_candidates;
         let mut ranked = std::mem::take(&mut scratch.order);
-        for bits in [reason::FOLLOWS, reason::OFTEN_TOGETHER] {
-            ranked.clear();
-            if bits == reason::FOLLOWS {
-                ranked.extend(scratch.seq.iter().enumerate().map(|(s, &v)| (v, s as u32)));
-            } else {
-                ranked.extend(scratch.knn_touched.iter().map(|&s| (scratch.knn[s as usize], s)));
-            }
-            let keep = m.min(ranked.len());
-            if keep < ranked.len() {
-                ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                ranked.truncate(keep);
-            }
-            for &(_, s) in &ranked {
-                scratch.add(s, bits);
-            }
+        for i in 0..scratch.seq_top.len() {
+            let s = scratch.seq_top[i];
+            scratch.add(s, reason::FOLLOWS);
+        }
+        ranked.clear();
+        ranked.extend(scratch.knn_touched.iter().map(|&s| (scratch.knn[s as usize], s)));
+        best(&mut ranked, m);
+        for &(_, s) in &ranked {
+            scratch.add(s, reason::OFTEN_TOGETHER);
         }
         scratch.order = ranked;
     }
@@ -529,15 +599,16 @@ impl Model {
     /// Feature rows ([`ROW`]: the schema's, then [`crate::ranker::MODEL_FEATURES`]) and ranker scores of
     /// `scratch.cands`.
     fn score_rows(&self, profile: &Profile, prep: &Prepared, scratch: &mut ScoreScratch) {
-        let ScoreScratch { features, cands, base, feats, scores, seq, seq_max, seq_lse, knn, knn_max, .. } = scratch;
+        let ScoreScratch { features, cands, base, feats, scores, q, seq_max, seq_lse, knn, knn_max, .. } = scratch;
+        let seq = self.seq.as_deref().filter(|_| !q.is_empty());
         base.resize(cands.len() * WIDTH, 0.0);
         self.extractor.extract(profile, prep, features, cands, base);
         feats.clear();
         for (&c, row) in cands.iter().zip(base.chunks_exact(WIDTH)) {
             feats.extend_from_slice(row);
             let i = c as usize;
-            let (seq_prob, seq_rel, seq_p, seq_logp) = match seq.get(i) {
-                Some(&v) if v.is_finite() => {
+            let (seq_prob, seq_rel, seq_p, seq_logp) = match seq.map(|m| m.logit(q, c)) {
+                Some(v) if v.is_finite() => {
                     let (x, lp) = (v - *seq_max, v - *seq_lse);
                     (x.exp(), (1.0 + x / 16.0).max(0.0), lp.exp(), (1.0 + lp / 24.0).max(0.0))
                 }
@@ -559,11 +630,7 @@ impl Model {
             let a = scratch.features.acc(s);
             (a[0] + a[1] + a[2] + a[3], s)
         }));
-        let keep = self.params.neighbours.min(ranked.len());
-        if keep < ranked.len() {
-            ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            ranked.truncate(keep);
-        }
+        best(&mut ranked, self.params.neighbours);
         for &(_, s) in &ranked {
             let a = scratch.features.acc(s);
             let bits = if a[0] + a[1] + a[2] > 0.0 { reason::FOLLOWS } else { 0 }
@@ -828,4 +895,13 @@ pub struct Case {
     pub subject: u32,
     pub target: u32,
     pub now: i64,
+}
+
+/// Keeps the best `keep` of `ranked` (score, service), highest score first among equals the
+/// lower service; unordered.
+fn best(ranked: &mut Vec<(f32, u32)>, keep: usize) {
+    if keep < ranked.len() {
+        ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.truncate(keep);
+    }
 }

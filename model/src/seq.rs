@@ -178,6 +178,15 @@ impl SeqParams {
     }
 }
 
+/// Identifies a sequence-model state (see [`SeqModel::state_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateKey {
+    hash: u64,
+    len: u32,
+    newest: u32,
+    at: i64,
+}
+
 /// One pre-norm self-attention block (`arch = sasrec`), weights row-major.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Block {
@@ -311,11 +320,48 @@ impl SeqModel {
     /// The query vector at `now` of a history of (service, time) given newest first (at most
     /// `window` are read; services outside the model are skipped).
     pub fn query(&self, newest_first: impl Iterator<Item = (u32, i64)>, now: i64, out: &mut Vec<f32>) {
-        let window: Vec<(u32, i64)> = newest_first.filter(|x| (x.0 as usize) < self.items).take(self.window).collect();
+        let mut window = Vec::with_capacity(self.window);
+        self.window_of(newest_first, &mut window);
+        self.query_window(&window, now, out);
+    }
+
+    /// The starts the query reads from a history given newest first: at most `window` of
+    /// services the model knows.
+    pub fn window_of(&self, newest_first: impl Iterator<Item = (u32, i64)>, out: &mut Vec<(u32, i64)>) {
+        out.clear();
+        out.extend(newest_first.filter(|x| (x.0 as usize) < self.items).take(self.window));
+    }
+
+    /// The query vector at `now` of a window from [`SeqModel::window_of`].
+    pub fn query_window(&self, window: &[(u32, i64)], now: i64, out: &mut Vec<f32>) {
         match self.arch {
-            SeqArch::Filter => self.filter_query(&window, now, out),
-            SeqArch::Sasrec | SeqArch::Auto => self.sasrec_query(&window, now, out),
+            SeqArch::Filter => self.filter_query(window, now, out),
+            SeqArch::Sasrec | SeqArch::Auto => self.sasrec_query(window, now, out),
         }
+    }
+
+    /// A key that is equal for two (window, time) pairs only if their queries are: the window's
+    /// starts and what the encoder reads of `now` (its month; the time-gap bucket since the
+    /// newest start for `sasrec`, since every start for the filter encoder). Gap buckets are
+    /// powers of two in days, so a subject's key lasts from a day to years between starts.
+    pub fn state_key(&self, window: &[(u32, i64)], now: i64) -> StateKey {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: deterministic across processes and well mixed; the length
+        // and the newest start are kept beside the hash so that a collision would also need
+        // those to agree.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        month_of(now).hash(&mut h);
+        for (k, &(s, at)) in window.iter().enumerate() {
+            (s, at).hash(&mut h);
+            if k == 0 || self.arch == SeqArch::Filter {
+                gap_bucket(now - at).hash(&mut h);
+            }
+        }
+        if window.is_empty() {
+            gap_bucket(0).hash(&mut h);
+        }
+        let (newest, at) = window.first().copied().unwrap_or((u32::MAX, 0));
+        StateKey { hash: h.finish(), len: window.len() as u32, newest, at }
     }
 
     /// The `sasrec` query: the blocks over the window (oldest first, causal), the newest
@@ -1258,5 +1304,38 @@ mod tests {
         assert_eq!(best, 6);
         assert!(matches!(SeqModel::train(&[vec![(1, 0)]], 4, &small()), Err(SeqError::NoData)));
         assert!(SeqModel::train(&cycles(), 4, &SeqParams { dim: 1, ..small() }).is_err());
+    }
+
+    /// Two times with the same state key give the same query (the key leaves nothing out),
+    /// and the key moves when a gap bucket or the month does.
+    #[test]
+    fn equal_state_keys_mean_equal_queries() {
+        let day = 86_400i64;
+        let seqs: Vec<Vec<(u32, i64)>> = (0..200)
+            .map(|s| (0..8).map(|t| (((s + t) % 40) as u32, (t as i64) * 3 * day + s as i64)).collect())
+            .collect();
+        for arch in [SeqArch::Filter, SeqArch::Sasrec] {
+            let m = SeqModel::train(&seqs, 40, &SeqParams { arch, layers: 1, epochs: 1, ..small() }).unwrap();
+            let history = [(7u32, 40 * day), (3, 30 * day), (9, 2 * day)];
+            let mut w = Vec::new();
+            m.window_of(history.into_iter(), &mut w);
+            let (mut q1, mut q2) = (Vec::new(), Vec::new());
+            let mut keys = std::collections::HashSet::new();
+            let times: Vec<i64> = (0..2_000).map(|k| 40 * day + k * day / 4).collect();
+            for pair in times.windows(2) {
+                let (k1, k2) = (m.state_key(&w, pair[0]), m.state_key(&w, pair[1]));
+                keys.insert(k1);
+                m.query_window(&w, pair[0], &mut q1);
+                m.query_window(&w, pair[1], &mut q2);
+                if k1 == k2 {
+                    assert_eq!(q1, q2, "{arch:?} at {pair:?}");
+                }
+            }
+            // 500 days: every month, and the newest gap's buckets up to 512 days.
+            assert!(keys.len() >= 12 + 9, "{arch:?}: {} keys", keys.len());
+            let mut other = Vec::new();
+            m.window_of([(8u32, 40 * day), (3, 30 * day), (9, 2 * day)].into_iter(), &mut other);
+            assert_ne!(m.state_key(&w, 41 * day), m.state_key(&other, 41 * day));
+        }
     }
 }

@@ -26,9 +26,16 @@ pub struct Served {
     guidance: OnceLock<Vec<[Box<RawValue>; 2]>>,
 }
 
+/// Memory for the served model's sequence-model states (about 800 bytes per subject at width
+/// 64: some 160,000 recently active subjects). A state is recomputed on a subject's first
+/// request after its history changes, so the cache needs to hold the subjects active within
+/// minutes, not the whole population.
+pub const SEQ_CACHE_BYTES: u64 = 128 << 20;
+
 impl Served {
     pub fn new(model: Model, header: Header, path: PathBuf) -> Served {
         let fp: String = header.data.fingerprint.chars().take(8).collect();
+        let model = model.with_seq_cache(SEQ_CACHE_BYTES);
         Served { version: format!("{}-{fp}", header.created_at), model, header, path, guidance: OnceLock::new() }
     }
 
