@@ -34,7 +34,9 @@ use crate::io::{EventRecord, EventWriter};
 use crate::time::{civil_from_days, Date, Timestamp, DAY};
 
 /// Bumped whenever the same arguments would produce different files.
-pub const GENERATOR_VERSION: u32 = 1;
+/// Version 2: the truth no longer knows that a memoryless draw (background use, a life event)
+/// fell after the horizon; `events.csv`, `future.csv` and `subjects.csv` are unchanged.
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -297,9 +299,10 @@ impl<'p, 'a> Sim<'p, 'a> {
         let rate = per_year / YEAR;
         let wait = -(1.0 - rng.gen::<f64>()).ln() / rate;
         let at = now.saturating_add(wait.min(1e15) as i64);
-        if at < self.end {
-            self.push(at, Law::Memoryless { rate }, action);
-        }
+        // Kept even when it lands after the end (it is then never processed): dropping it
+        // would tell the truth's re-draws that nothing of this kind happens in the horizon,
+        // knowledge no model of the log can have (generator version 1 had this leak).
+        self.push(at, Law::Memoryless { rate }, action);
     }
 
     /// Yearly hazard of each life event for this subject now.
