@@ -23,7 +23,8 @@ use crate::{print_json, LogArgs};
 pub struct DataArgs {
     #[command(flatten)]
     pub log: LogArgs,
-    /// Catalogue file or folder (native logs); without it, domain features are absent.
+    /// Catalogue file or folder [default: the built-in Dalian catalogue for native logs, none
+    /// for the public formats; without one, domain features are absent].
     #[arg(long)]
     pub catalogue: Option<PathBuf>,
     /// subjects.csv for segments; default: subjects.csv beside a native events file, if any.
@@ -41,23 +42,23 @@ pub struct Data {
 
 impl DataArgs {
     pub fn load(&self) -> Result<Data> {
+        let Some(format) = LogFormat::from_name(&self.log.format, &self.log.events) else {
+            bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.log.format);
+        };
+        let native = matches!(format, LogFormat::NativeCsv | LogFormat::NativeJsonl);
         let catalogue = match &self.catalogue {
             Some(p) => {
                 Some(Arc::new(Catalogue::load(p).with_context(|| format!("loading the catalogue {}", p.display()))?))
             }
+            // A native log names the catalogue's services: the one built in, as `serve` uses.
+            None if native => Some(Arc::new(Catalogue::builtin())),
             None => None,
-        };
-        let Some(format) = LogFormat::from_name(&self.log.format, &self.log.events) else {
-            bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.log.format);
         };
         let base = catalogue.as_deref().map_or_else(EventLog::default, EventLog::for_catalogue);
         let (mut log, _) = self.log.read_into(base)?;
         let now = log.events.iter().map(|e| e.at.0).max().unwrap_or(0);
         let beside = self.log.events.parent().map(|d| d.join("subjects.csv"));
-        let subjects = self.subjects.clone().or_else(|| {
-            let native = matches!(format, LogFormat::NativeCsv | LogFormat::NativeJsonl);
-            beside.filter(|p| native && p.exists())
-        });
+        let subjects = self.subjects.clone().or_else(|| beside.filter(|p| native && p.exists()));
         let segments = match subjects {
             Some(p) => read_subjects(&p, &mut log, Timestamp(now).date_shanghai())?,
             None => vec![0; log.subjects.len()],
