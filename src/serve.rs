@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// memory store, whose queue no other process can reach.
     #[arg(long, env = "TONGBAN_WITH_WORKER")]
     pub with_worker: bool,
+    /// On SIGTERM or Ctrl-C, keep serving this many seconds with `/readyz` answering 503
+    /// `draining` (set it to the load balancer's readiness period), then finish in-flight
+    /// requests and stop.
+    #[arg(long, env = "TONGBAN_DRAIN_SECS", default_value_t = 0)]
+    pub drain_secs: u64,
     #[command(flatten)]
     pub push: PushArgs,
 }
@@ -295,9 +300,15 @@ pub fn scan(args: &ScanArgs) -> Result<ExitCode> {
     })
 }
 
+/// Ctrl-C or SIGTERM (systemd, Kubernetes, `docker stop`).
 async fn shutdown_signal() {
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("shutting down");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler (tokio's signal driver is enabled)");
+    let which = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("shutting down ({which})");
 }
 
 /// API keys come from the environment only (never flags, which `ps` shows):
@@ -422,7 +433,8 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    tongban_server::serve(listener, state, shutdown).await.context("serving")?;
+    let drain = std::time::Duration::from_secs(args.drain_secs);
+    tongban_server::serve_draining(listener, state, shutdown, drain).await.context("serving")?;
     if let Some(t) = worker_task {
         let _ = t.await;
     }
@@ -575,6 +587,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         rate_limit: 0,
         templates: None,
         with_worker: true,
+        drain_secs: 0,
         push: PushArgs::defaults(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

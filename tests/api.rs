@@ -1141,6 +1141,58 @@ async fn a_poison_entry_is_dead_lettered_and_lost_consumer_groups_are_recreated(
 
 /// A client that sends its headers a line at a time (slowloris) is cut off at the header-read
 /// deadline, however often it sends.
+/// `tongban serve` on SIGTERM: `/readyz` answers 503 `draining` while requests are still
+/// served for `--drain-secs`, then the process stops by itself with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_with_readyz_503_then_exits_cleanly() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tongban"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--drain-secs", "2", "--model"])
+        .arg(f.model_file.path())
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move { client.get(format!("{base}{path}")).send().await.map(|r| r.status().as_u16()) }
+    };
+    let started = std::time::Instant::now();
+    while status("/readyz").await.ok() != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(60), "serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let signalled = std::time::Instant::now();
+    // Draining: not ready, still serving.
+    let mut drained = None;
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            drained = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = drained.expect("/readyz answers 503 during the drain");
+    assert_eq!(body["code"], "draining", "{body}");
+    assert_eq!(status("/healthz").await.unwrap(), 200);
+    assert_eq!(status("/v1/services/popular?k=3").await.unwrap(), 200);
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert!(exit.status.success(), "exit {:?}: {stderr}", exit.status);
+    assert!(stderr.contains("shutting down (SIGTERM)"), "{stderr}");
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "stopped before the drain period");
+    assert!(status("/healthz").await.is_err(), "stopped accepting");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_cut_off_at_the_header_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

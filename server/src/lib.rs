@@ -58,7 +58,28 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_draining(listener, state, shutdown, std::time::Duration::ZERO).await
+}
+
+/// [`serve`], but once `shutdown` completes the server first drains for `drain`: `/readyz`
+/// answers 503 `draining` while requests are still served, so that a load balancer (a
+/// Kubernetes readiness probe) takes this replica out before it stops accepting.
+pub async fn serve_draining(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: std::time::Duration,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    let flag = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        flag.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        if !drain.is_zero() {
+            tracing::info!(seconds = drain.as_secs_f64(), "draining: /readyz answers 503, requests still served");
+            tokio::time::sleep(drain).await;
+        }
+    };
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // HTTP/1.1 only: hyper-util's auto builder (HTTP/2 too) first waits for bytes to tell the
@@ -130,6 +151,7 @@ pub fn state(
         templates,
         clock,
         limiter: Default::default(),
+        draining: Default::default(),
     })
 }
 

@@ -43,6 +43,9 @@ pub struct AppState {
     pub clock: Clock,
     /// Token buckets per API key.
     pub limiter: RateLimiter,
+    /// Set when shutdown begins: `/readyz` answers 503 so that load balancers stop sending
+    /// new requests while in-flight ones finish.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {

@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::problem::ApiError;
+use super::problem::{ApiError, ProblemCode};
 use crate::app::AppState;
 
 pub(super) async fn healthz() -> &'static str {
@@ -16,6 +16,9 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::new(ProblemCode::Draining, "shutting down: send new requests to another replica"));
+    }
     state.store.ping().await?;
     Ok(Json(json!({ "store": state.store.kind(), "model": state.models.active().version })))
 }

@@ -65,6 +65,7 @@ problem_codes! {
     RateLimited = "rate_limited", TOO_MANY_REQUESTS;
     Internal = "internal", INTERNAL_SERVER_ERROR;
     StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
+    Draining = "draining", SERVICE_UNAVAILABLE;
     Timeout = "timeout", GATEWAY_TIMEOUT;
 }
 
