@@ -30,7 +30,9 @@ pub struct ServeArgs {
     /// The data directory of the embedded store and push queue (created if missing; one process
     /// at a time). Profiles, event ids seen, preferences, inboxes, push reservations and records
     /// and queued pushes survive a restart: each acknowledged write is on disk (fsync) before
-    /// the answer. Not with --redis or --memory. [default: ./tongban-data; config key: data_dir]
+    /// the answer. Not with --redis or --memory. The default keeps the state where `serve` runs,
+    /// so that a first start needs no setup: a deployment names its own (e.g.
+    /// /var/lib/tongban). [default: ./tongban-data; config key: data_dir]
     #[arg(long = "data", env = "TONGBAN_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Volatile store and queue in process memory instead of --data, for tests and benchmarks:

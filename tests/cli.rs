@@ -198,6 +198,13 @@ fn serve_takes_one_place_for_its_state() {
     assert!(err.contains("--data /tmp/tb-data and --redis: choose one"), "{err}");
     let out = tongban(&[&base[..], &["--data", "/tmp/tb-data", "--memory"]].concat());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data /tmp/tb-data and --memory: choose one"));
+    // The config file's key for it is `data_dir`.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tongban.toml");
+    std::fs::write(&cfg, "data_dir = \"/tmp/tb-from-config\"\nredis_url = \"redis://127.0.0.1:1/\"\n").unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "serve", "--model", "/nonexistent/x.model"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--data /tmp/tb-from-config and --redis: choose one"), "{err}");
     let help = tongban(&["serve", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--data <DIR>") && help.contains("everything is lost on exit"), "{help}");

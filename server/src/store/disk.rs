@@ -15,6 +15,10 @@
 //! and so one fsync, and is atomic as a whole. redb runs one write transaction at a time, which
 //! makes every operation atomic per subject with no compare-and-set. The blocking work runs on
 //! tokio's blocking pool, never on the async workers.
+//!
+//! Known limits of this version, as in the memory store: event ids seen are kept until the
+//! subject is erased (Redis forgets a subject's set `SEEN_TTL_SECS` after its last write), and
+//! inbox messages leave by the cap, not by their time to live.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
