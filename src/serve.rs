@@ -244,10 +244,17 @@ async fn connect(backing: &Backing, partitions: usize) -> Result<(Arc<Store>, Ar
             (Arc::new(Store::Redis(r)), Arc::new(q))
         }
         Backing::Disk(dir) => {
-            // The store first: its lock also tells that another process has the directory.
-            let store = Store::disk(dir).with_context(|| format!("opening the store in --data {}", dir.display()))?;
-            let queue =
-                Queue::disk(dir).with_context(|| format!("opening the push queue in --data {}", dir.display()))?;
+            // Opening reads the files (after a crash, redb repairs them first): off the runtime.
+            let d = dir.clone();
+            let (store, queue) = tokio::task::spawn_blocking(move || -> Result<(Store, Queue)> {
+                // The store first: its lock also tells that another process has the directory.
+                let store = Store::disk(&d).with_context(|| format!("opening the store in --data {}", d.display()))?;
+                let queue =
+                    Queue::disk(&d).with_context(|| format!("opening the push queue in --data {}", d.display()))?;
+                Ok((store, queue))
+            })
+            .await
+            .context("opening the data directory")??;
             let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             eprintln!("state kept in {} (store.redb, queue.redb; fsync per write)", shown.display());
             (Arc::new(store), Arc::new(queue))
