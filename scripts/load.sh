@@ -64,7 +64,7 @@ run_pair() { # name port
 }
 
 echo "== $(date -u +%FT%TZ) $(nproc) cores; ${DUR}s per run"
-$T serve --model "$D/load.model" --catalogue catalogue --import "$D/events.csv" --now "$CUT" --scan-every-secs 0 --addr 127.0.0.1:18080 2> "$WORK/mem.log" &
+$T serve --memory --model "$D/load.model" --catalogue catalogue --import "$D/events.csv" --now "$CUT" --scan-every-secs 0 --addr 127.0.0.1:18080 2> "$WORK/mem.log" &
 PIDS+=($!)
 wait_ready 18080
 run_pair memory 18080

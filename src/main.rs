@@ -59,10 +59,11 @@ enum Command {
     Eval(model_cli::EvalArgs),
     /// Random search of model parameters on the validation split; writes the best and the log.
     Tune(model_cli::TuneArgs),
-    /// Serve the HTTP API (memory store, or Redis with --redis).
+    /// Serve the HTTP API (the durable embedded store in --data, Redis with --redis, or the
+    /// volatile --memory for tests).
     Serve(serve::ServeArgs),
-    /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (memory store,
-    /// with the push worker in process).
+    /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (durable store
+    /// in DIR/state, with the push worker in process).
     Demo(serve::DemoArgs),
     /// Deliver queued pushes from Redis (inbox, log, webhook) and run the periodic deadline scan.
     Worker(serve::WorkerArgs),
@@ -240,7 +241,12 @@ fn apply_config_file() -> Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
     let table: toml::Table = text.parse().with_context(|| format!("{path}: not valid TOML"))?;
     for (key, value) in table {
-        let var = format!("TONGBAN_{}", key.to_uppercase().replace('-', "_"));
+        let var = match key.as_str() {
+            // The one key whose variable is not its name: `data_dir` reads better in a file,
+            // `--data` / `TONGBAN_DATA` on a command line.
+            "data_dir" => "TONGBAN_DATA".to_owned(),
+            _ => format!("TONGBAN_{}", key.to_uppercase().replace('-', "_")),
+        };
         let value = match value {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),

@@ -23,9 +23,22 @@ pub struct ServeArgs {
     /// The catalogue the model was trained with (default: ./catalogue when the model has one).
     #[arg(long, env = "TONGBAN_CATALOGUE")]
     pub catalogue: Option<PathBuf>,
-    /// Redis URL (redis://host:port/db); without it, the embedded in-memory store.
+    /// Redis URL (redis://host:port/db): the store and queue shared by replicas and `tongban
+    /// worker`. Without it, the durable embedded store in --data.
     #[arg(long, env = "TONGBAN_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+    /// The data directory of the embedded store and push queue (created if missing; one process
+    /// at a time). Profiles, event ids seen, preferences, inboxes, push reservations and records
+    /// and queued pushes survive a restart: each acknowledged write is on disk (fsync) before
+    /// the answer. Not with --redis or --memory. The default keeps the state where `serve` runs,
+    /// so that a first start needs no setup: a deployment names its own (e.g.
+    /// /var/lib/tongban). [default: ./tongban-data; config key: data_dir]
+    #[arg(long = "data", env = "TONGBAN_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Volatile store and queue in process memory instead of --data, for tests and benchmarks:
+    /// everything is lost on exit (an opt-out comes back as opt-in after a restart).
+    #[arg(long, env = "TONGBAN_MEMORY")]
+    pub memory: bool,
     /// Prefix of every Redis key (to share one Redis between deployments).
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
@@ -55,7 +68,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TONGBAN_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
     /// Run the push worker (delivery and periodic scan) in this process. Always on with the
-    /// memory store, whose queue no other process can reach.
+    /// embedded store (--data or --memory), whose queue no other process can reach.
     #[arg(long, env = "TONGBAN_WITH_WORKER")]
     pub with_worker: bool,
     /// On SIGTERM or Ctrl-C, keep serving this many seconds with `/readyz` answering 503
@@ -188,10 +201,46 @@ impl PushArgs {
     }
 }
 
-/// Connects the store and the queue: Redis when a URL is given, else process memory.
-async fn connect(redis: Option<&str>, prefix: &str, partitions: usize) -> Result<(Arc<Store>, Arc<Queue>)> {
-    Ok(match redis {
-        Some(url) => {
+/// Where the store and the queue live.
+#[derive(Debug, Clone, PartialEq)]
+enum Backing {
+    Redis {
+        url: String,
+        prefix: String,
+    },
+    /// The durable embedded store and queue in this data directory.
+    Disk(PathBuf),
+    /// Process memory: lost on exit.
+    Memory,
+}
+
+/// The data directory when neither --data, --redis nor --memory is given.
+const DEFAULT_DATA_DIR: &str = "tongban-data";
+
+impl ServeArgs {
+    fn backing(&self) -> Result<Backing> {
+        Ok(match (&self.redis, &self.data, self.memory) {
+            (Some(_), Some(d), _) => bail!(
+                "--data {} and --redis: choose one (the data directory holds the embedded store; Redis is a \
+                 store of its own)",
+                d.display()
+            ),
+            (_, Some(d), true) => {
+                bail!("--data {} and --memory: choose one (--memory keeps nothing on disk)", d.display())
+            }
+            (Some(_), None, true) => bail!("--redis and --memory: choose one"),
+            (Some(url), None, false) => Backing::Redis { url: url.clone(), prefix: self.redis_prefix.clone() },
+            (None, Some(d), false) => Backing::Disk(d.clone()),
+            (None, None, false) => Backing::Disk(PathBuf::from(DEFAULT_DATA_DIR)),
+            (None, None, true) => Backing::Memory,
+        })
+    }
+}
+
+/// Connects the store and the queue.
+async fn connect(backing: &Backing, partitions: usize) -> Result<(Arc<Store>, Arc<Queue>)> {
+    Ok(match backing {
+        Backing::Redis { url, prefix } => {
             let r = tongban_server::store::RedisStore::connect(url, prefix)
                 .await
                 .with_context(|| format!("connecting to Redis at {}", tongban_server::store::redact(url)))?;
@@ -199,7 +248,26 @@ async fn connect(redis: Option<&str>, prefix: &str, partitions: usize) -> Result
             let q = Queue::redis(conn, &prefix, partitions).await.context("creating the push queue in Redis")?;
             (Arc::new(Store::Redis(r)), Arc::new(q))
         }
-        None => (Arc::new(Store::memory()), Arc::new(Queue::memory())),
+        Backing::Disk(dir) => {
+            // Opening reads the files (after a crash, redb repairs them first): off the runtime.
+            let d = dir.clone();
+            let (store, queue) = tokio::task::spawn_blocking(move || -> Result<(Store, Queue)> {
+                // The store first: its lock also tells that another process has the directory.
+                let store = Store::disk(&d).with_context(|| format!("opening the store in --data {}", d.display()))?;
+                let queue =
+                    Queue::disk(&d).with_context(|| format!("opening the push queue in --data {}", d.display()))?;
+                Ok((store, queue))
+            })
+            .await
+            .context("opening the data directory")??;
+            let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            eprintln!("state kept in {} (store.redb, queue.redb; fsync per write)", shown.display());
+            (Arc::new(store), Arc::new(queue))
+        }
+        Backing::Memory => {
+            eprintln!("warning: --memory: the store and the push queue are in process memory, lost on exit");
+            (Arc::new(Store::memory()), Arc::new(Queue::memory()))
+        }
     })
 }
 
@@ -262,7 +330,8 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
     let fixed_now = parse_now(&a.now)?;
     let cat = Arc::new(crate::load_catalogue(a.catalogue.as_deref())?);
     let templates = load_templates(a.templates.as_deref(), &cat)?;
-    let (store, queue) = connect(Some(&a.redis), &a.redis_prefix, a.push.partitions).await?;
+    let backing = Backing::Redis { url: a.redis.clone(), prefix: a.redis_prefix.clone() };
+    let (store, queue) = connect(&backing, a.push.partitions).await?;
     Ok(Arc::new(tongban_server::deliver::Pusher {
         store,
         queue,
@@ -339,6 +408,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
 async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let fixed_now = parse_now(&args.now)?;
     args.push.check()?;
+    let backing = args.backing()?;
     let header = tongban_model::artifact::read_header(&args.model)?;
     // A model trained with a catalogue serves with one: the given one, else the built-in one
     // (loading the model checks that the fingerprints agree).
@@ -348,7 +418,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         (None, None) => None,
     };
     let (model, header) = tongban_model::artifact::load(&args.model, catalogue.clone())?;
-    let (store, queue) = connect(args.redis.as_deref(), &args.redis_prefix, args.push.partitions).await?;
+    let (store, queue) = connect(&backing, args.push.partitions).await?;
     let mut segments = HashMap::new();
     let keys = keys_from_env();
     if keys.is_open() {
@@ -379,16 +449,23 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             None => vec![0; log.subjects.len()],
         };
         let profiles = model.profiles(&log, &segs);
-        let mut kept = 0;
-        for (i, p) in profiles.iter().enumerate() {
+        let mut subjects = Vec::with_capacity(profiles.len());
+        for (i, &seg) in segs.iter().enumerate().take(profiles.len()) {
             let id = log.subjects.name(i as u32);
             // The log reader validated every subject id.
-            let subject =
-                SubjectId::parse(id).with_context(|| format!("subject id {id:?} in {}", log_path.display()))?;
-            if !store.import_profile(&subject, p).await.with_context(|| format!("importing the profile of {id}"))? {
-                kept += 1;
-            }
-            segments.insert(id.to_owned(), segs[i]);
+            subjects
+                .push(SubjectId::parse(id).with_context(|| format!("subject id {id:?} in {}", log_path.display()))?);
+            segments.insert(id.to_owned(), seg);
+        }
+        // In slices: one commit (fsync) per slice on the durable store, not one per profile.
+        let mut kept = 0;
+        let pairs: Vec<(&SubjectId, &tongban_features::profile::Profile)> = subjects.iter().zip(&profiles).collect();
+        for chunk in pairs.chunks(1000) {
+            let stored = store
+                .import_profiles(chunk)
+                .await
+                .with_context(|| format!("importing the profiles of {} ({})", log_path.display(), store.kind()))?;
+            kept += stored.iter().filter(|&&s| !s).count();
         }
         eprintln!(
             "imported {} events of {} subjects into the {} store ({kept} existing profiles kept) in {:.1} s",
@@ -405,7 +482,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         None => None,
     };
     let state = tongban_server::state(Models::new(served, catalogue), store, queue, settings, segments, templates);
-    let with_worker = args.with_worker || args.redis.is_none();
+    let with_worker = args.with_worker || !matches!(backing, Backing::Redis { .. });
     let worker = match (&state.pusher, with_worker) {
         (Some(p), true) => Some(args.push.worker(p.clone())?),
         _ => None,
@@ -443,7 +520,8 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Where the demo keeps its generated data and model.
+    /// Where the demo keeps its generated data, its model and its state (DIR/state: the durable
+    /// embedded store and queue; delete it to start over).
     #[arg(long, default_value = "data/demo")]
     pub dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -555,8 +633,10 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
     let now = Timestamp(Timestamp::parse(&cutoff).context("manifest.json: cutoff")?.0 + 10 * 3600).to_string();
     let (subject, _) = example_subject(&events).unwrap_or_else(|| ("p0000001".into(), String::new()));
     let base = format!("http://{}", args.addr);
+    let state_dir = dir.join("state");
+    let state = state_dir.display();
     let banner = format!(
-        "\ntongban demo is up (memory store, clock pinned to {now}, just after the data's cut-off). Try:\n\n  \
+        "\ntongban demo is up (durable store in {state}, clock pinned to {now}, just after the data's cut-off). Try:\n\n  \
          curl -s '{base}/v1/users/{subject}/recommendations?k=5' | jq\n  \
          curl -s '{base}/v1/users/{subject}/recommendations?k=5&locale=en' | jq\n  \
          curl -s -X POST {base}/v1/events -H 'content-type: application/json' \\\n    \
@@ -577,6 +657,8 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         catalogue: Some(catalogue),
         redis: None,
         redis_prefix: String::new(),
+        data: Some(state_dir.clone()),
+        memory: false,
         addr: args.addr,
         import: Some(events),
         subjects: None,

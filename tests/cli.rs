@@ -189,6 +189,28 @@ fn a_config_file_sets_defaults_that_flags_override() {
 }
 
 #[test]
+fn serve_takes_one_place_for_its_state() {
+    // Checked before anything is loaded: the model need not exist.
+    let base = ["serve", "--model", "/nonexistent/x.model"];
+    let out = tongban(&[&base[..], &["--data", "/tmp/tb-data", "--redis", "redis://127.0.0.1:1/"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--data /tmp/tb-data and --redis: choose one"), "{err}");
+    let out = tongban(&[&base[..], &["--data", "/tmp/tb-data", "--memory"]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data /tmp/tb-data and --memory: choose one"));
+    // The config file's key for it is `data_dir`.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tongban.toml");
+    std::fs::write(&cfg, "data_dir = \"/tmp/tb-from-config\"\nredis_url = \"redis://127.0.0.1:1/\"\n").unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "serve", "--model", "/nonexistent/x.model"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--data /tmp/tb-from-config and --redis: choose one"), "{err}");
+    let help = tongban(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--data <DIR>") && help.contains("everything is lost on exit"), "{help}");
+}
+
+#[test]
 fn the_generated_files_do_not_depend_on_the_number_of_threads() {
     let dir = tempfile::tempdir().unwrap();
     let run = |out: &Path, threads: &str| {

@@ -1,5 +1,6 @@
-//! The queue contract: every case runs on every backend (memory, and a real `redis-server`
-//! started here), by one macro. Redis-only failure cases follow.
+//! The queue contract: every case runs on every backend (the durable embedded queue in a
+//! temporary directory, memory, and a real `redis-server` started here), by one macro. A
+//! disk-only case (a restart keeps everything) and Redis-only failure cases follow.
 
 #[macro_use]
 mod support;
@@ -16,11 +17,18 @@ use support::RedisServer;
 struct Harness {
     queue: Queue,
     redis: Option<RedisServer>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
+    fn disk() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::disk(dir.path()).expect("open the queue in a fresh directory");
+        Harness { queue, redis: None, _dir: Some(dir) }
+    }
+
     fn memory() -> Harness {
-        Harness { queue: Queue::memory(), redis: None }
+        Harness { queue: Queue::memory(), redis: None, _dir: None }
     }
 
     async fn redis() -> Harness {
@@ -28,7 +36,7 @@ impl Harness {
         let store = RedisStore::connect(&r.url(), "qc:").await.expect("connect to the test's redis-server");
         let (conn, prefix) = store.connection();
         let queue = Queue::redis(conn, &prefix, 4).await.expect("create the queue");
-        Harness { queue, redis: Some(r) }
+        Harness { queue, redis: Some(r), _dir: None }
     }
 }
 
@@ -192,6 +200,44 @@ async fn many_jobs_over_partitions_are_all_delivered(h: Harness) {
     }
     assert_eq!(seen.len(), 200);
     assert!(q.depth().await.unwrap().idle());
+}
+
+// ---- Disk only.
+
+#[tokio::test]
+async fn disk_a_reopened_queue_has_every_job_record_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = wall_ms() + 60_000;
+    {
+        let q = Queue::disk(dir.path()).unwrap();
+        let jobs: Vec<Enqueue> = (0..3).map(|i| ready(job(&format!("TB-K{i}"), "u-k", Trigger::NextStep))).collect();
+        q.enqueue(&jobs).await.unwrap();
+        q.enqueue(&[Enqueue { job: job("TB-KD", "u-k", Trigger::Renewal), due_ms: later, status: Status::Deferred }])
+            .await
+            .unwrap();
+        q.skipped(&[(job("TB-KS", "u-k", Trigger::Campaign), Skip::PushOff)]).await.unwrap();
+        let mut got = q.claim("w", 2, 60_000).await.unwrap();
+        assert_eq!(got.len(), 2);
+        q.finish(vec![(got.remove(0), Outcome::Dead { reason: "gone".into() })]).await.unwrap();
+        // got[0] (TB-K1) stays claimed and unfinished: the process dies with it.
+    }
+    let q = Queue::disk(dir.path()).expect("reopen the same directory");
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.pending, d.delayed, d.dead), (1, 1, 1, 1), "{d:?}");
+    assert_eq!(q.record("TB-K0").await.unwrap().unwrap().status, Status::Dead);
+    assert_eq!(q.record("TB-KD").await.unwrap().unwrap().status, Status::Deferred);
+    assert_eq!(q.record("TB-KS").await.unwrap().unwrap().status, Status::Skipped);
+    assert_eq!(q.dead_letters(10).await.unwrap()[0].1, "gone");
+    let counts = q.counts().await.unwrap();
+    assert!(counts.contains(&(Status::Queued, Trigger::NextStep, 3)), "{counts:?}");
+    // The job claimed before the restart comes back after the visibility timeout, marked so.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut ids: Vec<(String, bool)> =
+        q.claim("w2", 10, 50).await.unwrap().into_iter().map(|c| (c.job.message.id, c.reclaimed)).collect();
+    ids.sort();
+    assert_eq!(ids, [("TB-K1".to_owned(), true), ("TB-K2".to_owned(), false)]);
+    assert_eq!(q.promote(later).await.unwrap(), 1, "the delayed job is kept");
+    assert_eq!(q.claim("w2", 10, 60_000).await.unwrap()[0].job.message.id, "TB-KD");
 }
 
 // ---- Redis only.

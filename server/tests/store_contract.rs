@@ -1,5 +1,6 @@
-//! The store contract: every case runs on every backend (memory, and a real `redis-server`
-//! started here), by one macro. Redis-only failure cases follow.
+//! The store contract: every case runs on every backend (the durable embedded store in a
+//! temporary directory, memory, and a real `redis-server` started here), by one macro.
+//! Disk-only cases (a restart keeps everything) and Redis-only failure cases follow.
 
 #[macro_use]
 mod support;
@@ -18,21 +19,28 @@ use support::RedisServer;
 const DAY: i64 = 86_400;
 const T0: i64 = 1_780_000_000;
 
-/// A store under test, with its Redis server if any.
+/// A store under test, with its Redis server or data directory if any.
 struct Harness {
     store: Arc<Store>,
     redis: Option<RedisServer>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
+    fn disk() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::disk(dir.path()).expect("open the store in a fresh directory");
+        Harness { store: Arc::new(store), redis: None, _dir: Some(dir) }
+    }
+
     fn memory() -> Harness {
-        Harness { store: Arc::new(Store::memory()), redis: None }
+        Harness { store: Arc::new(Store::memory()), redis: None, _dir: None }
     }
 
     async fn redis() -> Harness {
         let r = RedisServer::start();
         let store = RedisStore::connect(&r.url(), "contract:").await.expect("connect to the test's redis-server");
-        Harness { store: Arc::new(Store::Redis(store)), redis: Some(r) }
+        Harness { store: Arc::new(Store::Redis(store)), redis: Some(r), _dir: None }
     }
 }
 
@@ -280,6 +288,94 @@ async fn batches_of_several_subjects_answer_in_order(h: Harness) {
     let got = h.store.profiles_and_prefs(&[&b, &a]).await.unwrap();
     assert_eq!(got[0].0.as_ref().unwrap().events(), 2);
     assert_eq!(got[1].0.as_ref().unwrap().events(), 1);
+}
+
+// ---- Disk only: what a restart must keep.
+
+#[tokio::test]
+async fn disk_a_reopened_store_has_everything_that_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, other) = (sid("u-durable"), sid("u-durable-erased"));
+    let opt_out = Preferences { push: false, channels: vec![Outbound::Sms], ..Preferences::default() };
+    let caps = Caps { per_day: 1, ..Caps::default() };
+    {
+        let store = Store::disk(dir.path()).unwrap();
+        let a = apply(
+            &store,
+            &s,
+            &[event(1, T0, EventKind::Applied), event(2, T0 + 1, EventKind::Completed)],
+            &["d1", "d2"],
+        )
+        .await;
+        assert_eq!(a.accepted, 2);
+        store.put_prefs(&s, &opt_out).await.unwrap();
+        store.push_inbox(&s, &message("TB-D1", T0), DAY).await.unwrap();
+        store.push_inbox(&s, &message("TB-D2", T0 + 1), DAY).await.unwrap();
+        assert!(store.mark_read(&s, "TB-D1").await.unwrap());
+        assert_eq!(store.reserve(&s, "TB-D1", T0, &caps, false).await.unwrap(), Ok(()));
+        apply(&store, &other, &[event(1, T0, EventKind::Applied)], &["o1"]).await;
+        assert!(store.erase(&other).await.unwrap());
+        // Dropped here: the file is closed as by a restart.
+    }
+    let store = Store::disk(dir.path()).expect("reopen the same directory");
+    let (p, prefs) = store.profile_and_prefs(&s).await.unwrap();
+    assert_eq!(p.expect("the profile is kept").events(), 2);
+    assert_eq!(prefs, Some(opt_out), "the opt-out is kept");
+    let again =
+        apply(&store, &s, &[event(1, T0, EventKind::Applied), event(3, T0 + 2, EventKind::Applied)], &["d1", "d3"])
+            .await;
+    assert_eq!((again.accepted, again.duplicates), (1, 1), "event ids seen are kept: a re-sent event is a duplicate");
+    let inbox = store.inbox(&s).await.unwrap();
+    assert_eq!(inbox.iter().map(|m| (m.id.as_str(), m.read)).collect::<Vec<_>>(), [("TB-D2", false), ("TB-D1", true)]);
+    assert!(!store.push_inbox(&s, &message("TB-D1", T0), DAY).await.unwrap(), "one message per push id");
+    assert_eq!(
+        store.reserve(&s, "TB-D1", T0, &caps, true).await.unwrap(),
+        Err(Skip::Duplicate),
+        "reservations are kept"
+    );
+    assert_eq!(
+        store.reserve(&s, "TB-D9", T0, &caps, false).await.unwrap(),
+        Err(Skip::DailyCap),
+        "and count for the caps"
+    );
+    assert!(
+        !store.import_profile(&other, &Profile::new(1)).await.unwrap(),
+        "the erasure is kept: no import brings it back"
+    );
+    assert!(store.profile(&other).await.unwrap().is_none());
+    let mut cursor = 0;
+    let mut paged = Vec::new();
+    loop {
+        let (next, page) = store.page(cursor).await.unwrap();
+        paged.extend(page.into_iter().map(|(x, _, _)| x));
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(paged, [s]);
+}
+
+#[tokio::test]
+async fn disk_an_import_of_many_profiles_is_one_answer_per_profile() {
+    let h = Harness::disk();
+    let (a, b, erased) = (sid("u-many-a"), sid("u-many-b"), sid("u-many-x"));
+    let mut offline = Profile::new(2);
+    offline.apply(&event(7, T0, EventKind::Completed), &ctx(64));
+    apply(&h.store, &a, &[event(1, T0, EventKind::Applied)], &["live"]).await;
+    h.store.put_prefs(&erased, &Preferences::default()).await.unwrap();
+    h.store.erase(&erased).await.unwrap();
+    let got = h.store.import_profiles(&[(&a, &offline), (&b, &offline), (&erased, &offline)]).await.unwrap();
+    assert_eq!(got, [false, true, false], "live data is kept, an erased subject stays erased");
+    assert_eq!(h.store.import_profiles(&[(&b, &offline)]).await.unwrap(), [false], "a second import keeps it");
+}
+
+#[test]
+fn disk_a_directory_that_cannot_be_created_is_named_in_the_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let dir = file.path().join("data");
+    let err = Store::disk(&dir).unwrap_err().to_string();
+    assert!(err.contains(&dir.display().to_string()), "{err}");
 }
 
 // ---- Redis only: what a networked backend can meet.

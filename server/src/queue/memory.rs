@@ -1,23 +1,20 @@
-//! The in-process queue: the Redis queue's semantics in one mutex (lost with the process: for
-//! the embedded default and `demo`).
+//! The in-process queue: the Redis queue's semantics in one mutex, lost with the process (tests,
+//! benchmarks, `serve --memory`). Its rules are the disk queue's ([`super::ledger`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
 
-use super::{settle, wall_ms, Backend, Claimed, Count, Depth, Enqueue, Outcome, PushRecord, Status, DEAD_KEEP};
+use super::ledger::{self, Ledger, RECORDS_KEEP};
+use super::{wall_ms, Backend, Claimed, Count, Depth, Enqueue, Outcome, PushRecord, Status, DEAD_KEEP};
 use crate::push::{Job, Skip, Trigger};
 use crate::store::StoreError;
-
-/// Records kept by the memory queue (the oldest go first).
-const MEM_RECORDS: usize = 200_000;
 
 #[derive(Debug, Default)]
 struct Mem {
     seq: u64,
     ready: VecDeque<(u64, Job)>,
-    /// Entry -> (consumer, claimed at, job).
-    pending: BTreeMap<u64, (String, Instant, Job)>,
+    /// Entry -> (consumer, claimed at in wall milliseconds, job).
+    pending: BTreeMap<u64, (String, u64, Job)>,
     delayed: BTreeMap<(u64, u64), Job>,
     dead: VecDeque<(Job, String)>,
     records: HashMap<String, PushRecord>,
@@ -25,22 +22,78 @@ struct Mem {
     counts: BTreeMap<(Status, Trigger), u64>,
 }
 
-impl Mem {
-    fn next_seq(&mut self) -> u64 {
+impl Ledger for Mem {
+    fn next_seq(&mut self) -> Result<u64, StoreError> {
         self.seq += 1;
-        self.seq
+        Ok(self.seq)
     }
 
-    fn record(&mut self, r: PushRecord) {
-        *self.counts.entry((r.status, r.trigger)).or_default() += 1;
+    fn push_ready(&mut self, seq: u64, job: &Job) -> Result<(), StoreError> {
+        self.ready.push_back((seq, job.clone()));
+        Ok(())
+    }
+
+    fn pop_ready(&mut self) -> Result<Option<(u64, Job)>, StoreError> {
+        Ok(self.ready.pop_front())
+    }
+
+    fn put_delayed(&mut self, due_ms: u64, seq: u64, job: &Job) -> Result<(), StoreError> {
+        self.delayed.insert((due_ms, seq), job.clone());
+        Ok(())
+    }
+
+    fn take_due(&mut self, now_ms: u64) -> Result<Vec<Job>, StoreError> {
+        let later = self.delayed.split_off(&(now_ms + 1, 0));
+        Ok(std::mem::replace(&mut self.delayed, later).into_values().collect())
+    }
+
+    fn stale_pending(&mut self, before_ms: u64, count: usize) -> Result<Vec<(u64, Job)>, StoreError> {
+        Ok(self
+            .pending
+            .iter()
+            .filter(|(_, (_, at, _))| *at <= before_ms)
+            .take(count)
+            .map(|(&k, (_, _, job))| (k, job.clone()))
+            .collect())
+    }
+
+    fn put_pending(&mut self, seq: u64, consumer: &str, at_ms: u64, job: &Job) -> Result<(), StoreError> {
+        self.pending.insert(seq, (consumer.to_owned(), at_ms, job.clone()));
+        Ok(())
+    }
+
+    fn remove_pending(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.pending.remove(&seq);
+        Ok(())
+    }
+
+    fn push_dead(&mut self, job: &Job, reason: &str) -> Result<(), StoreError> {
+        self.dead.push_back((job.clone(), reason.to_owned()));
+        if self.dead.len() > DEAD_KEEP {
+            self.dead.pop_front();
+        }
+        Ok(())
+    }
+
+    fn has_record(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.records.contains_key(id))
+    }
+
+    fn put_record(&mut self, r: &PushRecord) -> Result<(), StoreError> {
         if self.records.insert(r.id.clone(), r.clone()).is_none() {
-            self.record_order.push_back(r.id);
-            if self.record_order.len() > MEM_RECORDS {
+            self.record_order.push_back(r.id.clone());
+            if self.record_order.len() > RECORDS_KEEP {
                 if let Some(old) = self.record_order.pop_front() {
                     self.records.remove(&old);
                 }
             }
         }
+        Ok(())
+    }
+
+    fn add_count(&mut self, status: Status, trigger: Trigger) -> Result<(), StoreError> {
+        *self.counts.entry((status, trigger)).or_default() += 1;
+        Ok(())
     }
 }
 
@@ -56,89 +109,23 @@ impl MemQueue {
 
 impl Backend for MemQueue {
     async fn enqueue(&self, items: &[Enqueue]) -> Result<(), StoreError> {
-        let now = wall_ms();
-        let mut q = self.lock();
-        for it in items {
-            let seq = q.next_seq();
-            if it.due_ms > now {
-                q.delayed.insert((it.due_ms, seq), it.job.clone());
-            } else {
-                q.ready.push_back((seq, it.job.clone()));
-            }
-            q.record(PushRecord::of(&it.job, it.status, None));
-        }
-        Ok(())
+        ledger::enqueue(&mut *self.lock(), items, wall_ms())
     }
 
     async fn skipped(&self, skipped: &[(Job, Skip)]) -> Result<(), StoreError> {
-        let mut q = self.lock();
-        for (job, why) in skipped {
-            let rec = PushRecord::of(job, Status::Skipped, Some(why.as_str().to_owned()));
-            if *why == Skip::Duplicate || q.records.contains_key(&rec.id) {
-                *q.counts.entry((Status::Skipped, rec.trigger)).or_default() += 1;
-            } else {
-                q.record(rec);
-            }
-        }
-        Ok(())
+        ledger::skipped(&mut *self.lock(), skipped)
     }
 
     async fn promote(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut q = self.lock();
-        let later = q.delayed.split_off(&(now_ms + 1, 0));
-        let due = std::mem::replace(&mut q.delayed, later);
-        let n = due.len();
-        for (_, job) in due {
-            let seq = q.next_seq();
-            q.ready.push_back((seq, job));
-        }
-        Ok(n)
+        ledger::promote(&mut *self.lock(), now_ms)
     }
 
     async fn claim(&self, consumer: &str, count: usize, reclaim_idle_ms: u64) -> Result<Vec<Claimed>, StoreError> {
-        let mut q = self.lock();
-        let now = Instant::now();
-        let stale: Vec<u64> = q
-            .pending
-            .iter()
-            .filter(|(_, (_, since, _))| now.duration_since(*since).as_millis() as u64 >= reclaim_idle_ms)
-            .map(|(&k, _)| k)
-            .take(count)
-            .collect();
-        let mut out = Vec::new();
-        for k in stale {
-            let e = q.pending.get_mut(&k).expect("listed above");
-            e.0 = consumer.to_owned();
-            e.1 = now;
-            out.push(Claimed { partition: 0, entry: k.to_string(), job: e.2.clone(), reclaimed: true });
-        }
-        while out.len() < count {
-            let Some((k, job)) = q.ready.pop_front() else { break };
-            q.pending.insert(k, (consumer.to_owned(), now, job.clone()));
-            out.push(Claimed { partition: 0, entry: k.to_string(), job, reclaimed: false });
-        }
-        Ok(out)
+        ledger::claim(&mut *self.lock(), consumer, count, reclaim_idle_ms, wall_ms())
     }
 
     async fn finish(&self, done: Vec<(Claimed, Outcome)>) -> Result<(), StoreError> {
-        let mut q = self.lock();
-        for (c, outcome) in done {
-            let Ok(k) = c.entry.parse::<u64>() else { continue };
-            q.pending.remove(&k);
-            let (rec, later) = settle(&c.job, &outcome);
-            if let Some((due, job)) = later {
-                let seq = q.next_seq();
-                q.delayed.insert((due, seq), job);
-            }
-            if let Outcome::Dead { reason } = &outcome {
-                q.dead.push_back((c.job.clone(), reason.clone()));
-                if q.dead.len() > DEAD_KEEP {
-                    q.dead.pop_front();
-                }
-            }
-            q.record(rec);
-        }
-        Ok(())
+        ledger::finish(&mut *self.lock(), &done)
     }
 
     async fn record(&self, id: &str) -> Result<Option<PushRecord>, StoreError> {

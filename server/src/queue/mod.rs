@@ -1,6 +1,7 @@
 //! The delivery queue between the policy and the channels. One interface ([`Backend`]), one
-//! file per backend: Redis Streams ([`redis`]) and the same semantics in process memory
-//! ([`memory`], the embedded default and `demo`). [`Queue`] only delegates; the contract suite
+//! file per backend: Redis Streams ([`redis`]) and the same semantics embedded, written once
+//! ([`ledger`]) and kept in a database file of the data directory ([`disk`], the durable default
+//! of `serve` and `demo`) or in process memory ([`memory`], volatile: tests, benchmarks). [`Queue`] only delegates; the contract suite
 //! `server/tests/queue_contract.rs` runs every case on every backend.
 //!
 //! Semantics every backend keeps: a claimed job stays pending until its outcome is written;
@@ -11,6 +12,8 @@
 //! reason. Each transition writes the push's audit record ([`PushRecord`], no subject in it)
 //! and counts it by status and trigger.
 
+pub mod disk;
+pub(crate) mod ledger;
 pub mod memory;
 pub mod redis;
 
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::push::{Job, Skip, Trigger};
 use crate::store::StoreError;
 
+pub use self::disk::DiskQueue;
 pub use self::memory::MemQueue;
 pub use self::redis::RedisQueue;
 
@@ -217,6 +221,7 @@ pub trait Backend: Send + Sync {
 /// The queue: one of the backends. Only delegates.
 #[derive(Debug)]
 pub enum Queue {
+    Disk(DiskQueue),
     Memory(MemQueue),
     Redis(RedisQueue),
 }
@@ -224,6 +229,7 @@ pub enum Queue {
 macro_rules! delegate {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
+            Queue::Disk($b) => $call,
             Queue::Memory($b) => $call,
             Queue::Redis($b) => $call,
         }
@@ -245,8 +251,14 @@ impl Queue {
         Ok(Queue::Redis(RedisQueue::new(conn, prefix, partitions).await?))
     }
 
+    /// The durable embedded queue in `dir` (created if missing); see [`DiskQueue::open`].
+    pub fn disk(dir: &std::path::Path) -> Result<Queue, StoreError> {
+        Ok(Queue::Disk(DiskQueue::open(dir)?))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
+            Queue::Disk(_) => "disk",
             Queue::Memory(_) => "memory",
             Queue::Redis(_) => "redis",
         }

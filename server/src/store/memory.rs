@@ -1,5 +1,6 @@
-//! The embedded store: sharded mutexes over hash maps, in process memory. Every operation on
-//! one subject runs under its shard's lock, so each is atomic per subject as on Redis.
+//! The volatile store: sharded mutexes over hash maps, in process memory, lost on exit (tests,
+//! benchmarks, `serve --memory`). Every operation on one subject runs under its shard's lock, so
+//! each is atomic per subject as on Redis.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -8,8 +9,11 @@ use tongban_features::domain::SubjectId;
 use tongban_features::io::fnv1a;
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, SENT_KEEP_SECS};
-use super::{apply_events, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError, SubjectData};
+use super::rules::{self, Sent};
+use super::{
+    apply_events, has_profile, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
+    SubjectData,
+};
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
 #[derive(Debug, Default)]
@@ -18,8 +22,8 @@ struct Entry {
     seen: HashSet<String>,
     prefs: Option<Preferences>,
     inbox: Vec<InboxMessage>,
-    /// Pushes reserved: (id, at, critical).
-    sent: Vec<(String, i64, bool)>,
+    /// Pushes reserved.
+    sent: Vec<Sent>,
     /// The subject was erased: a bulk import never brings it back.
     erased: bool,
 }
@@ -28,7 +32,7 @@ impl Entry {
     /// Whether the subject has a profile (an entry may hold only preferences, an inbox or
     /// reservations).
     fn has_profile(&self) -> bool {
-        self.profile.events() > 0 || !self.profile.services().is_empty()
+        has_profile(&self.profile)
     }
 }
 
@@ -65,31 +69,12 @@ impl MemoryStore {
 
     fn reserve(&self, it: &Reservation<'_>, now: i64, caps: &Caps) -> Result<(), Skip> {
         let mut shard = self.shard(it.subject);
-        let sent = &mut shard.entry(it.subject.clone()).or_default().sent;
-        if sent.iter().any(|(x, _, _)| x == it.id) {
-            return Err(Skip::Duplicate);
-        }
-        sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
-        let lane: Vec<i64> = sent.iter().filter(|x| x.2 == it.critical).map(|x| x.1).collect();
-        if let Some(skip) = rules::first_reached(&rules::cap_rules(caps, it.critical), &lane, now) {
-            return Err(skip);
-        }
-        sent.push((it.id.to_owned(), now, it.critical));
-        Ok(())
+        rules::reserve(&mut shard.entry(it.subject.clone()).or_default().sent, it.id, it.critical, now, caps)
     }
 
     fn push_inbox(&self, item: &InboxItem<'_>) -> bool {
         let mut shard = self.shard(item.subject);
-        let inbox = &mut shard.entry(item.subject.clone()).or_default().inbox;
-        if inbox.iter().any(|x| x.id == item.message.id) {
-            return false;
-        }
-        inbox.push(item.message.clone());
-        if inbox.len() > rules::INBOX_CAP {
-            let drop = rules::over_cap(inbox.clone());
-            inbox.retain(|m| !drop.contains(&m.id));
-        }
-        true
+        rules::add_to_inbox(&mut shard.entry(item.subject.clone()).or_default().inbox, item.message)
     }
 }
 

@@ -1,12 +1,15 @@
 //! Where subjects' data lives: profiles, event ids seen, preferences, the inbox and the push
-//! reservations. One interface ([`Backend`]), one file per backend: process memory
-//! ([`memory`], the embedded default) and Redis ([`redis`], shared by replicas). [`Store`] only
-//! delegates; the same contract suite (`server/tests/store_contract.rs`) runs on every backend.
+//! reservations. One interface ([`Backend`]), one file per backend: an embedded database file in
+//! a data directory ([`disk`], the durable default of `serve`), process memory ([`memory`],
+//! volatile: tests, benchmarks, `serve --memory`) and Redis ([`redis`], shared by replicas).
+//! [`Store`] only delegates; the same contract suite (`server/tests/store_contract.rs`) runs on
+//! every backend.
 //!
 //! An event older than every event of a full profile window is acknowledged as `too_late` and
 //! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
 //! The rules of de-duplication, caps and the inbox cap are written once ([`rules`]).
 
+pub mod disk;
 pub mod memory;
 pub mod redis;
 pub mod rules;
@@ -19,6 +22,7 @@ use tongban_features::profile::{Profile, ProfileContext, ProfileError};
 
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
+pub use self::disk::DiskStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{redact, RedisStore};
 pub use self::rules::{INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_TTL_SECS, SENT_KEEP_SECS};
@@ -37,6 +41,18 @@ pub enum StoreError {
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<::redb::StorageError> for StoreError {
+    fn from(e: ::redb::StorageError) -> Self {
+        StoreError::Unavailable(format!("embedded database: {e}"))
+    }
+}
+
+impl From<::redb::TableError> for StoreError {
+    fn from(e: ::redb::TableError) -> Self {
+        StoreError::Unavailable(format!("embedded database: {e}"))
     }
 }
 
@@ -106,6 +122,21 @@ pub trait Backend: Send + Sync {
         profile: &Profile,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// [`Backend::import_profile`] for several subjects, answering for each; a backend that
+    /// writes durably makes the whole slice one commit (a start-up import of many profiles).
+    fn import_profiles(
+        &self,
+        items: &[(&SubjectId, &Profile)],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (subject, profile) in items {
+                out.push(self.import_profile(subject, profile).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// Erases everything kept about a subject; an update prepared before the erasure cannot
     /// land after it, and a later bulk import skips the subject (live events after the erasure
     /// start a new profile). Returns whether anything existed.
@@ -154,6 +185,7 @@ pub trait Backend: Send + Sync {
 /// A store: one of the backends. Only delegates.
 #[derive(Debug)]
 pub enum Store {
+    Disk(DiskStore),
     Memory(MemoryStore),
     Redis(RedisStore),
 }
@@ -161,6 +193,7 @@ pub enum Store {
 macro_rules! delegate {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
+            Store::Disk($b) => $call,
             Store::Memory($b) => $call,
             Store::Redis($b) => $call,
         }
@@ -172,8 +205,22 @@ impl Store {
         Store::Memory(MemoryStore::default())
     }
 
+    /// The durable embedded store in `dir` (created if missing); see [`DiskStore::open`].
+    pub fn disk(dir: &std::path::Path) -> Result<Store, StoreError> {
+        Ok(Store::Disk(DiskStore::open(dir)?))
+    }
+
+    /// The database file of the disk store.
+    pub fn disk_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Store::Disk(d) => Some(d.path()),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
+            Store::Disk(_) => "disk",
             Store::Memory(_) => "memory",
             Store::Redis(_) => "redis",
         }
@@ -204,6 +251,14 @@ impl Store {
 
     pub async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
         delegate!(self, b => b.import_profile(subject, profile).await)
+    }
+
+    /// See [`Backend::import_profiles`].
+    pub async fn import_profiles(&self, items: &[(&SubjectId, &Profile)]) -> Result<Vec<bool>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.import_profiles(items).await)
     }
 
     pub async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
@@ -299,6 +354,12 @@ impl Store {
     pub async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {
         delegate!(self, b => b.page(cursor).await)
     }
+}
+
+/// Whether a stored profile is one (an entry may hold only preferences, an inbox or
+/// reservations, or an empty profile). Shared by the embedded backends.
+pub(crate) fn has_profile(p: &Profile) -> bool {
+    p.events() > 0 || !p.services().is_empty()
 }
 
 /// Applies a batch's events to a profile; `seen[i]` says whether event `i`'s id was seen

@@ -1,5 +1,6 @@
-//! The rules of the push bookkeeping, defined once: the memory store runs them in Rust, the
-//! Redis store passes them to its Lua script (`lua/reserve.lua`) as arguments.
+//! The rules of the push bookkeeping, defined once: the embedded stores (memory and disk) run
+//! them in Rust on the same plain data ([`reserve`], [`add_to_inbox`]), the Redis store passes
+//! them to its Lua script (`lua/reserve.lua`) as arguments.
 
 use crate::push::{Caps, InboxMessage, Skip};
 
@@ -55,6 +56,39 @@ pub fn newest_first(msgs: &mut [InboxMessage]) {
 pub fn over_cap(mut msgs: Vec<InboxMessage>) -> Vec<String> {
     newest_first(&mut msgs);
     msgs.into_iter().skip(INBOX_CAP).map(|m| m.id).collect()
+}
+
+/// A push reserved for a subject: (push id, reserved at, critical lane).
+pub type Sent = (String, i64, bool);
+
+/// Reserves push `id` in a subject's reservations at `now`: not reserved before in either lane
+/// (a duplicate), and within the caps of its lane. Forgets reservations older than
+/// [`SENT_KEEP_SECS`] on the way. The embedded stores' whole reservation rule.
+pub fn reserve(sent: &mut Vec<Sent>, id: &str, critical: bool, now: i64, caps: &Caps) -> Result<(), Skip> {
+    if sent.iter().any(|(x, _, _)| x == id) {
+        return Err(Skip::Duplicate);
+    }
+    sent.retain(|&(_, at, _)| at > now - SENT_KEEP_SECS);
+    let lane: Vec<i64> = sent.iter().filter(|x| x.2 == critical).map(|x| x.1).collect();
+    if let Some(skip) = first_reached(&cap_rules(caps, critical), &lane, now) {
+        return Err(skip);
+    }
+    sent.push((id.to_owned(), now, critical));
+    Ok(())
+}
+
+/// Adds a message to an inbox unless one with its id is there, then drops the oldest beyond
+/// [`INBOX_CAP`]. Answers whether it was added. The embedded stores' whole inbox rule.
+pub fn add_to_inbox(inbox: &mut Vec<InboxMessage>, message: &InboxMessage) -> bool {
+    if inbox.iter().any(|x| x.id == message.id) {
+        return false;
+    }
+    inbox.push(message.clone());
+    if inbox.len() > INBOX_CAP {
+        let drop = over_cap(inbox.clone());
+        inbox.retain(|m| !drop.contains(&m.id));
+    }
+    true
 }
 
 #[cfg(test)]

@@ -61,11 +61,18 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
-/// Runs each named case on every backend: `case(Harness::memory())` and
-/// `case(Harness::redis().await)`, as `memory::case` and `redis::case`.
+/// Runs each named case on every backend: `case(Harness::disk())` (in a temporary directory),
+/// `case(Harness::memory())` and `case(Harness::redis().await)`, as `disk::case`,
+/// `memory::case` and `redis::case`.
 #[allow(unused_macros)]
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
+        mod disk {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Harness::disk()).await
+            })*
+        }
         mod memory {
             $(#[tokio::test]
             async fn $case() {

@@ -1,0 +1,510 @@
+//! The durable embedded store: one [redb](https://docs.rs/redb) database file, `store.redb`, in
+//! the data directory. The default of `serve` without `--redis`: what a subject told us (an
+//! opt-out above all) survives a restart and a crash.
+//!
+//! Tables mirror the Redis keys: `profiles` (profile bytes, keyed by (page, subject) so that
+//! [`Backend::page`] reads one range), `seen` (event ids seen, keyed by (subject, id)), `prefs`
+//! (preferences JSON), `inbox` (the messages JSON, read marks in them), `sent` (reservations
+//! JSON) and `erased` (the subject was erased: a bulk import never brings it back; holds no data
+//! but the fact). The rules are the memory store's, run on the same data ([`super::rules`],
+//! [`super::apply_events`]).
+//!
+//! Durability: every call that writes is one write transaction committed with
+//! [`Durability::Immediate`] (an fsync) before it returns, so an acknowledged write is on disk; a
+//! slice (`apply_many`, `push_inbox_many`, `reserve_many`, `import_profiles`) is one transaction
+//! and so one fsync, and is atomic as a whole. redb runs one write transaction at a time, which
+//! makes every operation atomic per subject with no compare-and-set. The blocking work runs on
+//! tokio's blocking pool, never on the async workers.
+//!
+//! Known limits of this version, as in the memory store: event ids seen are kept until the
+//! subject is erased (Redis forgets a subject's set `SEEN_TTL_SECS` after its last write), and
+//! inbox messages leave by the cap, not by their time to live.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tongban_features::domain::SubjectId;
+use tongban_features::io::{fnv1a, LogEvent};
+use tongban_features::profile::{Profile, ProfileContext};
+
+use super::rules::{self, Sent};
+use super::{
+    apply_events, has_profile, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
+    SubjectData,
+};
+use crate::push::{Caps, InboxMessage, Preferences, Skip};
+
+const PROFILES: TableDefinition<(u16, &str), &[u8]> = TableDefinition::new("profiles");
+const SEEN: TableDefinition<(&str, &str), ()> = TableDefinition::new("seen");
+const PREFS: TableDefinition<&str, &str> = TableDefinition::new("prefs");
+const INBOX: TableDefinition<&str, &str> = TableDefinition::new("inbox");
+const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent");
+const ERASED: TableDefinition<&str, ()> = TableDefinition::new("erased");
+
+/// Pages of [`Backend::page`]: subjects are spread over them by a hash of their id.
+const PAGES: u16 = 256;
+
+/// The file of the store in the data directory.
+pub const STORE_FILE: &str = "store.redb";
+
+fn page_of(subject: &str) -> u16 {
+    (fnv1a(subject.as_bytes()) % u64::from(PAGES)) as u16
+}
+
+/// An open redb file and its path, for messages.
+#[derive(Debug)]
+pub(crate) struct DbFile {
+    db: Database,
+    path: PathBuf,
+}
+
+impl DbFile {
+    /// Opens (or creates) `dir/file`, creating `dir` and the `tables` if missing. A file another
+    /// process holds is refused with a message naming the directory.
+    pub(crate) fn open(
+        dir: &Path,
+        file: &str,
+        tables: impl FnOnce(&WriteTransaction) -> Result<(), redb::TableError>,
+    ) -> Result<DbFile, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create the data directory {}: {e}", dir.display())))?;
+        let path = dir.join(file);
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                "data directory {} is in use by another tongban process ({} is locked); stop it, or give \
+                 this one its own --data directory",
+                dir.display(),
+                path.display()
+            )),
+            e => StoreError::Unavailable(format!("cannot open {} (a redb database file): {e}", path.display())),
+        })?;
+        let f = DbFile { db, path };
+        f.write(|txn| tables(txn).map_err(StoreError::from))?;
+        Ok(f)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable(format!("{}: {e}", self.path.display()))
+    }
+
+    /// Runs `f` in one write transaction and commits it durably: the data is on disk (fsync)
+    /// when this returns. An error aborts the transaction (nothing of it is written).
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        // Immediate is redb's default; said here because the acknowledgement depends on it.
+        txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        let out = f(&txn)?;
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// [`DbFile::write`] for a call that may change nothing (a replayed batch, a duplicate):
+    /// `f` answers whether it wrote, and a transaction that wrote nothing is aborted rather
+    /// than committed, so an idempotent replay costs no fsync.
+    pub(crate) fn write_changed<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        let (out, changed) = f(&txn)?;
+        if changed {
+            txn.commit().map_err(|e| self.err(e))?;
+        } else {
+            txn.abort().map_err(|e| self.err(e))?;
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on a consistent snapshot.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        f(&txn)
+    }
+}
+
+/// Runs blocking database work on tokio's blocking pool (a commit waits for the disk).
+pub(crate) async fn blocking<T: Send + 'static>(
+    db: &Arc<DbFile>,
+    f: impl FnOnce(&DbFile) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("embedded database task failed: {e}")))?
+}
+
+/// A JSON value of a table, if any; unreadable JSON is an error naming the table.
+pub(crate) fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    name: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key)? {
+        Some(v) => serde_json::from_str(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("embedded database: unreadable {name} of {key}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("stored values always serialise")
+}
+
+/// The durable embedded store.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    db: Arc<DbFile>,
+}
+
+/// One subject's batch, owned (it crosses to the blocking pool).
+struct OwnedBatch {
+    subject: SubjectId,
+    events: Vec<LogEvent>,
+    ids: Vec<String>,
+    segment: u16,
+}
+
+impl DiskStore {
+    /// Opens the store in `dir` (created if missing), or fails naming the directory, also when
+    /// another process has it open.
+    pub fn open(dir: &Path) -> Result<DiskStore, StoreError> {
+        let db = DbFile::open(dir, STORE_FILE, |txn| {
+            txn.open_table(PROFILES)?;
+            txn.open_table(SEEN)?;
+            txn.open_table(PREFS)?;
+            txn.open_table(INBOX)?;
+            txn.open_table(SENT)?;
+            txn.open_table(ERASED)?;
+            Ok(())
+        })?;
+        Ok(DiskStore { db: Arc::new(db) })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.db.path
+    }
+}
+
+/// The stored profile of `subject` (an empty one counts as none).
+fn stored_profile(
+    profiles: &impl ReadableTable<(u16, &'static str), &'static [u8]>,
+    subject: &str,
+) -> Result<Option<Profile>, StoreError> {
+    match profiles.get((page_of(subject), subject))? {
+        Some(v) => Ok(Some(Profile::decode(v.value())?).filter(has_profile)),
+        None => Ok(None),
+    }
+}
+
+/// Preferences are validated before they are stored; unreadable ones fall back to the defaults
+/// rather than failing suggestions (as on Redis).
+fn stored_prefs(
+    prefs: &impl ReadableTable<&'static str, &'static str>,
+    subject: &str,
+) -> Result<Option<Preferences>, StoreError> {
+    Ok(prefs.get(subject)?.and_then(|v| serde_json::from_str(v.value()).ok()))
+}
+
+impl Backend for DiskStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        blocking(&self.db, |db| db.read(|txn| txn.open_table(ERASED).map(drop).map_err(StoreError::from))).await
+    }
+
+    async fn profile(&self, subject: &SubjectId) -> Result<Option<Profile>, StoreError> {
+        let s = subject.clone();
+        blocking(&self.db, move |db| db.read(|txn| stored_profile(&txn.open_table(PROFILES)?, s.as_str()))).await
+    }
+
+    async fn apply_many(
+        &self,
+        batches: &[Batch<'_>],
+        segments: &[u16],
+        ctx: &ProfileContext,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let owned: Vec<OwnedBatch> = batches
+            .iter()
+            .zip(segments)
+            .map(|(b, &segment)| OwnedBatch {
+                subject: b.subject.clone(),
+                events: b.events.to_vec(),
+                ids: b.ids.to_vec(),
+                segment,
+            })
+            .collect();
+        let ctx = ctx.clone();
+        blocking(&self.db, move |db| {
+            db.write_changed(|txn| {
+                let mut profiles = txn.open_table(PROFILES)?;
+                let mut seen = txn.open_table(SEEN)?;
+                let mut out = Vec::with_capacity(owned.len());
+                let mut changed = false;
+                for b in &owned {
+                    let s = b.subject.as_str();
+                    let key = (page_of(s), s);
+                    let mut profile = match profiles.get(key)? {
+                        Some(v) => Profile::decode(v.value())?,
+                        None => Profile::new(b.segment),
+                    };
+                    let was = b.ids.iter().map(|id| Ok(seen.get((s, id.as_str()))?.is_some())).collect::<Result<
+                        Vec<bool>,
+                        StoreError,
+                    >>(
+                    )?;
+                    let batch = Batch { subject: &b.subject, events: &b.events, ids: &b.ids };
+                    let (applied, new_ids) = apply_events(&mut profile, &batch, &was, &ctx);
+                    // As on Redis: only an accepted event changes what is stored.
+                    if applied.accepted > 0 {
+                        changed = true;
+                        profiles.insert(key, profile.encode().as_slice())?;
+                        for id in new_ids {
+                            seen.insert((s, id), ())?;
+                        }
+                    }
+                    out.push(applied);
+                }
+                Ok((out, changed))
+            })
+        })
+        .await
+    }
+
+    async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
+        Ok(self.import_profiles(&[(subject, profile)]).await?[0])
+    }
+
+    /// One transaction for the whole slice; a slice that stores nothing (a restart importing the
+    /// same log) commits nothing.
+    async fn import_profiles(&self, items: &[(&SubjectId, &Profile)]) -> Result<Vec<bool>, StoreError> {
+        let owned: Vec<(SubjectId, Vec<u8>)> = items.iter().map(|(s, p)| ((*s).clone(), p.encode())).collect();
+        blocking(&self.db, move |db| {
+            let keep = db.read(|txn| {
+                let profiles = txn.open_table(PROFILES)?;
+                let erased = txn.open_table(ERASED)?;
+                owned
+                    .iter()
+                    .map(|(s, _)| {
+                        let s = s.as_str();
+                        Ok(erased.get(s)?.is_none() && stored_profile(&profiles, s)?.is_none())
+                    })
+                    .collect::<Result<Vec<bool>, StoreError>>()
+            })?;
+            if !keep.contains(&true) {
+                return Ok(keep);
+            }
+            // Checked again inside the write: a live write may have come in between.
+            db.write(|txn| {
+                let mut profiles = txn.open_table(PROFILES)?;
+                let erased = txn.open_table(ERASED)?;
+                let mut out = Vec::with_capacity(owned.len());
+                for ((s, bytes), candidate) in owned.iter().zip(keep) {
+                    let s = s.as_str();
+                    let store = candidate && erased.get(s)?.is_none() && stored_profile(&profiles, s)?.is_none();
+                    if store {
+                        profiles.insert((page_of(s), s), bytes.as_slice())?;
+                    }
+                    out.push(store);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
+        let s = subject.clone();
+        blocking(&self.db, move |db| {
+            db.write(|txn| {
+                let s = s.as_str();
+                let mut existed = false;
+                let mut profiles = txn.open_table(PROFILES)?;
+                existed |= profiles
+                    .remove((page_of(s), s))?
+                    .is_some_and(|v| Profile::decode(v.value()).map_or(true, |p| has_profile(&p)));
+                for def in [PREFS, INBOX, SENT] {
+                    existed |= txn.open_table(def)?.remove(s)?.is_some();
+                }
+                let mut seen = txn.open_table(SEEN)?;
+                let mut ids = Vec::new();
+                for kv in seen.range((s, "")..)? {
+                    let (k, _) = kv?;
+                    let (owner, id) = k.value();
+                    if owner != s {
+                        break;
+                    }
+                    ids.push(id.to_owned());
+                }
+                existed |= !ids.is_empty();
+                for id in &ids {
+                    seen.remove((s, id.as_str()))?;
+                }
+                txn.open_table(ERASED)?.insert(s, ())?;
+                Ok(existed)
+            })
+        })
+        .await
+    }
+
+    async fn profiles_and_prefs_each(
+        &self,
+        subjects: &[&SubjectId],
+    ) -> Result<Vec<Result<ProfileAndPrefs, StoreError>>, StoreError> {
+        let owned: Vec<SubjectId> = subjects.iter().map(|s| (*s).clone()).collect();
+        blocking(&self.db, move |db| {
+            db.read(|txn| {
+                let profiles = txn.open_table(PROFILES)?;
+                let prefs = txn.open_table(PREFS)?;
+                Ok(owned
+                    .iter()
+                    .map(|s| Ok((stored_profile(&profiles, s.as_str())?, stored_prefs(&prefs, s.as_str())?)))
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    async fn put_prefs(&self, subject: &SubjectId, prefs: &Preferences) -> Result<(), StoreError> {
+        let (s, json) = (subject.clone(), to_json(prefs));
+        blocking(&self.db, move |db| {
+            db.write(|txn| {
+                txn.open_table(PREFS)?.insert(s.as_str(), json.as_str())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn inbox(&self, subject: &SubjectId) -> Result<Vec<InboxMessage>, StoreError> {
+        let s = subject.clone();
+        let mut out: Vec<InboxMessage> = blocking(&self.db, move |db| {
+            db.read(|txn| Ok(get_json(&txn.open_table(INBOX)?, "inbox", s.as_str())?.unwrap_or_default()))
+        })
+        .await?;
+        rules::newest_first(&mut out);
+        Ok(out)
+    }
+
+    async fn push_inbox_many(&self, items: &[InboxItem<'_>]) -> Result<Vec<bool>, StoreError> {
+        let owned: Vec<(SubjectId, InboxMessage)> =
+            items.iter().map(|it| (it.subject.clone(), it.message.clone())).collect();
+        blocking(&self.db, move |db| {
+            db.write_changed(|txn| {
+                let mut table = txn.open_table(INBOX)?;
+                let mut out = Vec::with_capacity(owned.len());
+                for (s, message) in &owned {
+                    let mut inbox: Vec<InboxMessage> = get_json(&table, "inbox", s.as_str())?.unwrap_or_default();
+                    let added = rules::add_to_inbox(&mut inbox, message);
+                    if added {
+                        table.insert(s.as_str(), to_json(&inbox).as_str())?;
+                    }
+                    out.push(added);
+                }
+                let changed = out.contains(&true);
+                Ok((out, changed))
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(&self, subject: &SubjectId, id: &str) -> Result<(), StoreError> {
+        let (s, id) = (subject.clone(), id.to_owned());
+        blocking(&self.db, move |db| {
+            db.write_changed(|txn| {
+                let mut table = txn.open_table(INBOX)?;
+                let mut inbox: Vec<InboxMessage> = get_json(&table, "inbox", s.as_str())?.unwrap_or_default();
+                match inbox.iter_mut().find(|m| m.id == id && !m.read) {
+                    Some(m) => {
+                        m.read = true;
+                        table.insert(s.as_str(), to_json(&inbox).as_str())?;
+                        Ok(((), true))
+                    }
+                    None => Ok(((), false)),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn reserve_many(
+        &self,
+        items: &[Reservation<'_>],
+        now: i64,
+        caps: &Caps,
+    ) -> Result<Vec<Result<(), Skip>>, StoreError> {
+        let owned: Vec<(SubjectId, String, bool)> =
+            items.iter().map(|it| (it.subject.clone(), it.id.to_owned(), it.critical)).collect();
+        let caps = *caps;
+        blocking(&self.db, move |db| {
+            db.write_changed(|txn| {
+                let mut table = txn.open_table(SENT)?;
+                let mut out = Vec::with_capacity(owned.len());
+                for (s, id, critical) in &owned {
+                    let mut sent: Vec<Sent> = get_json(&table, "reservations", s.as_str())?.unwrap_or_default();
+                    let r = rules::reserve(&mut sent, id, *critical, now, &caps);
+                    if r.is_ok() {
+                        table.insert(s.as_str(), to_json(&sent).as_str())?;
+                    }
+                    out.push(r);
+                }
+                let changed = out.iter().any(Result::is_ok);
+                Ok((out, changed))
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, items: &[Reservation<'_>]) -> Result<(), StoreError> {
+        let owned: Vec<(SubjectId, String)> = items.iter().map(|it| (it.subject.clone(), it.id.to_owned())).collect();
+        blocking(&self.db, move |db| {
+            db.write(|txn| {
+                let mut table = txn.open_table(SENT)?;
+                for (s, id) in &owned {
+                    let Some(mut sent) = get_json::<Vec<Sent>>(&table, "reservations", s.as_str())? else { continue };
+                    sent.retain(|(x, _, _)| x != id);
+                    table.insert(s.as_str(), to_json(&sent).as_str())?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {
+        let Ok(page) = u16::try_from(cursor) else { return Ok((0, Vec::new())) };
+        if page >= PAGES {
+            return Ok((0, Vec::new()));
+        }
+        let out = blocking(&self.db, move |db| {
+            db.read(|txn| {
+                let profiles = txn.open_table(PROFILES)?;
+                let prefs = txn.open_table(PREFS)?;
+                let mut out = Vec::new();
+                for kv in profiles.range((page, "")..(page + 1, ""))? {
+                    let (k, v) = kv?;
+                    let (_, id) = k.value();
+                    let profile = Profile::decode(v.value())?;
+                    if !has_profile(&profile) {
+                        continue;
+                    }
+                    let subject = SubjectId::parse(id).map_err(|e| {
+                        StoreError::Unavailable(format!("embedded database: stored subject id {id:?}: {e}"))
+                    })?;
+                    let p = stored_prefs(&prefs, id)?;
+                    out.push((subject, profile, p));
+                }
+                Ok(out)
+            })
+        })
+        .await?;
+        let next = if page + 1 < PAGES { u64::from(page) + 1 } else { 0 };
+        Ok((next, out))
+    }
+}
