@@ -127,7 +127,7 @@ pub struct PushArgs {
     #[arg(long, env = "TONGBAN_PUSH_TTL_DAYS", default_value_t = 30)]
     pub push_ttl_days: i64,
     /// Next steps the model gives a lower probability than this are left out of a digest.
-    #[arg(long, env = "TONGBAN_MIN_CONFIDENCE", default_value_t = 0.01)]
+    #[arg(long, env = "TONGBAN_MIN_CONFIDENCE", default_value_t = tongban_server::push::MIN_CONFIDENCE)]
     pub min_confidence: f32,
 }
 

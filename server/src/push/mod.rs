@@ -17,7 +17,7 @@ pub mod prefs;
 pub mod trigger;
 
 pub use self::job::{job, push_id, InboxMessage, Job};
-pub use self::policy::{decide, Caps, Skip};
+pub use self::policy::{decide, Caps, Skip, MIN_CONFIDENCE};
 pub use self::prefs::{Outbound, Preferences};
 pub use self::trigger::{done_since, due, propose, Candidate, Trigger};
 pub use crate::templates::{Content, Kind, Templates, Why};

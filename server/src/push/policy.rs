@@ -6,6 +6,12 @@ use tongban_features::profile::Profile;
 use super::prefs::Preferences;
 use super::trigger::{done_since, Candidate};
 
+/// The default of [`Caps::min_confidence`]: below the uniform chance of a 400-service
+/// catalogue (0.25%). A bundle's next step is a plausible next service only among several (the
+/// model spreads the probability of "the next start" over all of them): a brand-new company's
+/// steps after its registration score 0.5-0.8% with the demo's model, and 1% left them out.
+pub const MIN_CONFIDENCE: f32 = 0.0025;
+
 /// Caps per subject.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Caps {
@@ -44,7 +50,14 @@ impl Caps {
 
 impl Default for Caps {
     fn default() -> Self {
-        Caps { per_day: 3, per_week: 10, critical_per_week: 3, dedup_days: 7, ttl_days: 30, min_confidence: 0.01 }
+        Caps {
+            per_day: 3,
+            per_week: 10,
+            critical_per_week: 3,
+            dedup_days: 7,
+            ttl_days: 30,
+            min_confidence: MIN_CONFIDENCE,
+        }
     }
 }
 
