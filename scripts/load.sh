@@ -73,7 +73,7 @@ kill "${PIDS[0]}"
 redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no > /dev/null &
 PIDS+=($!)
 sleep 0.5
-$T serve --model "$D/load.model" --catalogue catalogue --redis redis://127.0.0.1:16379/ --import "$D/events.csv" --now "$CUT" --addr 127.0.0.1:18081 2> "$WORK/redis.log" &
+$T serve --model "$D/load.model" --catalogue catalogue --redis redis://127.0.0.1:16379/ --allow-volatile-redis --import "$D/events.csv" --now "$CUT" --addr 127.0.0.1:18081 2> "$WORK/redis.log" &
 PIDS+=($!)
 wait_ready 18081
 run_pair redis 18081

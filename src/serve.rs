@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Prefix of every Redis key (to share one Redis between deployments).
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
+    /// Start even when Redis has no persistence (appendonly and save off): for tests only.
+    #[arg(long, env = "TONGBAN_ALLOW_VOLATILE_REDIS")]
+    pub allow_volatile_redis: bool,
     #[arg(long, env = "TONGBAN_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Build profiles from this event log at start-up (native CSV/JSONL).
@@ -207,6 +210,8 @@ enum Backing {
     Redis {
         url: String,
         prefix: String,
+        /// `--allow-volatile-redis`: start even when Redis keeps nothing across a restart.
+        volatile_ok: bool,
     },
     /// The durable embedded store and queue in this data directory.
     Disk(PathBuf),
@@ -229,7 +234,11 @@ impl ServeArgs {
                 bail!("--data {} and --memory: choose one (--memory keeps nothing on disk)", d.display())
             }
             (Some(_), None, true) => bail!("--redis and --memory: choose one"),
-            (Some(url), None, false) => Backing::Redis { url: url.clone(), prefix: self.redis_prefix.clone() },
+            (Some(url), None, false) => Backing::Redis {
+                url: url.clone(),
+                prefix: self.redis_prefix.clone(),
+                volatile_ok: self.allow_volatile_redis,
+            },
             (None, Some(d), false) => Backing::Disk(d.clone()),
             (None, None, false) => Backing::Disk(PathBuf::from(DEFAULT_DATA_DIR)),
             (None, None, true) => Backing::Memory,
@@ -240,10 +249,11 @@ impl ServeArgs {
 /// Connects the store and the queue.
 async fn connect(backing: &Backing, partitions: usize) -> Result<(Arc<Store>, Arc<Queue>)> {
     Ok(match backing {
-        Backing::Redis { url, prefix } => {
+        Backing::Redis { url, prefix, volatile_ok } => {
             let r = tongban_server::store::RedisStore::connect(url, prefix)
                 .await
                 .with_context(|| format!("connecting to Redis at {}", tongban_server::store::redact(url)))?;
+            check_persistence(&r, url, *volatile_ok).await?;
             let (conn, prefix) = r.connection();
             let q = Queue::redis(conn, &prefix, partitions).await.context("creating the push queue in Redis")?;
             (Arc::new(Store::Redis(r)), Arc::new(q))
@@ -278,12 +288,48 @@ fn parse_now(now: &Option<String>) -> Result<Option<i64>> {
     }
 }
 
+/// Refuses a Redis that keeps nothing across its own restart (every profile, opt-out and
+/// erasure would be forgotten while tongban kept answering), unless `volatile_ok`.
+async fn check_persistence(r: &tongban_server::store::RedisStore, url: &str, volatile_ok: bool) -> Result<()> {
+    let shown = tongban_server::store::redact(url);
+    match r.persistence().await {
+        Ok(p) if p.append_only => Ok(()),
+        Ok(p) if !p.save.trim().is_empty() => {
+            eprintln!(
+                "warning: Redis at {shown} keeps snapshots only (save \"{}\"): writes since the last snapshot are \
+                 lost if Redis stops; `appendonly yes` keeps them",
+                p.save
+            );
+            Ok(())
+        }
+        _ if volatile_ok => {
+            eprintln!(
+                "WARNING: --allow-volatile-redis: Redis at {shown} has no persistence; a Redis restart forgets every \
+                 profile, preference, erasure and queued push"
+            );
+            Ok(())
+        }
+        Ok(_) => bail!(
+            "Redis at {shown} has no persistence (appendonly no, save \"\"): a Redis restart would forget every \
+             profile, preference, erasure and queued push. Turn on `appendonly yes` (redis.conf, or CONFIG SET \
+             appendonly yes), or pass --allow-volatile-redis (tests, throw-away setups)"
+        ),
+        Err(e) => bail!(
+            "cannot read the persistence settings of Redis at {shown} (CONFIG GET: {e}); check that appendonly or \
+             save is on, then pass --allow-volatile-redis to start without this check"
+        ),
+    }
+}
+
 /// Settings of the processes that push without serving (worker, scan).
 #[derive(clap::Args, Debug)]
 pub struct PushProcessArgs {
     /// Redis URL (redis://host:port/db): the store and queue the servers use.
     #[arg(long, env = "TONGBAN_REDIS_URL", hide_env_values = true)]
     pub redis: String,
+    /// Start even when Redis has no persistence (appendonly and save off): for tests only.
+    #[arg(long, env = "TONGBAN_ALLOW_VOLATILE_REDIS")]
+    pub allow_volatile_redis: bool,
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
     /// Catalogue file or folder [default: the built-in Dalian catalogue].
@@ -330,7 +376,8 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
     let fixed_now = parse_now(&a.now)?;
     let cat = Arc::new(crate::load_catalogue(a.catalogue.as_deref())?);
     let templates = load_templates(a.templates.as_deref(), &cat)?;
-    let backing = Backing::Redis { url: a.redis.clone(), prefix: a.redis_prefix.clone() };
+    let backing =
+        Backing::Redis { url: a.redis.clone(), prefix: a.redis_prefix.clone(), volatile_ok: a.allow_volatile_redis };
     let (store, queue) = connect(&backing, a.push.partitions).await?;
     Ok(Arc::new(tongban_server::deliver::Pusher {
         store,
@@ -657,6 +704,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         catalogue: Some(catalogue),
         redis: None,
         redis_prefix: String::new(),
+        allow_volatile_redis: false,
         data: Some(state_dir.clone()),
         memory: false,
         addr: args.addr,

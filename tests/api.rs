@@ -1080,7 +1080,15 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     let batch = 256;
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_tongban"))
-            .args(["worker", "--redis", &redis.url(), "--now", "2026-01-01T02:00:00Z", "--push-log"])
+            .args([
+                "worker",
+                "--allow-volatile-redis",
+                "--redis",
+                &redis.url(),
+                "--now",
+                "2026-01-01T02:00:00Z",
+                "--push-log",
+            ])
             .arg(&log)
             .args(["--reclaim-after-ms", "500", "--scan-every-secs", "0", "--partitions", "4"])
             .args(["--batch", &batch.to_string(), "--webhook-url", &hook])
@@ -1170,6 +1178,51 @@ async fn a_poison_entry_is_dead_lettered_and_lost_consumer_groups_are_recreated(
 
 /// A client that sends its headers a line at a time (slowloris) is cut off at the header-read
 /// deadline, however often it sends.
+/// `serve --redis` refuses a Redis without persistence (its restart would forget every
+/// opt-out and erasure), says how to fix it, and starts once snapshots are on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_redis_without_persistence() {
+    let f = fixture();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let serve = || {
+        Command::new(env!("CARGO_BIN_EXE_tongban"))
+            .args(["serve", "--redis", &redis.url(), "--addr", &format!("127.0.0.1:{port}"), "--model"])
+            .arg(f.model_file.path())
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = serve().wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("has no persistence") && err.contains("appendonly yes") && err.contains("--allow-volatile-redis"),
+        "{err}"
+    );
+    // A snapshot schedule is persistence (with a warning about what it can lose).
+    let mut c = support::raw(&redis.url()).await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("save").arg("3600 1").query_async(&mut c).await.unwrap();
+    let mut child = serve();
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(started.elapsed() < Duration::from_secs(60), "serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    let err = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).to_string();
+    assert!(err.contains("keeps snapshots only"), "{err}");
+}
+
 /// `tongban serve` on SIGTERM: `/readyz` answers 503 `draining` while requests are still
 /// served for `--drain-secs`, then the process stops by itself with status 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

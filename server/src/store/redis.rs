@@ -78,6 +78,15 @@ struct Keys {
     erased: String,
 }
 
+/// A Redis server's persistence settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    /// `appendonly yes`: every write is logged.
+    pub append_only: bool,
+    /// The snapshot schedule (`""`: none).
+    pub save: String,
+}
+
 impl RedisStore {
     /// Connects (and checks the connection with PING). `prefix` namespaces keys (tests use one
     /// per test).
@@ -102,6 +111,17 @@ impl RedisStore {
     }
 
     /// The connection and key prefix (the queue shares them).
+    /// What this Redis keeps across its own restart (`CONFIG GET appendonly`, `save`).
+    pub async fn persistence(&self) -> Result<Persistence, StoreError> {
+        let mut c = self.conn.clone();
+        let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut c).await?;
+        let save: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut c).await?;
+        Ok(Persistence {
+            append_only: aof.get(1).is_some_and(|v| v == "yes"),
+            save: save.get(1).cloned().unwrap_or_default(),
+        })
+    }
+
     pub fn connection(&self) -> (ConnectionManager, String) {
         (self.conn.clone(), self.prefix.clone())
     }
