@@ -1170,6 +1170,9 @@ async fn a_poison_entry_is_dead_lettered_and_lost_consumer_groups_are_recreated(
     // Redis restarted empty (FLUSHALL): the next push recreates a stream without a group; the
     // worker recreates the groups and delivers it.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    // Readiness says the data is gone (the start-up marker vanished with it).
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!((status, ready["code"].as_str()), (503, Some("store_lost")), "{ready}");
     no_quiet_hours(&app, "co-after", &[]).await;
     assert_eq!(complete(&app, "co-after", "e.entry.registration", None).await["pushed"], 1);
     drain(&w).await;

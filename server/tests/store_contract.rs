@@ -409,6 +409,16 @@ async fn redis_an_unreadable_profile_fails_only_its_own_subject() {
 }
 
 #[tokio::test]
+async fn redis_that_lost_its_data_says_so_on_ping() {
+    let h = Harness::redis().await;
+    let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
+    assert!(h.store.ping().await.is_ok());
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    let r = h.store.ping().await;
+    assert!(matches!(&r, Err(StoreError::Lost(m)) if m.contains("marker")), "{r:?}");
+}
+
+#[tokio::test]
 async fn redis_down_is_an_error_never_a_silent_drop() {
     let mut h = Harness::redis().await;
     let s = sid("u-down");

@@ -66,6 +66,7 @@ problem_codes! {
     Internal = "internal", INTERNAL_SERVER_ERROR;
     StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
     Draining = "draining", SERVICE_UNAVAILABLE;
+    StoreLost = "store_lost", SERVICE_UNAVAILABLE;
     Timeout = "timeout", GATEWAY_TIMEOUT;
 }
 
@@ -112,6 +113,13 @@ impl From<StoreError> for ApiError {
                 cause: Some(e.to_string()),
             },
             StoreError::Corrupt(_) => ApiError::internal(e.to_string()),
+            StoreError::Lost(_) => ApiError {
+                code: ProblemCode::StoreLost,
+                detail: "the store lost its data (profiles, preferences, erasures): restore it or re-import, then \
+                         restart tongban"
+                    .into(),
+                cause: Some(e.to_string()),
+            },
         }
     }
 }

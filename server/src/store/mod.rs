@@ -36,6 +36,9 @@ pub enum StoreError {
     Corrupt(#[from] ProfileError),
     #[error("too many concurrent updates of one subject")]
     Contention,
+    /// The store forgot what it held (a Redis restarted without persistence, or flushed).
+    #[error("the store lost its data: {0}")]
+    Lost(String),
 }
 
 impl From<::redis::RedisError> for StoreError {

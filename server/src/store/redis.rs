@@ -105,9 +105,17 @@ impl RedisStore {
             import: redis::Script::new(IMPORT),
             reserve: redis::Script::new(RESERVE),
         };
-        s.ping().await?;
+        let mut c = s.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        // The marker: set by the first tongban that used this Redis; if it is ever missing
+        // later, Redis lost its data under us and `ping` (so `/readyz`) says so.
+        let _: Option<String> = redis::cmd("SET").arg(s.marker()).arg(unix_now()).arg("NX").query_async(&mut c).await?;
         s.load_scripts().await?;
         Ok(s)
+    }
+
+    fn marker(&self) -> String {
+        format!("{}tb:marker", self.prefix)
     }
 
     /// The connection and key prefix (the queue shares them).
@@ -228,8 +236,16 @@ impl RedisStore {
 impl Backend for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
-        Ok(())
+        let present: bool = redis::cmd("EXISTS").arg(self.marker()).query_async(&mut c).await?;
+        if present {
+            Ok(())
+        } else {
+            Err(StoreError::Lost(format!(
+                "the marker key {} that this tongban set at start-up is gone (Redis restarted without persistence, \
+                 or was flushed)",
+                self.marker()
+            )))
+        }
     }
 
     async fn profile(&self, subject: &SubjectId) -> Result<Option<Profile>, StoreError> {
@@ -443,4 +459,9 @@ impl Backend for RedisStore {
         }
         Ok((next, out))
     }
+}
+
+/// Unix seconds now, the marker's value (for operators reading it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
