@@ -239,7 +239,17 @@ fn apply_config_file() -> Result<()> {
         .or_else(|| std::env::var("TONGBAN_CONFIG").ok());
     let Some(path) = path else { return Ok(()) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
-    let table: toml::Table = text.parse().with_context(|| format!("{path}: not valid TOML"))?;
+    // toml's own message quotes the faulty line, and a config file holds secrets (a webhook
+    // secret, a Redis password): say where and what, never the text.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map_or(0, |s| s.start).min(text.len());
+        let line = text[..at].matches('\n').count() + 1;
+        let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+        anyhow::anyhow!(
+            "{path}:{line}:{column}: not valid TOML: {} (the line is not shown: config files hold secrets)",
+            e.message().trim()
+        )
+    })?;
     for (key, value) in table {
         let var = match key.as_str() {
             // The one key whose variable is not its name: `data_dir` reads better in a file,

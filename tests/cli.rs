@@ -186,6 +186,13 @@ fn a_config_file_sets_defaults_that_flags_override() {
     std::fs::write(&cfg, "catalogue = [\n").unwrap();
     let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
+    // A faulty line that holds a secret is located, never quoted.
+    std::fs::write(&cfg, "addr = \"127.0.0.1:8080\"\nwebhook_secret = \"s3cr3t-0123456789abcdef\n").unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("tongban.toml:2:") && err.contains("not valid TOML"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
 }
 
 #[test]
