@@ -561,6 +561,15 @@ async fn models_swap_under_load_and_a_bad_file_never_replaces_the_active_one() {
     assert_eq!(list["models"].as_array().unwrap().len(), 6);
     let (status, _) = app.post("/admin/models/rollback", "").await;
     assert_eq!(status, 200);
+    // The history is bounded, and one activation of a file activated many times is active.
+    for _ in 0..10 {
+        assert_eq!(app.post("/admin/models", &json!({ "path": good }).to_string()).await.0, 200);
+    }
+    let (_, list) = app.get("/admin/models").await;
+    let models = list["models"].as_array().unwrap();
+    assert_eq!(models.len(), tongban_server::models::MODEL_HISTORY, "{list}");
+    assert_eq!(models.iter().filter(|m| m["active"] == true).count(), 1, "{list}");
+    assert_eq!(models.last().unwrap()["active"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -367,6 +367,13 @@ impl Model {
         self
     }
 
+    /// Empties the sequence-state cache (a model that stops serving).
+    pub fn clear_seq_cache(&self) {
+        if let Some(c) = &self.seq_cache {
+            c.clear();
+        }
+    }
+
     /// Entries and bytes in the sequence-state cache (zero without one).
     pub fn seq_cache_usage(&self) -> (usize, u64) {
         self.seq_cache.as_ref().map_or((0, 0), |c| (c.len(), c.weight()))

@@ -59,6 +59,10 @@ impl Served {
     }
 }
 
+/// Activations kept: the active model and the ones a roll-back can return to (each holds a
+/// model in memory, so the list is bounded; the oldest goes first).
+pub const MODEL_HISTORY: usize = 8;
+
 /// The active model and the history of activations.
 #[derive(Debug)]
 pub struct Models {
@@ -87,8 +91,14 @@ impl Models {
         let (model, header) = artifact::load(path, self.catalogue.clone())?;
         let served = Arc::new(Served::new(model, header, path.to_owned()));
         let version = served.version.clone();
-        self.history.lock().expect("no panics while holding the lock").push(served.clone());
-        self.active.store(served);
+        let mut h = self.history.lock().expect("no panics while holding the lock");
+        h.push(served.clone());
+        if h.len() > MODEL_HISTORY {
+            h.remove(0);
+        }
+        let before = self.active.swap(served);
+        // The model that stops serving keeps its weights (for a roll-back), not its states.
+        before.model.clear_seq_cache();
         Ok(version)
     }
 
@@ -101,23 +111,24 @@ impl Models {
         h.pop();
         let prev = h.last().expect("at least one").clone();
         let version = prev.version.clone();
-        self.active.store(prev);
+        self.active.swap(prev).model.clear_seq_cache();
         Some(version)
     }
 
     pub fn list(&self) -> Value {
-        let active = self.active().version.clone();
+        let active = self.active();
         let h = self.history.lock().expect("no panics while holding the lock");
         let models: Vec<Value> = h
             .iter()
             .map(|s| {
+                // One activation is active, even when a file was activated several times.
                 json!({
-                    "version": s.version, "active": s.version == active, "path": s.path,
+                    "version": s.version, "active": Arc::ptr_eq(s, &active), "path": s.path,
                     "created_at": s.header.created_at, "schema_version": s.header.schema_version,
                     "catalogue": s.header.catalogue_fingerprint, "data": s.header.data, "metrics": s.header.metrics,
                 })
             })
             .collect();
-        json!({ "active": active, "models": models })
+        json!({ "active": active.version, "models": models })
     }
 }
