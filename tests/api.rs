@@ -426,6 +426,22 @@ async fn keys_are_checked_by_scope() {
 
 /// Errors the router answers itself carry problem bodies too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_kept_or_made_and_answered_back() {
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let url = format!("{}/v1/services/popular?k=1", app.base);
+    let r = app.client.get(&url).header("x-request-id", "portal-42").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "portal-42");
+    let made = app.client.get(&url).send().await.unwrap();
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let again = app.client.get(&url).send().await.unwrap();
+    assert_ne!(again.headers()["x-request-id"].to_str().unwrap(), id);
+    // Errors too (the problem body is made after the handler).
+    let missing = app.client.get(format!("{}/nowhere", app.base)).header("x-request-id", "p-1").send().await.unwrap();
+    assert_eq!((missing.status().as_u16(), missing.headers()["x-request-id"].to_str().unwrap()), (404, "p-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_method_answers_a_problem_body() {
     let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
     let r = app.client.delete(format!("{}/v1/events", app.base)).send().await.unwrap();

@@ -58,12 +58,26 @@ async fn bare_errors(res: Response) -> Response {
     out
 }
 
-/// Counts requests and latency by route template (never the raw path: ids are personal data).
+/// Counts requests and latency by route template, and writes the access log line (target
+/// `tongban_server::access`, level info: `RUST_LOG=tongban_server::access=info` turns it on).
+/// Both name the route template, never the raw path: ids in paths are personal data.
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let request_id = req.headers().get("x-request-id").cloned();
     let started = Instant::now();
     let res = next.run(req).await;
-    state.metrics.observe(route.as_ref().map_or("unmatched", |p| p.as_str()), res.status().as_u16(), started.elapsed());
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let (status, took) = (res.status().as_u16(), started.elapsed());
+    state.metrics.observe(route, status, took);
+    tracing::info!(
+        target: "tongban_server::access",
+        %method,
+        route,
+        status,
+        micros = took.as_micros() as u64,
+        request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+    );
     res
 }
 
@@ -112,5 +126,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             Duration::from_secs(10),
         ))
         .layer(middleware::map_response(bare_errors))
+        // A caller's `x-request-id` is kept (else a UUID is made), seen by the access log and
+        // answered back, so one request can be followed from the portal through the logs.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid))
         .with_state(state)
 }
