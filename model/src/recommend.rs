@@ -263,9 +263,14 @@ pub struct SeqState {
 }
 
 impl SeqState {
-    /// Approximate heap size in bytes (the cache's weight).
+    /// Approximate size in bytes of a state of width `dim` with `top` services (the cache's
+    /// weight; 64 for the cache's own entry).
+    fn bytes_for(dim: usize, top: usize) -> u64 {
+        (std::mem::size_of::<SeqState>() + 4 * dim + 4 * top + 64) as u64
+    }
+
     fn bytes(&self) -> u64 {
-        (std::mem::size_of::<SeqState>() + 4 * self.q.len() + 4 * self.top.len() + 64) as u64
+        SeqState::bytes_for(self.q.len(), self.top.len())
     }
 }
 
@@ -361,7 +366,7 @@ impl Model {
     /// once and gains nothing from it.
     pub fn with_seq_cache(mut self, bytes: u64) -> Model {
         self.seq_cache = (bytes > 0 && self.seq.is_some()).then(|| {
-            let per = self.seq.as_ref().map_or(1, |m| 4 * (m.dim + self.params.model_candidates) + 160) as u64;
+            let per = self.seq.as_ref().map_or(1, |m| SeqState::bytes_for(m.dim, self.params.model_candidates));
             Arc::new(SeqCache::with_weighter((bytes / per).max(1) as usize, bytes, StateWeight))
         });
         self

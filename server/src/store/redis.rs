@@ -109,7 +109,8 @@ impl RedisStore {
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         // The marker: set by the first tongban that used this Redis; if it is ever missing
         // later, Redis lost its data under us and `ping` (so `/readyz`) says so.
-        let _: Option<String> = redis::cmd("SET").arg(s.marker()).arg(unix_now()).arg("NX").query_async(&mut c).await?;
+        let _: Option<String> =
+            redis::cmd("SET").arg(s.marker()).arg(crate::clock::wall_ms() / 1000).arg("NX").query_async(&mut c).await?;
         s.load_scripts().await?;
         Ok(s)
     }
@@ -459,9 +460,4 @@ impl Backend for RedisStore {
         }
         Ok((next, out))
     }
-}
-
-/// Unix seconds now, the marker's value (for operators reading it).
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
