@@ -101,10 +101,16 @@ pub enum EventKind {
     Dismissed,
     Rated,
     PushOpened,
+    /// The department stopped the legal clock of an application for a part of the procedure
+    /// that the time limit does not count (特别程序: hearing, inspection, testing, quarantine,
+    /// appraisal, expert review; 行政许可法 art. 45), or asked for corrections (补正).
+    Suspended,
+    /// The clock runs again after `suspended`.
+    Resumed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Viewed,
         EventKind::Applied,
         EventKind::Completed,
@@ -113,6 +119,8 @@ impl EventKind {
         EventKind::Dismissed,
         EventKind::Rated,
         EventKind::PushOpened,
+        EventKind::Suspended,
+        EventKind::Resumed,
     ];
 
     pub fn parse(s: &str) -> Result<Self, DomainError> {
@@ -125,6 +133,8 @@ impl EventKind {
             "dismissed" => Self::Dismissed,
             "rated" => Self::Rated,
             "push_opened" => Self::PushOpened,
+            "suspended" => Self::Suspended,
+            "resumed" => Self::Resumed,
             _ => return Err(DomainError::BadKind(s.chars().take(40).collect())),
         })
     }
@@ -139,12 +149,20 @@ impl EventKind {
             Self::Dismissed => "dismissed",
             Self::Rated => "rated",
             Self::PushOpened => "push_opened",
+            Self::Suspended => "suspended",
+            Self::Resumed => "resumed",
         }
     }
 
     /// True for kinds that say the subject needed the service (the prediction targets).
     pub fn is_need(self) -> bool {
         matches!(self, Self::Applied | Self::Completed | Self::Rejected)
+    }
+
+    /// True for the department's steps of a procedure (the clock stopped or running again):
+    /// they say nothing of what the subject wants, so profiles keep them but count nothing.
+    pub fn is_procedure(self) -> bool {
+        matches!(self, Self::Suspended | Self::Resumed)
     }
 }
 

@@ -299,6 +299,7 @@ impl Profile {
                 c.last_need = c.last_need.max(r.at);
             }
             EventKind::Dismissed => c.dismissed += 1,
+            k if k.is_procedure() => {}
             _ => c.signals += 1,
         }
         c.last_any = c.last_any.max(r.at);

@@ -2,6 +2,7 @@
 //! route answers and that every answering route is in the table).
 
 use serde_json::{json, Map, Value};
+use tongban_features::domain::EventKind;
 
 use crate::http::problem::ProblemCode;
 use crate::push::{Outbound, Trigger};
@@ -146,7 +147,7 @@ fn schemas() -> Value {
         "type": "object", "required": ["event_id", "subject", "service", "kind"], "additionalProperties": false,
         "properties": {
             "event_id": s("string"), "subject": s("string"), "service": s("string"),
-            "kind": { "type": "string", "enum": ["viewed", "applied", "completed", "rejected", "clicked", "dismissed", "rated", "push_opened"] },
+            "kind": { "type": "string", "enum": EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>() },
             "rating": { "type": "integer", "minimum": 1, "maximum": 5 },
             "at": { "type": "string", "format": "date-time" },
             "channel": { "type": "string", "enum": ["web", "app", "mini", "office", "push", "system"] }
