@@ -162,6 +162,43 @@ impl Timestamp {
     pub fn plus_days(self, days: f64) -> Timestamp {
         Timestamp(self.0 + (days * DAY as f64) as i64)
     }
+
+    /// Working days from `self` to `later` in Asia/Shanghai, as a fraction: the part of each
+    /// Monday-Friday that lies between them (negative when `later` is earlier). Statutory
+    /// holidays and the weekend days made working days around them (调休) are not known here:
+    /// the State Council publishes them a year at a time, and a catalogue of them would need
+    /// yearly upkeep; counts across such days are off by those days.
+    pub fn working_days_until(self, later: Timestamp) -> f64 {
+        (working_seconds(later) - working_seconds(self)) as f64 / DAY as f64
+    }
+
+    /// Adds `days` working days (Monday-Friday, Asia/Shanghai): the inverse of
+    /// `working_days_until` for days >= 0 (from a weekend, the days count from Monday 00:00).
+    pub fn plus_working_days(self, days: f64) -> Timestamp {
+        let target = working_seconds(self) + (days.max(0.0) * DAY as f64) as i64;
+        // working_seconds is monotone; search the first instant that reaches the target.
+        let (mut lo, mut hi) = (self.0, self.0 + ((days.max(0.0) / 5.0 * 7.0 + 4.0) * DAY as f64) as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if working_seconds(Timestamp(mid)) < target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Timestamp(lo)
+    }
+}
+
+/// Working seconds (Monday-Friday, Asia/Shanghai) from a fixed Monday to `t`; only
+/// differences mean anything.
+fn working_seconds(t: Timestamp) -> i64 {
+    let local = t.0 + SHANGHAI_OFFSET;
+    // Day 0 (1970-01-01) was a Thursday: shift by 3 so weeks start on Monday.
+    let day = local.div_euclid(DAY) + 3;
+    let (weeks, weekday) = (day.div_euclid(7), day.rem_euclid(7));
+    let within = if weekday < 5 { local.rem_euclid(DAY) } else { 0 };
+    weeks * 5 * DAY + weekday.min(5) * DAY + within
 }
 
 impl fmt::Display for Timestamp {
@@ -176,6 +213,25 @@ impl fmt::Display for Timestamp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn working_days_skip_weekends_in_shanghai() {
+        use super::*;
+        // Friday 2025-11-28 09:00 Shanghai to Monday 2025-12-01 09:00: one working day.
+        let fri = Timestamp::parse("2025-11-28T01:00:00Z").unwrap();
+        let mon = Timestamp::parse("2025-12-01T01:00:00Z").unwrap();
+        assert!((fri.working_days_until(mon) - 1.0).abs() < 1e-9);
+        assert!((mon.working_days_until(fri) + 1.0).abs() < 1e-9);
+        // Saturday to Sunday: none; a whole week: five.
+        let sat = Timestamp::parse("2025-11-29T04:00:00Z").unwrap();
+        assert_eq!(sat.working_days_until(sat.plus_days(1.0)), 0.0);
+        assert!((mon.working_days_until(mon.plus_days(7.0)) - 5.0).abs() < 1e-9);
+        // plus_working_days inverts it, and from a weekend counts from Monday 00:00.
+        let later = fri.plus_working_days(3.5);
+        assert!((fri.working_days_until(later) - 3.5).abs() < 1e-4);
+        assert_eq!(sat.plus_working_days(0.5), Timestamp::parse("2025-12-01T04:00:00Z").unwrap());
+        assert_eq!(sat.plus_working_days(0.0), sat);
+    }
+
     use super::*;
 
     #[test]
