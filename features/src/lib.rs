@@ -8,6 +8,7 @@
 //! the clock: `now` is always an argument, so every run is replayable. Files are read only in
 //! [`io`] and [`catalogue`].
 
+pub mod analytics;
 pub mod catalogue;
 pub mod domain;
 pub mod hash;
