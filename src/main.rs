@@ -15,6 +15,7 @@ use tongban_features::io::{read_log_into, BadRowPolicy, LogFormat};
 use tongban_features::synth::{self, GenParams, GenSink, GenSummary, GENERATOR_VERSION};
 use tongban_features::time::Date;
 
+mod analytics_cli;
 mod model_cli;
 mod profile;
 mod report;
@@ -69,6 +70,8 @@ enum Command {
     Worker(serve::WorkerArgs),
     /// Scan every profile in Redis once for deadlines and renewals coming due; enqueue pushes.
     Scan(serve::ScanArgs),
+    /// Operators' analytics from a log (journeys, ratings or approvals): report.html and report.md.
+    Report(analytics_cli::ReportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,7 +87,7 @@ enum CatalogueCommand {
 }
 
 #[derive(clap::Args, Debug)]
-struct CatalogueArgs {
+pub struct CatalogueArgs {
     /// Catalogue file or folder of *.toml files [default: the built-in Dalian catalogue].
     #[arg(long, env = "TONGBAN_CATALOGUE")]
     catalogue: Option<PathBuf>,
@@ -94,7 +97,7 @@ struct CatalogueArgs {
 }
 
 impl CatalogueArgs {
-    fn load(&self) -> Result<Catalogue> {
+    pub fn load(&self) -> Result<Catalogue> {
         let cat = load_catalogue(self.catalogue.as_deref())?;
         Ok(match self.long_tail {
             Some(n) => cat.with_long_tail(n),
@@ -302,6 +305,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => serve::demo(&args),
         Command::Worker(args) => serve::worker(&args),
         Command::Scan(args) => serve::scan(&args),
+        Command::Report(args) => analytics_cli::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -416,8 +416,13 @@ impl Analytics {
                 untimed_median_days: acc.untimed.quantile(0.5),
             });
         }
+        // Largest share over the limit first; fewer than MIN_SAMPLES applications go last.
         services.sort_by(|a, b| {
-            b.over_share.total_cmp(&a.over_share).then(b.excess_days.total_cmp(&a.excess_days)).then(a.service.cmp(&b.service))
+            (b.applications >= MIN_SAMPLES)
+                .cmp(&(a.applications >= MIN_SAMPLES))
+                .then(b.over_share.total_cmp(&a.over_share))
+                .then(b.excess_days.total_cmp(&a.excess_days))
+                .then(a.service.cmp(&b.service))
         });
         let mut departments: Vec<DepartmentApprovals> = depts
             .into_values()
@@ -443,10 +448,7 @@ impl Analytics {
             .steps
             .iter()
             .map(|steps| {
-                steps
-                    .iter()
-                    .map(|s| Some((2.0 * s.waits.quantile(0.5)?).max(s.waits.quantile(0.9)?)))
-                    .collect()
+                steps.iter().map(|s| Some((2.0 * s.waits.quantile(0.5)?).max(s.waits.quantile(0.9)?))).collect()
             })
             .collect();
         let mut started = vec![0u64; self.steps.len()];
@@ -461,7 +463,12 @@ impl Analytics {
                 if times[k] != i64::MIN || step.after.is_empty() {
                     continue;
                 }
-                let Some(since) = step.after.iter().map(|&a| times[a as usize]).try_fold(i64::MIN, |m, t| (t != i64::MIN).then_some(m.max(t))) else {
+                let Some(since) = step
+                    .after
+                    .iter()
+                    .map(|&a| times[a as usize])
+                    .try_fold(i64::MIN, |m, t| (t != i64::MIN).then_some(m.max(t)))
+                else {
                     continue;
                 };
                 waiting[b][k] += 1;
@@ -602,7 +609,7 @@ pub struct ApprovalsReport {
     pub over: u64,
     /// Applications not ended yet.
     pub open: u64,
-    /// Largest share over the limit first.
+    /// Largest share over the limit first; fewer than 5 applications last.
     pub services: Vec<ServiceApprovals>,
     /// Most excess working days first.
     pub departments: Vec<DepartmentApprovals>,
@@ -754,7 +761,10 @@ mod tests {
         assert_eq!(r.services[0].service, cat.service(1).id);
         assert_eq!((r.services[0].bad_share, r.services[0].mean), (0.6, 2.2));
         assert_eq!(r.services.last().unwrap().service, cat.service(2).id);
-        assert_eq!(r.months.iter().map(|m| (m.month.as_str(), m.n)).collect::<Vec<_>>(), [("2025-11", 10), ("2025-12", 12)]);
+        assert_eq!(
+            r.months.iter().map(|m| (m.month.as_str(), m.n)).collect::<Vec<_>>(),
+            [("2025-11", 10), ("2025-12", 12)]
+        );
     }
 
     #[test]

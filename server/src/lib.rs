@@ -16,6 +16,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod http;
 pub mod locale;
