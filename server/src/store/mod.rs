@@ -60,9 +60,11 @@ impl From<::redb::TableError> for StoreError {
 }
 
 /// What an ingest did for one subject.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     pub accepted: usize,
+    /// Positions in the batch of the events accepted (the console's analytics count these).
+    pub accepted_at: Vec<u32>,
     pub duplicates: usize,
     /// Older than the whole retained window of a full profile: acknowledged, not applied.
     pub too_late: usize,
@@ -239,7 +241,7 @@ impl Store {
 
     /// Applies one subject's batch.
     pub async fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Result<Applied, StoreError> {
-        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx).await?[0])
+        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx).await?.swap_remove(0))
     }
 
     /// See [`Backend::apply_many`].
@@ -375,7 +377,7 @@ pub(crate) fn apply_events<'b>(
 ) -> (Applied, Vec<&'b str>) {
     let mut out = Applied::default();
     let mut new_ids: Vec<&str> = Vec::new();
-    for ((e, id), was) in batch.events.iter().zip(batch.ids).zip(seen) {
+    for (i, ((e, id), was)) in batch.events.iter().zip(batch.ids).zip(seen).enumerate() {
         if *was || new_ids.contains(&id.as_str()) {
             out.duplicates += 1;
             continue;
@@ -383,6 +385,7 @@ pub(crate) fn apply_events<'b>(
         let late = profile.too_late();
         if profile.apply(e, ctx) {
             out.accepted += 1;
+            out.accepted_at.push(i as u32);
             new_ids.push(id);
         } else if profile.too_late() > late {
             out.too_late += 1;

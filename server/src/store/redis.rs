@@ -201,8 +201,9 @@ impl RedisStore {
                 None => Profile::new(segments[i]),
             };
             let (out, new_ids) = apply_events(&mut profile, b, &seen, ctx);
+            let accepted = out.accepted;
             results[i] = out;
-            if out.accepted > 0 {
+            if accepted > 0 {
                 let k = self.keys(b.subject);
                 writes
                     .cmd("EVALSHA")
