@@ -12,7 +12,7 @@ use tongban_features::io::LogEvent;
 use tongban_features::profile::{BundleIndex, Profile, ProfileContext, ProfileParams};
 use tongban_features::time::Timestamp;
 use tongban_server::push::{Caps, InboxMessage, Outbound, Preferences, Skip, Trigger};
-use tongban_server::store::{Batch, InboxItem, RedisStore, Store, StoreError, INBOX_CAP};
+use tongban_server::store::{AuditEntry, Batch, InboxItem, RedisStore, Store, StoreError, INBOX_CAP};
 
 use support::RedisServer;
 
@@ -98,6 +98,7 @@ contract!(
     pages_visit_every_subject_with_a_profile_once,
     concurrent_updates_of_one_subject_lose_nothing,
     batches_of_several_subjects_answer_in_order,
+    the_audit_log_is_newest_first_bounded_by_n_and_outlives_an_erasure,
 );
 
 async fn events_are_idempotent_by_id_within_and_across_requests(h: Harness) {
@@ -290,7 +291,42 @@ async fn batches_of_several_subjects_answer_in_order(h: Harness) {
     assert_eq!(got[1].0.as_ref().unwrap().events(), 1);
 }
 
+fn look_up(at_ms: u64, who: &str, subject: &str) -> AuditEntry {
+    AuditEntry { at_ms, who: who.into(), action: "lookup".into(), subject: subject.into() }
+}
+
+async fn the_audit_log_is_newest_first_bounded_by_n_and_outlives_an_erasure(h: Harness) {
+    let s = sid("u-audited");
+    apply(&h.store, &s, &[event(1, T0, EventKind::Applied)], &["a1"]).await;
+    assert!(h.store.audit_log(10).await.unwrap().is_empty());
+    let written = [look_up(3, "op-1", "u-audited"), look_up(1, "op-2", "u-other"), look_up(2, "op-1", "u-audited")];
+    for e in &written {
+        h.store.audit(e).await.unwrap();
+    }
+    // Newest is the last written, whatever its time says.
+    assert_eq!(h.store.audit_log(2).await.unwrap(), [written[2].clone(), written[1].clone()]);
+    assert!(h.store.audit_log(0).await.unwrap().is_empty());
+    assert_eq!(h.store.audit_log(usize::MAX).await.unwrap().len(), 3);
+    assert!(h.store.erase(&s).await.unwrap());
+    let all = h.store.audit_log(10).await.unwrap();
+    assert_eq!(all, [written[2].clone(), written[1].clone(), written[0].clone()], "an erasure keeps who looked");
+}
+
 // ---- Disk only: what a restart must keep.
+
+#[tokio::test]
+async fn disk_the_audit_log_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::disk(dir.path()).unwrap();
+        store.audit(&look_up(1, "op-1", "u-a")).await.unwrap();
+        store.audit(&look_up(2, "op-2", "u-b")).await.unwrap();
+    }
+    let store = Store::disk(dir.path()).expect("reopen the same directory");
+    store.audit(&look_up(3, "op-1", "u-c")).await.unwrap();
+    let at: Vec<u64> = store.audit_log(10).await.unwrap().into_iter().map(|e| e.at_ms).collect();
+    assert_eq!(at, [3, 2, 1], "kept, and numbered after the kept ones");
+}
 
 #[tokio::test]
 async fn disk_a_reopened_store_has_everything_that_was_acknowledged() {

@@ -161,6 +161,29 @@ impl Ledger for Books<'_> {
         self.add_dead(&DeadLetter { job: Some(job.clone()), reason: reason.to_owned() })
     }
 
+    fn take_dead(&mut self, id: &str) -> Result<Option<Job>, StoreError> {
+        // The id as it appears in the JSON: most letters are passed over without parsing them.
+        let needle = to_json(&id);
+        let mut hits = Vec::new();
+        for kv in self.dead.iter()? {
+            let (k, v) = kv?;
+            if !v.value().contains(&needle) {
+                continue;
+            }
+            // A letter that does not parse cannot be this job (nor redelivered): left alone.
+            if let Ok(DeadLetter { job: Some(job), .. }) = serde_json::from_str(v.value()) {
+                if job.message.id == id {
+                    hits.push((k.value(), job));
+                }
+            }
+        }
+        for (k, _) in &hits {
+            self.dead.remove(*k)?;
+        }
+        // Keys grow with time: the last hit is the newest letter.
+        Ok(hits.pop().map(|(_, job)| job))
+    }
+
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self.records.get(id)?.is_some())
     }
@@ -330,5 +353,10 @@ impl Backend for DiskQueue {
             })
         })
         .await
+    }
+
+    async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.books(move |b| ledger::redeliver(b, &id, now_ms)).await
     }
 }

@@ -1,9 +1,10 @@
 //! The embedded queues' rules, written once: the memory queue ([`super::memory`]) keeps its
 //! books in collections under a mutex, the disk queue ([`super::disk`]) in redb tables inside one
 //! write transaction; both implement [`Ledger`] and run the same `enqueue`, `skipped`,
-//! `promote`, `claim` and `finish` below (the Redis queue keeps the same semantics with streams).
+//! `promote`, `claim`, `finish` and `redeliver` below (the Redis queue keeps the same semantics
+//! with streams).
 
-use super::{settle, Claimed, Enqueue, Outcome, PushRecord, Status};
+use super::{redelivered, settle, Claimed, Enqueue, Outcome, PushRecord, Status};
 use crate::push::{Job, Skip, Trigger};
 use crate::store::StoreError;
 
@@ -23,6 +24,9 @@ pub(crate) trait Ledger {
     fn remove_pending(&mut self, seq: u64) -> Result<(), StoreError>;
     /// Adds a dead letter, dropping the oldest beyond [`super::DEAD_KEEP`].
     fn push_dead(&mut self, job: &Job, reason: &str) -> Result<(), StoreError>;
+    /// Removes every readable dead letter of push `id` and returns the newest one's job. There
+    /// may be more than one: a reclaimed job can die at two workers (delivery is at least once).
+    fn take_dead(&mut self, id: &str) -> Result<Option<Job>, StoreError>;
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Writes a push's record over any earlier one, dropping the oldest beyond [`RECORDS_KEEP`].
     fn put_record(&mut self, record: &PushRecord) -> Result<(), StoreError>;
@@ -106,4 +110,13 @@ pub(crate) fn finish(l: &mut impl Ledger, done: &[(Claimed, Outcome)]) -> Result
         record(l, &rec)?;
     }
     Ok(())
+}
+
+pub(crate) fn redeliver(l: &mut impl Ledger, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+    let Some(dead) = l.take_dead(id)? else { return Ok(false) };
+    let (job, rec) = redelivered(&dead, now_ms);
+    let seq = l.next_seq()?;
+    l.push_ready(seq, &job)?;
+    record(l, &rec)?;
+    Ok(true)
 }

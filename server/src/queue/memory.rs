@@ -75,6 +75,19 @@ impl Ledger for Mem {
         Ok(())
     }
 
+    fn take_dead(&mut self, id: &str) -> Result<Option<Job>, StoreError> {
+        let mut newest = None;
+        // Oldest first, so the last one kept is the newest.
+        self.dead.retain(|(job, _)| {
+            let hit = job.message.id == id;
+            if hit {
+                newest = Some(job.clone());
+            }
+            !hit
+        });
+        Ok(newest)
+    }
+
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self.records.contains_key(id))
     }
@@ -148,5 +161,9 @@ impl Backend for MemQueue {
 
     async fn dead_letters(&self, n: usize) -> Result<Vec<(Option<Job>, String)>, StoreError> {
         Ok(self.lock().dead.iter().rev().take(n).map(|(j, r)| (Some(j.clone()), r.clone())).collect())
+    }
+
+    async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        ledger::redeliver(&mut *self.lock(), id, now_ms)
     }
 }

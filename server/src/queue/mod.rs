@@ -9,7 +9,7 @@
 //! never loses one; a job pending at a worker idle longer than the visibility timeout is
 //! reclaimed by another (delivery is at least once; receivers de-duplicate by push id); due
 //! times order the delayed jobs (quiet hours, retries with backoff); dead letters keep the
-//! reason. Each transition writes the push's audit record ([`PushRecord`], no subject in it)
+//! reason, and an operator can take one back ([`Backend::redeliver`]). Each transition writes the push's audit record ([`PushRecord`], no subject in it)
 //! and counts it by status and trigger.
 
 pub mod disk;
@@ -216,6 +216,14 @@ pub trait Backend: Send + Sync {
 
     /// The `n` most recent dead letters (the job, if readable, and the reason), newest first.
     fn dead_letters(&self, n: usize) -> impl Future<Output = Result<Vec<(Option<Job>, String)>, StoreError>> + Send;
+
+    /// Takes the dead letter of push `id` back into the ready queue with its attempts reset to
+    /// 0, and writes its record as [`Status::Queued`] with a detail saying an operator
+    /// redelivered it at `now_ms`; the dead letter is removed (every copy of it, should a
+    /// reclaimed job have died twice). Returns false when there is no readable dead letter
+    /// with that id (an unknown id, one redelivered already, or an entry that was never a
+    /// readable job), so a second call redelivers nothing.
+    fn redeliver(&self, id: &str, now_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// The queue: one of the backends. Only delegates.
@@ -308,6 +316,11 @@ impl Queue {
     pub async fn dead_letters(&self, n: usize) -> Result<Vec<(Option<Job>, String)>, StoreError> {
         delegate!(self, b => b.dead_letters(n).await)
     }
+
+    /// See [`Backend::redeliver`].
+    pub async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        delegate!(self, b => b.redeliver(id, now_ms).await)
+    }
 }
 
 /// The record an outcome leaves, and the job to schedule again (due time, job), if any.
@@ -329,4 +342,13 @@ pub(crate) fn settle(job: &Job, outcome: &Outcome) -> (PushRecord, Option<(u64, 
             (PushRecord::of(&last, Status::Dead, Some(reason.clone())), None)
         }
     }
+}
+
+/// The job a redelivered dead letter becomes (a fresh start: attempts 0; the last error is kept
+/// as history) and the record it writes. Shared by every backend.
+pub(crate) fn redelivered(dead: &Job, now_ms: u64) -> (Job, PushRecord) {
+    let mut job = dead.clone();
+    job.attempts = 0;
+    let rec = PushRecord::of(&job, Status::Queued, Some(format!("redelivered by an operator at {now_ms} ms")));
+    (job, rec)
 }

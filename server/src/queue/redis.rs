@@ -7,7 +7,8 @@
 //!   longer than the visibility timeout with `XAUTOCLAIM`.
 //! - `tb:{q:N}:delayed`: a sorted set of jobs by due time in milliseconds (quiet hours,
 //!   retries); `lua/promote.lua` moves due jobs to the stream atomically.
-//! - `tb:{q:N}:dead`: the dead-letter stream (jobs with the reason), capped at `DEAD_KEEP`.
+//! - `tb:{q:N}:dead`: the dead-letter stream (jobs with the reason), capped at `DEAD_KEEP`;
+//!   `lua/redeliver.lua` moves one back to the ready stream of its partition atomically.
 //!
 //! Audit records are `tb:{p:<id>}:rec` (JSON, kept `RECORD_TTL_SECS`); counters by status and
 //! trigger are the hash `tb:stats:push` (fields `status|trigger`).
@@ -24,6 +25,10 @@ use crate::push::{Job, Skip, Trigger};
 use crate::store::StoreError;
 
 const PROMOTE: &str = include_str!("lua/promote.lua");
+const REDELIVER: &str = include_str!("lua/redeliver.lua");
+
+/// Dead letters read per round trip while looking for one to redeliver.
+const SCAN_PAGE: usize = 1000;
 
 /// The Redis queue.
 #[derive(Clone)]
@@ -32,6 +37,7 @@ pub struct RedisQueue {
     prefix: String,
     partitions: usize,
     promote: redis::Script,
+    redeliver: redis::Script,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -50,6 +56,12 @@ fn entry_job(e: &StreamId) -> Result<Job, StoreError> {
     parse_job(&raw)
 }
 
+/// Stream ids are `<ms>-<seq>`: their order as numbers.
+fn stream_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 fn partition_of(subject: &str, partitions: usize) -> usize {
     (tongban_features::io::fnv1a(subject.as_bytes()) % partitions.max(1) as u64) as usize
 }
@@ -63,6 +75,7 @@ impl RedisQueue {
             prefix: prefix.to_owned(),
             partitions: partitions.max(1),
             promote: redis::Script::new(PROMOTE),
+            redeliver: redis::Script::new(REDELIVER),
         };
         let mut c = q.conn.clone();
         let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(PROMOTE).query_async(&mut c).await?;
@@ -239,13 +252,76 @@ impl Backend for RedisQueue {
                 out.push((e.id.clone(), entry_job(e).ok(), reason));
             }
         }
-        // Stream ids are `<ms>-<seq>`: compare them as numbers.
-        let key = |id: &str| {
-            let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-            (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
-        };
-        out.sort_by_key(|x| std::cmp::Reverse(key(&x.0)));
+        out.sort_by_key(|x| std::cmp::Reverse(stream_order(&x.0)));
         Ok(out.into_iter().take(n).map(|(_, j, r)| (j, r)).collect())
+    }
+
+    /// The dead letter's partition is not known from its push id (the subject picks it, and
+    /// the record holds none), so the dead-letter streams are read first, page by page (an
+    /// operator's action, not a hot path); then `lua/redeliver.lua` deletes the entries found
+    /// and adds the job to the same partition's ready stream in one atomic step, its keys under
+    /// that partition's hash tag. Only the entries' deletion decides: if another call took them
+    /// in between, nothing is added and the answer is false. Copies in other partitions (the
+    /// partition count changed since the job died) are only deleted. The record, under the
+    /// push's own hash tag, is written after the move: a crash in between leaves it `dead`
+    /// while the job is queued, and the job's next outcome writes it again.
+    async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let needle = serde_json::to_string(id).expect("strings serialise");
+        let mut c = self.conn.clone();
+        // Per partition, the entries of this push; and the newest one's (partition, entry, job).
+        let mut found: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut newest: Option<(usize, String, Job)> = None;
+        for p in 0..self.partitions {
+            let [_, _, dead] = self.keys(p);
+            let mut ids = Vec::new();
+            let mut from = "-".to_owned();
+            loop {
+                let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&dead)
+                    .arg(&from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(SCAN_PAGE)
+                    .query_async(&mut c)
+                    .await?;
+                for e in &page.ids {
+                    let raw: String = e.get("job").unwrap_or_default();
+                    // An unreadable job cannot be redelivered: passed over.
+                    let Some(job) = raw.contains(&needle).then(|| parse_job(&raw).ok()).flatten() else { continue };
+                    if job.message.id != id {
+                        continue;
+                    }
+                    ids.push(e.id.clone());
+                    if newest.as_ref().is_none_or(|(_, at, _)| stream_order(at) < stream_order(&e.id)) {
+                        newest = Some((p, e.id.clone(), job));
+                    }
+                }
+                match page.ids.last() {
+                    Some(last) if page.ids.len() == SCAN_PAGE => from = format!("({}", last.id),
+                    _ => break,
+                }
+            }
+            if !ids.is_empty() {
+                found.push((p, ids));
+            }
+        }
+        let Some((home, _, dead)) = newest else { return Ok(false) };
+        let (job, rec) = super::redelivered(&dead, now_ms);
+        let json = serde_json::to_string(&job).expect("jobs serialise");
+        // The newest letter's partition first: its answer is the redelivery's.
+        found.sort_by_key(|(p, _)| *p != home);
+        for (p, ids) in &found {
+            let [ready, _, dead] = self.keys(*p);
+            let queue = if *p == home { json.as_str() } else { "" };
+            let n: i64 = self.redeliver.key(dead).key(ready).arg(queue).arg(ids).invoke_async(&mut c).await?;
+            if *p == home && n == 0 {
+                return Ok(false);
+            }
+        }
+        let mut pipe = redis::pipe();
+        self.write_record(&mut pipe, &rec);
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(true)
     }
 }
 

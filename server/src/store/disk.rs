@@ -6,7 +6,8 @@
 //! [`Backend::page`] reads one range), `seen` (event ids seen, keyed by (subject, id)), `prefs`
 //! (preferences JSON), `inbox` (the messages JSON, read marks in them), `sent` (reservations
 //! JSON) and `erased` (the subject was erased: a bulk import never brings it back; holds no data
-//! but the fact). The rules are the memory store's, run on the same data ([`super::rules`],
+//! but the fact), and `audit` (the operators' audit log: sequence -> entry JSON, the newest
+//! [`super::AUDIT_KEEP`]; an erasure leaves it alone). The rules are the memory store's, run on the same data ([`super::rules`],
 //! [`super::apply_events`]).
 //!
 //! Durability: every call that writes is one write transaction committed with
@@ -23,7 +24,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tongban_features::domain::SubjectId;
@@ -32,8 +36,8 @@ use tongban_features::profile::{Profile, ProfileContext};
 
 use super::rules::{self, Sent};
 use super::{
-    apply_events, has_profile, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
-    SubjectData,
+    apply_events, has_profile, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation,
+    StoreError, SubjectData, AUDIT_KEEP,
 };
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
@@ -43,6 +47,7 @@ const PREFS: TableDefinition<&str, &str> = TableDefinition::new("prefs");
 const INBOX: TableDefinition<&str, &str> = TableDefinition::new("inbox");
 const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent");
 const ERASED: TableDefinition<&str, ()> = TableDefinition::new("erased");
+const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 /// Pages of [`Backend::page`]: subjects are spread over them by a hash of their id.
 const PAGES: u16 = 256;
@@ -183,6 +188,7 @@ impl DiskStore {
             txn.open_table(INBOX)?;
             txn.open_table(SENT)?;
             txn.open_table(ERASED)?;
+            txn.open_table(AUDIT)?;
             Ok(())
         })?;
         Ok(DiskStore { db: Arc::new(db) })
@@ -506,5 +512,38 @@ impl Backend for DiskStore {
         .await?;
         let next = if page + 1 < PAGES { u64::from(page) + 1 } else { 0 };
         Ok((next, out))
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let json = to_json(entry);
+        blocking(&self.db, move |db| {
+            db.write(|txn| {
+                let mut table = txn.open_table(AUDIT)?;
+                // One after the last: dropping the oldest never makes a sequence number reused.
+                let seq = table.last()?.map_or(0, |(k, _)| k.value()) + 1;
+                table.insert(seq, json.as_str())?;
+                while table.len()? > AUDIT_KEEP as u64 {
+                    table.pop_first()?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn audit_log(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        blocking(&self.db, move |db| {
+            db.read(|txn| {
+                let mut out = Vec::new();
+                for kv in txn.open_table(AUDIT)?.iter()?.rev().take(n) {
+                    let (k, v) = kv?;
+                    out.push(serde_json::from_str(v.value()).map_err(|e| {
+                        StoreError::Unavailable(format!("embedded database: unreadable audit entry {}: {e}", k.value()))
+                    })?);
+                }
+                Ok(out)
+            })
+        })
+        .await
     }
 }

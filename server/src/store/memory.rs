@@ -2,7 +2,7 @@
 //! benchmarks, `serve --memory`). Every operation on one subject runs under its shard's lock, so
 //! each is atomic per subject as on Redis.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use tongban_features::domain::SubjectId;
@@ -11,8 +11,8 @@ use tongban_features::profile::{Profile, ProfileContext};
 
 use super::rules::{self, Sent};
 use super::{
-    apply_events, has_profile, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
-    SubjectData,
+    apply_events, has_profile, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation,
+    StoreError, SubjectData, AUDIT_KEEP,
 };
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
@@ -42,11 +42,17 @@ type Shard = HashMap<SubjectId, Entry>;
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
+    /// The audit log, oldest first, bounded at [`AUDIT_KEEP`]; apart from the subjects' shards,
+    /// so that an erasure never touches it.
+    audit: Mutex<VecDeque<AuditEntry>>,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        MemoryStore { shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect() }
+        MemoryStore {
+            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
+            audit: Mutex::new(VecDeque::new()),
+        }
     }
 }
 
@@ -181,5 +187,35 @@ impl Backend for MemoryStore {
             .collect();
         let next = if i + 1 < self.shards.len() { i as u64 + 1 } else { 0 };
         Ok((next, out))
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut log = self.audit.lock().expect("no panics while holding the lock");
+        log.push_back(entry.clone());
+        if log.len() > AUDIT_KEEP {
+            log.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn audit_log(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self.audit.lock().expect("no panics while holding the lock").iter().rev().take(n).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_audit_log_keeps_only_the_newest_entries() {
+        let store = MemoryStore::default();
+        let entry = |i: u64| AuditEntry { at_ms: i, who: "op".into(), action: "lookup".into(), subject: "u-a".into() };
+        for i in 0..AUDIT_KEEP as u64 + 3 {
+            store.audit(&entry(i)).await.unwrap();
+        }
+        let log = store.audit_log(usize::MAX).await.unwrap();
+        assert_eq!(log.len(), AUDIT_KEEP);
+        assert_eq!((log[0].at_ms, log[AUDIT_KEEP - 1].at_ms), (AUDIT_KEEP as u64 + 2, 3), "the oldest three dropped");
     }
 }

@@ -8,6 +8,9 @@
 //! An event older than every event of a full profile window is acknowledged as `too_late` and
 //! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
 //! The rules of de-duplication, caps and the inbox cap are written once ([`rules`]).
+//!
+//! The store also keeps the audit log of operators' look-ups of personal data ([`AuditEntry`]):
+//! who looked at which subject, and when.
 
 pub mod disk;
 pub mod memory;
@@ -16,6 +19,7 @@ pub mod rules;
 
 use std::future::Future;
 
+use serde::{Deserialize, Serialize};
 use tongban_features::domain::SubjectId;
 use tongban_features::io::LogEvent;
 use tongban_features::profile::{Profile, ProfileContext, ProfileError};
@@ -25,7 +29,7 @@ use crate::push::{Caps, InboxMessage, Preferences, Skip};
 pub use self::disk::DiskStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{redact, RedisStore};
-pub use self::rules::{INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_TTL_SECS, SENT_KEEP_SECS};
+pub use self::rules::{AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_TTL_SECS, SENT_KEEP_SECS};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +102,19 @@ pub struct InboxItem<'a> {
     pub subject: &'a SubjectId,
     pub message: &'a InboxMessage,
     pub ttl_secs: i64,
+}
+
+/// One operator action on personal data, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The operator.
+    pub who: String,
+    /// What they did, e.g. `lookup`.
+    pub action: String,
+    /// The subject whose data it touched.
+    pub subject: String,
 }
 
 /// What a store backend must do. Every method that takes a slice answers one result per item,
@@ -185,6 +202,15 @@ pub trait Backend: Send + Sync {
     /// One page of subjects that have a profile. Start with cursor 0; the page returning
     /// cursor 0 is the last. A subject written during the scan may be missed or seen twice.
     fn page(&self, cursor: u64) -> impl Future<Output = Result<(u64, Vec<SubjectData>), StoreError>> + Send;
+
+    /// Appends an entry to the audit log, as durably as the backend's other writes. The log
+    /// keeps the newest [`AUDIT_KEEP`] entries; older ones are dropped. [`Backend::erase`]
+    /// never deletes entries: the log is the record of who looked at a subject, and must
+    /// outlive the data looked at.
+    fn audit(&self, entry: &AuditEntry) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The newest `n` entries, newest first (in the order they were written).
+    fn audit_log(&self, n: usize) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
 }
 
 /// A store: one of the backends. Only delegates.
@@ -358,6 +384,19 @@ impl Store {
 
     pub async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {
         delegate!(self, b => b.page(cursor).await)
+    }
+
+    /// See [`Backend::audit`].
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        delegate!(self, b => b.audit(entry).await)
+    }
+
+    /// See [`Backend::audit_log`].
+    pub async fn audit_log(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.audit_log(n).await)
     }
 }
 

@@ -9,6 +9,8 @@
 //! `INBOX_CAP`, expiring with its longest-lived message), `:read` (read marks), `:sent` and
 //! `:crit` (pushes reserved per lane, for de-duplication and caps), `:x` (the subject was
 //! erased: a bulk import never brings it back; never expires, holds no data but the fact).
+//! The operators' audit log is one list, `tb:audit` (entry JSON, newest at the head, trimmed to
+//! `AUDIT_KEEP`); an erasure leaves it alone.
 //!
 //! An update is optimistic: read the profile and its version, apply the events in Rust, then
 //! `lua/cas.lua` writes the new profile and the seen ids only if the version did not move
@@ -23,7 +25,10 @@ use tongban_features::domain::SubjectId;
 use tongban_features::profile::{Profile, ProfileContext};
 
 use super::rules::{self, SEEN_TTL_SECS, SENT_KEEP_SECS};
-use super::{apply_events, Applied, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError, SubjectData};
+use super::{
+    apply_events, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
+    SubjectData, AUDIT_KEEP,
+};
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
 const CAS: &str = include_str!("lua/cas.lua");
@@ -117,6 +122,10 @@ impl RedisStore {
 
     fn marker(&self) -> String {
         format!("{}tb:marker", self.prefix)
+    }
+
+    fn audit_key(&self) -> String {
+        format!("{}tb:audit", self.prefix)
     }
 
     /// The connection and key prefix (the queue shares them).
@@ -460,5 +469,40 @@ impl Backend for RedisStore {
             }
         }
         Ok((next, out))
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).expect("audit entries serialise");
+        let mut c = self.conn.clone();
+        // In one MULTI: a push is never left without its trim.
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(self.audit_key())
+            .arg(json)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(self.audit_key())
+            .arg(0)
+            .arg(AUDIT_KEEP - 1)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        // LRANGE 0 -1 would be the whole list; an end beyond i64 an error.
+        let n = n.min(AUDIT_KEEP);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE").arg(self.audit_key()).arg(0).arg(n - 1).query_async(&mut c).await?;
+        raw.iter()
+            .map(|x| {
+                serde_json::from_str(x).map_err(|e| StoreError::Unavailable(format!("unreadable audit entry: {e}")))
+            })
+            .collect()
     }
 }

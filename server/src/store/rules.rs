@@ -17,6 +17,9 @@ pub const INBOX_CAP: usize = 50;
 /// its retained events).
 pub const SEEN_TTL_SECS: i64 = 30 * DAY;
 
+/// Audit entries kept (the oldest go first).
+pub const AUDIT_KEEP: usize = 100_000;
+
 /// The most ids one compare-and-set may add (Lua's `unpack` limit is about 8,000).
 pub const MAX_IDS_PER_WRITE: usize = 5000;
 
