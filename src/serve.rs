@@ -467,6 +467,9 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let (model, header) = tongban_model::artifact::load(&args.model, catalogue.clone())?;
     let (store, queue) = connect(&backing, args.push.partitions).await?;
     let mut segments = HashMap::new();
+    // The console's analytics start from the whole imported log (the store keeps profiles,
+    // bounded, not every event).
+    let mut analytics = None;
     let keys = keys_from_env();
     if keys.is_open() {
         eprintln!("warning: no API key configured (TONGBAN_PORTAL_KEYS, TONGBAN_INGEST_KEYS, TONGBAN_OPERATOR_KEYS): the API is open");
@@ -496,6 +499,13 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             None => vec![0; log.subjects.len()],
         };
         let profiles = model.profiles(&log, &segs);
+        if let Some(cat) = catalogue.as_deref() {
+            let mut a = tongban_features::analytics::Analytics::new(cat);
+            for e in &log.events {
+                a.apply_named(log.subjects.name(e.subject), e, cat);
+            }
+            analytics = Some(a);
+        }
         let mut subjects = Vec::with_capacity(profiles.len());
         for (i, &seg) in segs.iter().enumerate().take(profiles.len()) {
             let id = log.subjects.name(i as u32);
@@ -529,6 +539,9 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         None => None,
     };
     let state = tongban_server::state(Models::new(served, catalogue), store, queue, settings, segments, templates);
+    if let Some(a) = analytics {
+        state.console.set_analytics(a);
+    }
     let with_worker = args.with_worker || !matches!(backing, Backing::Redis { .. });
     let worker = match (&state.pusher, with_worker) {
         (Some(p), true) => Some(args.push.worker(p.clone())?),
@@ -697,7 +710,8 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
          curl -s '{base}/admin/pushes/'$(curl -s '{base}/v1/users/e-demo/inbox' | jq -r '.messages[0].id') | jq\n  \
          curl -s '{base}/metrics' | grep tongban_push\n\n  \
          curl -s '{base}/v1/services/popular?segment=person:30-39&k=5' | jq\n  \
-         curl -s {base}/openapi.json | jq '.paths | keys'\n\nCtrl-C stops it.\n"
+         curl -s {base}/openapi.json | jq '.paths | keys'\n\n\
+         The operator console (open: no operator key is set in the demo): {base}/console/\n\nCtrl-C stops it.\n"
     );
     let serve_args = ServeArgs {
         model,

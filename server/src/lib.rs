@@ -129,6 +129,7 @@ pub fn state(
     let clock = Clock::pinned(settings.fixed_now);
     let pushes = templates.is_some();
     let templates = Arc::new(templates.unwrap_or_else(Templates::builtin));
+    let catalogue_for_console = models.catalogue();
     let pusher = match (models.catalogue(), pushes) {
         (Some(cat), true) => Some(Arc::new(app::Pusher {
             store: store.clone(),
@@ -153,6 +154,7 @@ pub fn state(
         clock,
         limiter: Default::default(),
         draining: Default::default(),
+        console: console::Console::new(catalogue_for_console),
     })
 }
 

@@ -54,6 +54,23 @@ impl Metrics {
         *self.skipped.lock().expect("no panics while holding the lock").entry(name).or_default() += 1;
     }
 
+    /// Per route template: requests, 5xx answers, mean latency in milliseconds (the console).
+    pub fn routes(&self) -> Vec<(String, u64, u64, f64)> {
+        let routes = self.routes.lock().expect("no panics while holding the lock");
+        routes
+            .iter()
+            .map(|(name, r)| {
+                let errors = r.count.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum();
+                (name.clone(), r.total, errors, if r.total == 0 { 0.0 } else { r.sum / r.total as f64 * 1e3 })
+            })
+            .collect()
+    }
+
+    /// Pushes not stored, by reason (the console).
+    pub fn skipped(&self) -> Vec<(String, u64)> {
+        self.skipped.lock().expect("no panics while holding the lock").iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }

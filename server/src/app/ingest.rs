@@ -53,6 +53,11 @@ pub async fn ingest(state: &AppState, served: &Served, events: &[NewEvent]) -> R
         pushed: 0,
     };
     state.metrics.events(out.accepted as u64);
+    for (b, d) in batches.iter().zip(&done) {
+        if !d.accepted_at.is_empty() {
+            state.console.feed(b.subject.as_str(), d.accepted_at.iter().map(|&i| &b.events[i as usize]));
+        }
+    }
     let Some(pusher) = &state.pusher else { return Ok(out) };
     let completed: Vec<(&SubjectId, Vec<u32>)> = batches
         .iter()

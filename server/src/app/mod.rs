@@ -46,6 +46,8 @@ pub struct AppState {
     /// Set when shutdown begins: `/readyz` answers 503 so that load balancers stop sending
     /// new requests while in-flight ones finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The operator console: sessions and the analytics accumulator.
+    pub console: crate::console::Console,
 }
 
 impl AppState {

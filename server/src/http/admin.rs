@@ -28,13 +28,11 @@ const MAX_MODEL_BYTES: u64 = 2 << 30;
 
 /// Loads and activates a model file off the async runtime. Only regular files are read (a FIFO
 /// or a device would block or never end), and an unreadable path is answered the same way
-/// whatever the reason, so the route tells nothing about the server's file system.
-pub(super) async fn activate(
-    State(state): State<Arc<AppState>>,
-    JsonBody(body): JsonBody<ActivateIn>,
-) -> Result<Json<Value>, ApiError> {
-    let path = std::path::PathBuf::from(&body.path);
-    let unreadable = || ApiError::new(ProblemCode::BadModel, format!("{}: no readable model file there", body.path));
+/// whatever the reason, so the route tells nothing about the server's file system. Shared by
+/// the API and the console.
+pub(crate) async fn activate_file(state: Arc<AppState>, path_text: &str) -> Result<String, ApiError> {
+    let path = std::path::PathBuf::from(path_text);
+    let unreadable = || ApiError::new(ProblemCode::BadModel, format!("{path_text}: no readable model file there"));
     let loaded = tokio::task::spawn_blocking(move || {
         let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file() && m.len() <= MAX_MODEL_BYTES);
         meta.map(|_| state.models.load_and_activate(&path))
@@ -44,8 +42,16 @@ pub(super) async fn activate(
     match loaded {
         None | Some(Err(ArtifactError::Read { .. })) => Err(unreadable()),
         Some(Err(e)) => Err(ApiError::new(ProblemCode::BadModel, e.to_string())),
-        Some(Ok(version)) => Ok(Json(json!({ "active": version }))),
+        Some(Ok(version)) => Ok(version),
     }
+}
+
+pub(super) async fn activate(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<ActivateIn>,
+) -> Result<Json<Value>, ApiError> {
+    let version = activate_file(state, &body.path).await?;
+    Ok(Json(json!({ "active": version })))
 }
 
 pub(super) async fn rollback(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {

@@ -58,6 +58,11 @@ fn scopes(keys: &ApiKeys, key: &str) -> Vec<Scope> {
     out
 }
 
+/// True when `key` is one of the operator keys (the console's log-in).
+pub fn is_operator_key(keys: &ApiKeys, key: &str) -> bool {
+    scopes(keys, key).contains(&Scope::Operator)
+}
+
 /// Token buckets per API key (by a hash of the key, never the key itself).
 #[derive(Debug, Default)]
 pub struct RateLimiter {

@@ -7,7 +7,7 @@ pub mod auth;
 pub mod extract;
 pub mod problem;
 
-mod admin;
+pub(crate) mod admin;
 mod events;
 mod ops;
 mod recommendations;
@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(ingest)
         .merge(operator)
         .merge(open)
+        .merge(crate::console::router(state.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))

@@ -20,7 +20,9 @@ pub(super) async fn erase(
     State(state): State<Arc<AppState>>,
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.erase(&extract::subject(&id)?).await?;
+    let subject = extract::subject(&id)?;
+    state.store.erase(&subject).await?;
+    state.console.forget(subject.as_str());
     Ok(StatusCode::NO_CONTENT)
 }
 
