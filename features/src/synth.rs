@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::catalogue::{Audience, Catalogue, Deadline, LifeEvent};
+use crate::catalogue::{Audience, Catalogue, Deadline, ItemType, LifeEvent};
 use crate::domain::{Channel, EventKind, SubjectKind, DISTRICTS};
 use crate::io::{EventRecord, EventWriter};
 use crate::time::{civil_from_days, Date, Timestamp, DAY};
@@ -36,7 +36,12 @@ use crate::time::{civil_from_days, Date, Timestamp, DAY};
 /// Bumped whenever the same arguments would produce different files.
 /// Version 2: the truth no longer knows that a memoryless draw (background use, a life event)
 /// fell after the horizon; `events.csv`, `future.csv` and `subjects.csv` are unchanged.
-pub const GENERATOR_VERSION: u32 = 2;
+/// Version 3: approval durations in working days against each service's limit, with slow
+/// departments ([`is_slow_department`]); `suspended`/`resumed` around untimed parts of a
+/// procedure; ratings that depend on lateness and rejection; dismissed pushes and pushes
+/// opened just before a journey step's application. The starts, their ids, `subjects.csv` and
+/// `truth.jsonl` are version 2's: everything new is drawn from a second stream.
+pub const GENERATOR_VERSION: u32 = 3;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -78,6 +83,9 @@ pub struct SimEvent {
     pub kind: EventKind,
     pub rating: u8,
     pub channel: Channel,
+    /// The time generator version 2 gave this event, for numbering the events as version 2 did
+    /// (their ids stay the same); `None` for an event version 2 did not have.
+    pub v2_at: Option<i64>,
 }
 
 /// A subject's attributes, as written to `subjects.csv`.
@@ -118,6 +126,9 @@ pub struct SubjectRun {
     /// The estimated distribution of the first service started after the cut-off (service,
     /// probability), when the subject has such a service in the horizon.
     pub truth: Vec<(u32, f64)>,
+    /// The number of each event in its id (`subject.number`): version 2's numbering for the
+    /// events it had, the following numbers in time order for the others.
+    pub numbers: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -213,6 +224,10 @@ struct Prepared<'a> {
     yearly: Vec<Yearly>,
     /// Repeatable noise services per audience, for personal habits.
     habits: [Vec<u32>; 2],
+    /// Per service: its department is one of the slow ones.
+    slow: Vec<bool>,
+    /// Services a guidance push may be about, per audience: all that are applied for.
+    pushable: [Vec<u32>; 2],
 }
 
 fn audience_slot(kind: SubjectKind) -> usize {
@@ -235,9 +250,13 @@ impl<'a> Prepared<'a> {
         let mut habits: [Vec<u32>; 2] = Default::default();
         let mut renewals = Vec::new();
         let mut yearly = Vec::new();
+        let mut pushable: [Vec<u32>; 2] = Default::default();
         for (i, s) in cat.services().iter().enumerate() {
             let i = i as u32;
             for (slot, kind) in [(0, SubjectKind::Person), (1, SubjectKind::Enterprise)] {
+                if s.audience.admits(kind) && !s.granted_without_applying {
+                    pushable[slot].push(i);
+                }
                 if s.audience.admits(kind) && s.noise > 0.0 {
                     let (cum, ids) = &mut noise[slot];
                     cum.push(cum.last().copied().unwrap_or(0.0) + f64::from(s.noise));
@@ -257,7 +276,8 @@ impl<'a> Prepared<'a> {
                 _ => {}
             }
         }
-        Prepared { cat, noise, renewals, yearly, habits }
+        let slow = cat.services().iter().map(|s| is_slow_department(&s.department)).collect();
+        Prepared { cat, noise, renewals, yearly, habits, slow, pushable }
     }
 }
 
@@ -272,6 +292,11 @@ struct Sim<'p, 'a> {
     journeys: Vec<JourneyTrace>,
     renewals: Vec<(u32, i64)>,
     end: i64,
+    /// The stream of everything version 3 added (procedures, ratings, pushes), apart from the
+    /// stream that drives the simulation so that the starts stay as they were.
+    aux: ChaCha8Rng,
+    /// When the subject next dismisses a guidance push.
+    next_dismissal: i64,
 }
 
 const YEAR: f64 = 365.25 * DAY as f64;
@@ -440,40 +465,72 @@ impl<'p, 'a> Sim<'p, 'a> {
     }
 
     /// Emits one use of a service at `at`: maybe a view, the application (or a system grant),
-    /// completion after the processing time, sometimes a rejection first, sometimes a rating.
-    fn emit_use(&self, rng: &mut ChaCha8Rng, service: u32, at: i64, out: &mut Vec<SimEvent>) {
-        let s = self.prep.cat.service(service);
+    /// the department's procedure (sometimes with an untimed part), the outcome, sometimes a
+    /// rating. `journey` marks a bundle step, which a guidance push may have prompted.
+    ///
+    /// The draws of `rng` are exactly version 2's, in the same order, even where their values
+    /// are now only used for event ids: the starts and the truth depend on that sequence. All
+    /// that version 3 adds is drawn from `self.aux`.
+    fn emit_use(&mut self, rng: &mut ChaCha8Rng, service: u32, at: i64, journey: bool, out: &mut Vec<SimEvent>) {
+        let prep = self.prep;
+        let s = prep.cat.service(service);
         let channel = match rng.gen_range(0..100) {
             0..=39 => Channel::Web,
             40..=74 => Channel::App,
             75..=89 => Channel::Mini,
             _ => Channel::Office,
         };
-        let ev = |at, kind, rating, channel| SimEvent { at, service, kind, rating, channel };
+        let ev = |at, kind, rating, channel, v2_at| SimEvent { at, service, kind, rating, channel, v2_at };
         if s.granted_without_applying {
-            out.push(ev(at, EventKind::Completed, 0, Channel::System));
+            out.push(ev(at, EventKind::Completed, 0, Channel::System, Some(at)));
             return;
         }
-        if rng.gen_bool(0.25) {
-            out.push(ev(at - rng.gen_range(60..7200), EventKind::Viewed, 0, channel));
+        let viewed = rng.gen_bool(0.25);
+        if viewed {
+            let t = at - rng.gen_range(60..7200);
+            out.push(ev(t, EventKind::Viewed, 0, channel, Some(t)));
+        } else if journey && channel == Channel::App && self.aux.gen_bool(0.2) {
+            // Opened from a guidance push seconds before applying: no earlier than a minute, so
+            // that the push tells a model nothing the application does not tell at once.
+            let t = at - self.aux.gen_range(5..60);
+            out.push(ev(t, EventKind::PushOpened, 0, Channel::Push, None));
         }
-        out.push(ev(at, EventKind::Applied, 0, channel));
+        out.push(ev(at, EventKind::Applied, 0, channel, Some(at)));
+        // Version 2's outcome time, rejection and rating: their times number the events.
         let limit = f64::from(s.time_limit_days.max(1)) * 1.4 * DAY as f64;
-        let done = at + rng.gen_range(600..(limit as i64).max(601));
-        if rng.gen_bool(0.03) {
-            out.push(ev(done, EventKind::Rejected, 0, channel));
-            return;
+        let done_v2 = at + rng.gen_range(600..(limit as i64).max(601));
+        let rejected = rng.gen_bool(0.03);
+        let rated_v2 = (!rejected && rng.gen_bool(0.15)).then(|| {
+            let _ = rng.gen_range(0..100);
+            done_v2 + rng.gen_range(3600..3 * DAY)
+        });
+
+        let p = procedure(&mut self.aux, s.time_limit_days, prep.slow[service as usize], untimed_share(s), at);
+        if let Some((from, to)) = p.suspended {
+            out.push(ev(from, EventKind::Suspended, 0, Channel::Office, None));
+            out.push(ev(to, EventKind::Resumed, 0, Channel::Office, None));
         }
-        out.push(ev(done, EventKind::Completed, 0, channel));
-        if rng.gen_bool(0.15) {
-            let r = match rng.gen_range(0..100) {
-                0..=69 => 5,
-                70..=87 => 4,
-                88..=94 => 3,
-                95..=97 => 2,
-                _ => 1,
-            };
-            out.push(ev(done + rng.gen_range(3600..3 * DAY), EventKind::Rated, r, channel));
+        let outcome = if rejected { EventKind::Rejected } else { EventKind::Completed };
+        out.push(ev(p.done, outcome, 0, channel, Some(done_v2)));
+        let limit = f64::from(s.time_limit_days);
+        let late = limit > 0.0 && p.timed > limit;
+        // Rated more often when late or rejected. Version 2 rated 15% of completions and no
+        // rejection: those it rated are rated again (so they keep their ids), the others with
+        // the extra probability that brings the share up to this application's.
+        let p_rate = match (rejected, late) {
+            (true, _) => 0.45,
+            (false, true) => 0.3 + 0.2 * ((p.timed / limit - 1.0) / 2.0).min(1.0),
+            (false, false) => 0.15,
+        };
+        let rated = match rated_v2 {
+            Some(_) => true,
+            None if rejected => self.aux.gen_bool(p_rate),
+            None => self.aux.gen_bool((p_rate - 0.15) / 0.85),
+        };
+        if rated {
+            let r = rating(&mut self.aux, rejected, if late { p.timed / limit - 1.0 } else { 0.0 });
+            let t = p.done + self.aux.gen_range(3600..3 * DAY);
+            out.push(ev(t, EventKind::Rated, r, channel, rated_v2));
         }
     }
 
@@ -547,7 +604,7 @@ impl<'p, 'a> Sim<'p, 'a> {
                 let st = &self.prep.cat.bundles()[trace.bundle as usize].steps[step as usize];
                 let (svc, observed) = (st.service, st.observed);
                 if rng.gen_bool(f64::from(observed)) {
-                    self.emit_use(rng, svc, now, out);
+                    self.emit_use(rng, svc, now, true, out);
                 }
                 self.schedule_ready_steps(rng, journey, now);
             }
@@ -555,7 +612,7 @@ impl<'p, 'a> Sim<'p, 'a> {
             Action::Renew { service } => {
                 self.renewals.push((service, now));
                 if rng.gen_bool(0.85) {
-                    self.emit_use(rng, service, now, out);
+                    self.emit_use(rng, service, now, false, out);
                 }
                 // Next expiry: one validity period after this one (the window is before expiry).
                 if let Some(&(_, days, years, _, _)) = self.prep.renewals.iter().find(|r| r.0 == service) {
@@ -566,12 +623,12 @@ impl<'p, 'a> Sim<'p, 'a> {
             }
             Action::Yearly { service } => {
                 if rng.gen_bool(0.9) {
-                    self.emit_use(rng, service, now, out);
+                    self.emit_use(rng, service, now, false, out);
                 }
             }
             Action::Noise => {
                 if let Some(svc) = self.pick_noise(rng) {
-                    self.emit_use(rng, svc, now, out);
+                    self.emit_use(rng, svc, now, false, out);
                 }
                 let r = self.noise_rate();
                 self.push_rate(rng, now, r, Action::Noise);
@@ -616,7 +673,13 @@ impl<'p, 'a> Sim<'p, 'a> {
         out: &mut Vec<SimEvent>,
         first_start_after: Option<i64>,
     ) -> Option<u32> {
-        while let Some(Reverse(p)) = self.heap.peek().copied() {
+        loop {
+            let next = self.heap.peek().map(|Reverse(p)| *p);
+            // Dismissals touch neither the heap nor `rng`, and the truth's forks need none.
+            if first_start_after.is_none() {
+                self.dismissals_until(next.map_or(until, |p| p.at.min(until)), out);
+            }
+            let Some(p) = next else { break };
             if p.at >= until || !self.state.alive {
                 break;
             }
@@ -632,6 +695,51 @@ impl<'p, 'a> Sim<'p, 'a> {
             }
         }
         None
+    }
+
+    /// Dismissed guidance pushes before `until`, DISMISSALS_PER_YEAR on average, each about a
+    /// service of the subject's audience that no pending action of the simulation is about: the
+    /// subject dismisses what it does not need now, whatever its realised future.
+    fn dismissals_until(&mut self, until: i64, out: &mut Vec<SimEvent>) {
+        while self.next_dismissal < until {
+            let drawn = self.next_dismissal;
+            self.next_dismissal = drawn + exp_wait(&mut self.aux, DISMISSALS_PER_YEAR);
+            let age = age_years(self.subject.born, drawn);
+            if !self.state.alive || self.state.closing || (self.subject.kind == SubjectKind::Person && age < 16.0) {
+                continue;
+            }
+            let pool = &self.prep.pushable[audience_slot(self.subject.kind)];
+            if pool.is_empty() {
+                return;
+            }
+            let service = pool[self.aux.gen_range(0..pool.len())];
+            if self.pending_services().any(|p| p == service) {
+                continue;
+            }
+            // Pushes go out in the day: fold the instant into 08:00-22:00 of its date.
+            let day = Timestamp(drawn).date_shanghai().start_shanghai().0;
+            let at = day + 8 * 3600 + (drawn - day) * 14 / 24;
+            out.push(SimEvent {
+                at,
+                service,
+                kind: EventKind::Dismissed,
+                rating: 0,
+                channel: Channel::Push,
+                v2_at: None,
+            });
+        }
+    }
+
+    /// Services some pending action of the simulation will use.
+    fn pending_services(&self) -> impl Iterator<Item = u32> + '_ {
+        let bundles = self.prep.cat.bundles();
+        self.heap.iter().filter_map(move |Reverse(p)| match p.action {
+            Action::Step { journey, step } => {
+                Some(bundles[self.journeys[journey as usize].bundle as usize].steps[step as usize].service)
+            }
+            Action::Renew { service } | Action::Yearly { service } => Some(service),
+            _ => None,
+        })
     }
 
     /// A copy whose pending times are re-drawn from their laws, conditioned on being `>= cut`.
@@ -664,6 +772,103 @@ fn p_law_expiry(law: Law, now: i64, days: u32) -> i64 {
         Law::Uniform { hi, .. } => hi,
         _ => now + i64::from(days) * DAY / 2,
     }
+}
+
+/// Whether a department is one of the city's slow ones in the simulation: about one in five,
+/// chosen by a hash of its name so that it is the same for every seed and size. A made-up
+/// pattern for the operator console to find, not a statement about any real department.
+pub fn is_slow_department(name: &str) -> bool {
+    crate::hash::fnv1a(format!("slow:{name}").as_bytes()).is_multiple_of(5)
+}
+
+/// Chance that an application's procedure has a part the time limit does not count. Licences
+/// may need a hearing, inspection, testing, quarantine, appraisal or expert review (行政许可法
+/// art. 45); any timed application may be sent back for corrections (补正). 即办 has neither.
+fn untimed_share(s: &crate::catalogue::Service) -> (f64, f64) {
+    if s.time_limit_days == 0 {
+        return (0.0, 0.0);
+    }
+    let special = if s.item_type == ItemType::Licence { 0.3 } else { 0.0 };
+    (special, 0.05)
+}
+
+/// How a department handled one application.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Procedure {
+    /// The clock stopped and running again (both instants).
+    suspended: Option<(i64, i64)>,
+    /// The outcome.
+    done: i64,
+    /// Working days from the application to the outcome, less the suspended span: what the
+    /// legal limit bounds.
+    timed: f64,
+}
+
+/// Draws the procedure of an application at `at` for a service with this limit in working days
+/// (0: 即办) and untimed-part chances `(special procedure, corrections)`.
+fn procedure(rng: &mut ChaCha8Rng, limit_days: u32, slow: bool, untimed: (f64, f64), at: i64) -> Procedure {
+    let t = Timestamp(at);
+    if limit_days == 0 {
+        // 即办: minutes to a few hours, the same (Shanghai) day.
+        let day_end = Date::start_shanghai(t.date_shanghai()).0 + DAY - 1;
+        let done = (at + rng.gen_range(300..4 * 3600)).min(day_end.max(at));
+        return Procedure { suspended: None, done, timed: t.working_days_until(Timestamp(done)) };
+    }
+    let limit = f64::from(limit_days);
+    // Share of the limit used. Most departments take 30-80% of it and rarely overrun; a slow
+    // department overruns a third of the time, with a long tail (up to three times the limit).
+    let share = if slow {
+        if rng.gen_bool(0.35) {
+            1.0 + (-(1.0 - rng.gen::<f64>()).ln() * 0.5).min(2.0)
+        } else {
+            rng.gen_range(0.4..1.0)
+        }
+    } else {
+        match rng.gen_range(0..100) {
+            0..=84 => rng.gen_range(0.3..0.8),
+            85..=96 => rng.gen_range(0.05..1.0),
+            _ => rng.gen_range(1.0..1.5),
+        }
+    };
+    let timed = share * limit;
+    let span = if rng.gen_bool(untimed.0) {
+        Some(rng.gen_range(3.0..20.0))
+    } else if rng.gen_bool(untimed.1) {
+        Some(rng.gen_range(1.0..10.0))
+    } else {
+        None
+    };
+    let Some(span) = span else {
+        return Procedure { suspended: None, done: t.plus_working_days(timed).0, timed };
+    };
+    // The clock stops part-way through the timed part and runs on for the rest afterwards.
+    let before = timed * rng.gen_range(0.1..0.6);
+    let from = t.plus_working_days(before);
+    let to = from.plus_working_days(span);
+    let done = to.plus_working_days(timed - before);
+    Procedure { suspended: Some((from.0, to.0)), done: done.0, timed }
+}
+
+/// A 好差评 rating 1-5 for an outcome: mostly 5 on time (about 4% bad, 1-2), far worse the later
+/// (`late` is the overrun as a share of the limit), mostly 1-2 after a rejection.
+fn rating(rng: &mut ChaCha8Rng, rejected: bool, late: f64) -> u8 {
+    let w: [f64; 5] = if rejected {
+        [45.0, 30.0, 15.0, 6.0, 4.0]
+    } else if late > 0.0 {
+        let s = late.min(1.0);
+        [12.0 + 18.0 * s, 13.0 + 12.0 * s, 20.0, 25.0 - 10.0 * s, 30.0 - 20.0 * s]
+    } else {
+        [1.5, 2.5, 6.0, 18.0, 72.0]
+    };
+    pick_weighted(rng, &w) as u8 + 1
+}
+
+/// Dismissed guidance pushes per subject-year (a plausible round figure).
+const DISMISSALS_PER_YEAR: f64 = 0.3;
+
+/// An exponential wait in seconds for a rate per year.
+fn exp_wait(rng: &mut ChaCha8Rng, per_year: f64) -> i64 {
+    (-(1.0 - rng.gen::<f64>()).ln() / per_year * YEAR).min(1e15) as i64
 }
 
 /// Person ages at the start, by 5-year band 0-4 .. 90-94: a plausible shape for an ageing
@@ -796,8 +1001,20 @@ fn simulate_prepared(prep: &Prepared<'_>, params: &GenParams, kind: SubjectKind,
             (subj, state, (Vec::new(), 0.0, false))
         }
     };
-    let mut sim =
-        Sim { prep, subject, state, heap: BinaryHeap::new(), seq: 0, journeys: Vec::new(), renewals: Vec::new(), end };
+    let aux =
+        ChaCha8Rng::seed_from_u64(crate::hash::fnv1a(format!("{}:{:?}:{}:process", params.seed, kind, i).as_bytes()));
+    let mut sim = Sim {
+        prep,
+        subject,
+        state,
+        heap: BinaryHeap::new(),
+        seq: 0,
+        journeys: Vec::new(),
+        renewals: Vec::new(),
+        end,
+        aux,
+        next_dismissal: i64::MAX,
+    };
     let slot = audience_slot(kind);
     if !prep.habits[slot].is_empty() && rng.gen_bool(0.5) {
         let h = prep.habits[slot][rng.gen_range(0..prep.habits[slot].len())];
@@ -849,6 +1066,7 @@ fn simulate_prepared(prep: &Prepared<'_>, params: &GenParams, kind: SubjectKind,
     let t0 = start.max(born);
     let r = sim.noise_rate();
     sim.push_rate(&mut rng, t0, r, Action::Noise);
+    sim.next_dismissal = t0 + exp_wait(&mut sim.aux, DISMISSALS_PER_YEAR);
     sim.reschedule_hazards(&mut rng, t0);
     let mut events = Vec::new();
     sim.run(&mut rng, cutoff, &mut events, None);
@@ -871,8 +1089,20 @@ fn simulate_prepared(prep: &Prepared<'_>, params: &GenParams, kind: SubjectKind,
     }
     at_cutoff.renewals = Vec::new();
     sim.run(&mut rng, end, &mut events, None);
-    events.retain(|e| e.at >= start && e.at < end && (kind == SubjectKind::Person || e.at >= born));
-    events.sort_by_key(|e| e.at);
+    let kept = |at: i64| at >= start && at < end && (kind == SubjectKind::Person || at >= born);
+    // Version 2's numbering: its events, kept by its window, in its (stable) time order.
+    let mut v2: Vec<usize> = (0..events.len()).filter(|&k| events[k].v2_at.is_some_and(kept)).collect();
+    v2.sort_by_key(|&k| events[k].v2_at);
+    let mut numbers = vec![u32::MAX; events.len()];
+    for (n, &k) in v2.iter().enumerate() {
+        numbers[k] = n as u32;
+    }
+    let mut numbered: Vec<(SimEvent, u32)> = events.into_iter().zip(numbers).filter(|(e, _)| kept(e.at)).collect();
+    numbered.sort_by_key(|(e, _)| e.at);
+    for (next, (_, n)) in (v2.len() as u32..).zip(numbered.iter_mut().filter(|(_, n)| *n == u32::MAX)) {
+        *n = next;
+    }
+    let (events, numbers): (Vec<SimEvent>, Vec<u32>) = numbered.into_iter().unzip();
 
     let has_future_start = events.iter().any(|e| e.at >= cutoff && is_start(e.kind, e.channel));
     let mut truth = Vec::new();
@@ -903,7 +1133,7 @@ fn simulate_prepared(prep: &Prepared<'_>, params: &GenParams, kind: SubjectKind,
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         truth = counts.into_iter().map(|(s, c)| (s, f64::from(c) / f64::from(hits))).collect();
     }
-    SubjectRun { subject: sim.subject, events, journeys: sim.journeys, renewals: sim.renewals, truth }
+    SubjectRun { subject: sim.subject, events, journeys: sim.journeys, renewals: sim.renewals, truth, numbers }
 }
 
 /// Counts of a generation run.
@@ -957,7 +1187,7 @@ fn format_run(cat: &Catalogue, run: &SubjectRun, cutoff: i64, jsonl: bool, out: 
         s.class
     );
     let mut id = String::new();
-    for (n, e) in run.events.iter().enumerate() {
+    for (e, n) in run.events.iter().zip(&run.numbers) {
         id.clear();
         let _ = write!(id, "{}.{}", s.id, n);
         let rec = EventRecord {
@@ -1078,4 +1308,237 @@ pub fn generate(cat: &Catalogue, params: &GenParams, sink: &mut dyn GenSink) -> 
         sink.progress(done, total);
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+
+    fn catalogue() -> Catalogue {
+        Catalogue::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue")).expect("the real catalogue loads")
+    }
+
+    fn runs(cat: &Catalogue, persons: u64, enterprises: u64) -> (GenParams, Vec<SubjectRun>) {
+        let params = GenParams { persons, enterprises, seed: 11, truth_samples: 0, ..GenParams::default() };
+        let prep = Prepared::new(cat);
+        let ids = (0..persons)
+            .map(|i| (SubjectKind::Person, i))
+            .chain((0..enterprises).map(|i| (SubjectKind::Enterprise, i)));
+        let runs = ids.map(|(kind, i)| simulate_prepared(&prep, &params, kind, i)).collect();
+        (params, runs)
+    }
+
+    /// One application and what followed it, paired first-in first-out per service.
+    #[derive(Debug, Default)]
+    struct App {
+        service: u32,
+        applied: i64,
+        suspended: Option<i64>,
+        resumed: Option<i64>,
+        outcome: Option<(EventKind, i64)>,
+        rating: Option<u8>,
+    }
+
+    impl App {
+        fn timed(&self) -> Option<f64> {
+            let wd = |a: i64, b: i64| Timestamp(a).working_days_until(Timestamp(b));
+            let stopped = match (self.suspended, self.resumed) {
+                (Some(a), Some(b)) => wd(a, b),
+                _ => 0.0,
+            };
+            self.outcome.map(|(_, done)| wd(self.applied, done) - stopped)
+        }
+    }
+
+    fn applications(run: &SubjectRun) -> Vec<App> {
+        let mut apps: Vec<App> = Vec::new();
+        let mut open: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut last_done: HashMap<u32, usize> = HashMap::new();
+        for e in &run.events {
+            let queue = open.entry(e.service).or_default();
+            match e.kind {
+                EventKind::Applied => {
+                    queue.push(apps.len());
+                    apps.push(App { service: e.service, applied: e.at, ..App::default() });
+                }
+                EventKind::Suspended => {
+                    if let Some(&k) = queue.iter().find(|&&k| apps[k].suspended.is_none()) {
+                        apps[k].suspended = Some(e.at);
+                    }
+                }
+                EventKind::Resumed => {
+                    if let Some(&k) = queue.iter().find(|&&k| apps[k].suspended.is_some() && apps[k].resumed.is_none())
+                    {
+                        apps[k].resumed = Some(e.at);
+                    }
+                }
+                EventKind::Completed | EventKind::Rejected if e.channel != Channel::System && !queue.is_empty() => {
+                    let k = queue.remove(0);
+                    apps[k].outcome = Some((e.kind, e.at));
+                    last_done.insert(e.service, k);
+                }
+                EventKind::Rated => {
+                    if let Some(&k) = last_done.get(&e.service) {
+                        apps[k].rating.get_or_insert(e.rating);
+                    }
+                }
+                _ => {}
+            }
+        }
+        apps
+    }
+
+    #[test]
+    fn slow_departments_overrun_their_limits_and_immediate_services_finish_the_same_day() {
+        let cat = catalogue();
+        let (_, runs) = runs(&cat, 1500, 300);
+        let slow_departments: Vec<&str> = {
+            let mut d: Vec<&str> =
+                cat.services().iter().map(|s| s.department.as_str()).filter(|d| is_slow_department(d)).collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        assert!((3..=12).contains(&slow_departments.len()), "{slow_departments:?}");
+        // (over the limit, timed applications) for the slow departments and the others.
+        let mut counts = [(0u32, 0u32); 2];
+        let mut immediate = 0;
+        for app in runs.iter().flat_map(applications) {
+            let s = cat.service(app.service);
+            let Some((_, done)) = app.outcome else { continue };
+            if s.time_limit_days == 0 {
+                assert_eq!(Timestamp(app.applied).date_shanghai(), Timestamp(done).date_shanghai(), "{}", s.id);
+                immediate += 1;
+                continue;
+            }
+            let c = &mut counts[usize::from(is_slow_department(&s.department))];
+            c.1 += 1;
+            c.0 += u32::from(app.timed().unwrap() > f64::from(s.time_limit_days) + 1e-6);
+        }
+        let share = |(over, n): (u32, u32)| f64::from(over) / f64::from(n.max(1));
+        let (others, slow) = (share(counts[0]), share(counts[1]));
+        assert!(immediate > 1000 && counts[1].1 > 200, "too few applications: {immediate} {counts:?}");
+        assert!((0.2..=0.45).contains(&slow), "slow departments overran {slow:.3}");
+        assert!(others < 0.06 && slow > 4.0 * others, "others overran {others:.3}, slow {slow:.3}");
+    }
+
+    #[test]
+    fn suspensions_resume_before_the_outcome_and_do_not_count_against_the_limit() {
+        let cat = catalogue();
+        let (params, runs) = runs(&cat, 1500, 300);
+        // A chain may run past the end of the window: only check those that began long before.
+        let (_, _, end) = window(&params);
+        let mut checked = 0;
+        for run in &runs {
+            for (k, e) in run.events.iter().enumerate().filter(|(_, e)| e.kind == EventKind::Suspended) {
+                assert!(cat.service(e.service).time_limit_days > 0);
+                if e.at > end - 300 * DAY {
+                    continue;
+                }
+                let later = &run.events[k + 1..];
+                let resumed = later.iter().position(|x| x.service == e.service && x.kind == EventKind::Resumed);
+                let resumed =
+                    resumed.unwrap_or_else(|| panic!("{} suspended {} never resumed", run.subject.id, e.service));
+                let outcome = later[resumed + 1..]
+                    .iter()
+                    .any(|x| x.service == e.service && matches!(x.kind, EventKind::Completed | EventKind::Rejected));
+                assert!(outcome, "{} resumed {} without an outcome", run.subject.id, e.service);
+                checked += 1;
+            }
+        }
+        assert!(checked > 200, "only {checked} suspensions");
+        // On-time departments: the timed part is mostly within the limit, the gross time often not.
+        let (mut within, mut gross_over, mut n) = (0, 0, 0);
+        for app in runs.iter().flat_map(applications) {
+            let s = cat.service(app.service);
+            let (Some(timed), Some(_)) = (app.timed(), app.resumed) else { continue };
+            if is_slow_department(&s.department) {
+                continue;
+            }
+            let limit = f64::from(s.time_limit_days);
+            n += 1;
+            within += u32::from(timed <= limit + 1e-6);
+            let (_, done) = app.outcome.unwrap();
+            gross_over += u32::from(Timestamp(app.applied).working_days_until(Timestamp(done)) > limit);
+        }
+        let share = |x: u32| f64::from(x) / f64::from(n.max(1));
+        assert!(n > 100 && share(within) > 0.9, "{within} of {n} within the limit");
+        assert!(share(gross_over) > 0.3, "only {gross_over} of {n} suspended applications overran in gross time");
+    }
+
+    #[test]
+    fn late_and_rejected_applications_are_rated_lower_and_more_often() {
+        let cat = catalogue();
+        let (_, runs) = runs(&cat, 1500, 300);
+        // (ratings sum, rated, bad ratings, outcomes) for on time, late, rejected.
+        let mut groups = [(0u32, 0u32, 0u32, 0u32); 3];
+        for app in runs.iter().flat_map(applications) {
+            let s = cat.service(app.service);
+            let (Some((kind, _)), Some(timed)) = (app.outcome, app.timed()) else { continue };
+            let g = if kind == EventKind::Rejected {
+                2
+            } else {
+                usize::from(s.time_limit_days > 0 && timed > f64::from(s.time_limit_days))
+            };
+            let c = &mut groups[g];
+            c.3 += 1;
+            if let Some(r) = app.rating {
+                assert!((1..=5).contains(&r));
+                c.0 += u32::from(r);
+                c.1 += 1;
+                c.2 += u32::from(r <= 2);
+            }
+        }
+        let mean = |g: (u32, u32, u32, u32)| f64::from(g.0) / f64::from(g.1.max(1));
+        let bad = |g: (u32, u32, u32, u32)| f64::from(g.2) / f64::from(g.1.max(1));
+        let rated = |g: (u32, u32, u32, u32)| f64::from(g.1) / f64::from(g.3.max(1));
+        let [on_time, late, rejected] = groups;
+        assert!(on_time.1 > 1000 && late.1 > 100 && rejected.1 > 50, "{groups:?}");
+        assert!(mean(late) < mean(on_time) - 1.0 && mean(rejected) < mean(late), "{groups:?}");
+        assert!(bad(on_time) < 0.08 && bad(late) > 0.2 && bad(rejected) > 0.6, "{groups:?}");
+        assert!(rated(late) > rated(on_time) + 0.1 && rated(rejected) > rated(late), "{groups:?}");
+    }
+
+    #[test]
+    fn pushes_are_dismissed_about_services_of_the_audience_and_opened_just_before_applying() {
+        let cat = catalogue();
+        let (params, runs) = runs(&cat, 1500, 300);
+        let mut dismissed = 0;
+        let mut opened = 0;
+        for run in &runs {
+            let mut numbers = run.numbers.clone();
+            numbers.sort_unstable();
+            numbers.dedup();
+            assert_eq!(numbers.len(), run.events.len(), "{}: event ids repeat", run.subject.id);
+            for (k, e) in run.events.iter().enumerate() {
+                match e.kind {
+                    EventKind::Dismissed => {
+                        assert_eq!(e.channel, Channel::Push);
+                        assert!(cat.service(e.service).audience.admits(run.subject.kind));
+                        dismissed += 1;
+                    }
+                    EventKind::PushOpened => {
+                        assert_eq!(e.channel, Channel::Push);
+                        let next =
+                            run.events[k + 1..].iter().find(|x| x.service == e.service && x.kind == EventKind::Applied);
+                        assert!(
+                            next.is_some_and(|x| x.at - e.at <= 60),
+                            "{}: push opened far from an application",
+                            run.subject.id
+                        );
+                        opened += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // About DISMISSALS_PER_YEAR per subject-year, less children and pending services.
+        let subject_years = runs.len() as f64 * (f64::from(params.years) + 0.25);
+        let rate = f64::from(dismissed) / subject_years;
+        assert!((0.15..0.35).contains(&rate), "{dismissed} dismissals, {rate:.3} per subject-year");
+        assert!(opened > 100, "only {opened} pushes opened");
+    }
 }
