@@ -10,11 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tongban_features::catalogue::Catalogue;
 use tongban_features::domain::SubjectId;
-use tongban_features::io::{read_into, BadRowPolicy, EventLog, LogFormat};
-use tongban_features::synth::{generate, GenParams, MemorySink};
-use tongban_model::artifact::{self, DataInfo};
-use tongban_model::eval::{train, TrainStyle};
-use tongban_model::ModelParams;
+use tongban_features::io::EventLog;
 use tongban_server::deliver::{Channels, Webhook, Worker, WorkerConfig};
 use tongban_server::push::{push_id, Caps, Trigger};
 use tongban_server::queue::Queue;
@@ -26,6 +22,7 @@ fn sid(s: &str) -> SubjectId {
     SubjectId::parse(s).unwrap()
 }
 
+mod common;
 #[path = "../server/tests/support/mod.rs"]
 mod support;
 use support::RedisServer;
@@ -41,36 +38,8 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let cat = Arc::new(Catalogue::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogue")).unwrap());
-        let mut files = MemorySink::default();
-        generate(
-            &cat,
-            &GenParams { persons: 1500, enterprises: 300, truth_samples: 0, ..GenParams::default() },
-            &mut files,
-        )
-        .unwrap();
-        let base = EventLog::for_catalogue(&cat);
-        let (log, _) =
-            read_into(files.events.as_bytes(), Path::new("gen"), LogFormat::NativeCsv, BadRowPolicy::Fail, base)
-                .unwrap();
-        let mut params = ModelParams::default();
-        params.ranker.max_cases = 2000;
-        params.ranker.max_iterations = 60;
-        // The sequence model is on the request path; a few epochs are enough for these tests.
-        params.seq.epochs = 3;
-        let model = train(&log, &[], Some(cat.clone()), &params, TrainStyle::Temporal { horizon_days: 90 }).unwrap();
-        let now = log.events.iter().map(|e| e.at.0).max().unwrap() + 1;
-        let data = DataInfo {
-            source: "gen".into(),
-            fingerprint: "00".into(),
-            events: log.events.len() as u64,
-            subjects: 0,
-            services: 0,
-        };
-        let header = artifact::header_for(&model, data, None, "2026-11-27T00:00:00Z".into());
-        let model_file = tempfile::NamedTempFile::new().unwrap();
-        artifact::save(model_file.path(), &model, &header).unwrap();
-        Fixture { catalogue: cat, model_file, log, now }
+        let m = common::small_model(1500, 300);
+        Fixture { catalogue: m.catalogue, model_file: m.model_file, log: m.log, now: m.now }
     })
 }
 

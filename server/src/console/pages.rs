@@ -113,6 +113,7 @@ fn login_page(ctx: &Ctx, error: Option<&str>) -> Html<String> {
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Ctx>,
+    headers: axum::http::HeaderMap,
     Form(f): Fields,
 ) -> Response {
     let key = f.get("key").map(String::as_str).unwrap_or("");
@@ -123,8 +124,7 @@ pub(super) async fn login(
     let who = format!("operator-{:016x}", tongban_features::io::fnv1a(key.as_bytes()));
     let token = state.console.open_session(who);
     let mut res = Redirect::to("/console/").into_response();
-    let req_headers = axum::http::HeaderMap::new();
-    res.headers_mut().append(header::SET_COOKIE, super::set_cookie(&req_headers, super::SESSION_COOKIE, &token, None));
+    res.headers_mut().append(header::SET_COOKIE, super::set_cookie(&headers, super::SESSION_COOKIE, &token, None));
     res
 }
 
