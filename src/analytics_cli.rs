@@ -60,14 +60,19 @@ pub fn run(args: &ReportArgs) -> Result<std::process::ExitCode> {
         bail!("{}: expected a native log (.csv or .jsonl)", args.events.display());
     };
     let (log, _) = read_log_into(&args.events, format, BadRowPolicy::Fail, EventLog::for_catalogue(&cat))?;
+    let read = started.elapsed();
     if log.events.is_empty() {
         bail!("{}: the log holds no events: nothing to report", args.events.display());
     }
+    let folding = Instant::now();
     let mut acc = Analytics::new(&cat);
     for ev in &log.events {
         acc.apply(ev, &cat);
     }
+    let folded = folding.elapsed();
+    let reporting = Instant::now();
     let reports = acc.reports(&cat, None);
+    let reported = reporting.elapsed();
     let (which, empty) = match args.which {
         ReportKind::Ratings => (Which::Ratings, reports.ratings.n == 0),
         ReportKind::Approvals => (Which::Approvals, reports.approvals.applications == 0),
@@ -95,11 +100,15 @@ pub fn run(args: &ReportArgs) -> Result<std::process::ExitCode> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!(
-        "{} report of {} events written to {} in {:.1} s",
+        "{} report of {} events of {} subjects written to {} in {:.1} s (reading {:.1} s, counting {:.2} s, tables {:.3} s)",
         which.key(),
         log.events.len(),
+        log.subjects.len(),
         args.report.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        read.as_secs_f64(),
+        folded.as_secs_f64(),
+        reported.as_secs_f64()
     );
     if args.json {
         let value = match which {

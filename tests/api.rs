@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tongban_features::catalogue::Catalogue;
 use tongban_features::domain::SubjectId;
 use tongban_features::io::EventLog;
+use tongban_model::artifact;
 use tongban_server::deliver::{Channels, Webhook, Worker, WorkerConfig};
 use tongban_server::push::{push_id, Caps, Trigger};
 use tongban_server::queue::Queue;
@@ -365,6 +366,26 @@ async fn suite(backend: Backend) {
 }
 
 on_both_backends!(suite: the_api_works_on_the_memory_store, the_api_works_on_redis);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_operator_key_the_console_is_open_and_says_so_on_every_page() {
+    let (app, _redis) = start(Backend::Memory, ApiKeys::default()).await;
+    for lang in ["zh-CN", "en"] {
+        for page in ["", "models", "pushes", "ratings", "journeys", "approvals", "subjects"] {
+            let r = app.client.get(format!("{}/console/{page}?lang={lang}", app.base)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "/console/{page}");
+            let cookie = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains("id=\"open-mode\""), "/console/{page} in {lang} does not say it is open");
+            assert!(body.contains(&format!("lang=\"{lang}\"")), "/console/{page} not in {lang}");
+        }
+    }
+    // Open is not unguarded: an action without the session's CSRF token changes nothing.
+    let r =
+        app.client.post(format!("{}/console/models/rollback", app.base)).form(&[("csrf", "x")]).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_checked_by_scope() {
