@@ -81,6 +81,19 @@ pub async fn serve_draining(
             tokio::time::sleep(drain).await;
         }
     };
+    // The console's push volumes over time: the queue's counts, sampled.
+    let sampler = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(console::SAMPLE_EVERY);
+            loop {
+                every.tick().await;
+                if let Ok(counts) = state.queue.counts().await {
+                    state.console.sample(clock::wall_ms(), counts);
+                }
+            }
+        })
+    };
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // HTTP/1.1 only: hyper-util's auto builder (HTTP/2 too) first waits for bytes to tell the
@@ -110,6 +123,7 @@ pub async fn serve_draining(
         });
     }
     drop(listener);
+    sampler.abort();
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }

@@ -35,6 +35,11 @@ use tongban_features::time::Timestamp;
 
 use crate::app::AppState;
 use crate::locale::Locale;
+use crate::queue::{Count, Status};
+
+/// How often the server samples the queue's counts, and how many samples it keeps (a day).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
+const SAMPLES_KEPT: usize = 24 * 60 + 1;
 
 /// Reports older than this are recomputed on the next page view.
 pub const REPORT_MAX_AGE: Duration = Duration::from_secs(30);
@@ -52,6 +57,9 @@ struct Session {
 /// The console's state in [`AppState`].
 pub struct Console {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Snapshots of the queue's transition counts, one per [`SAMPLE_EVERY`], for the pushes
+    /// page's volumes over time (the counts are totals since the queue began).
+    samples: Mutex<std::collections::VecDeque<(u64, Vec<Count>)>>,
     catalogue: Option<Arc<Catalogue>>,
     analytics: Mutex<Option<Analytics>>,
     cache: Mutex<Option<(Instant, Arc<Reports>)>>,
@@ -68,7 +76,13 @@ impl fmt::Debug for Console {
 impl Console {
     pub fn new(catalogue: Option<Arc<Catalogue>>) -> Console {
         let analytics = catalogue.as_deref().map(Analytics::new);
-        Console { sessions: Mutex::default(), catalogue, analytics: Mutex::new(analytics), cache: Mutex::default() }
+        Console {
+            sessions: Mutex::default(),
+            samples: Mutex::default(),
+            catalogue,
+            analytics: Mutex::new(analytics),
+            cache: Mutex::default(),
+        }
     }
 
     /// Replaces the accumulator (the import at start-up builds one from the whole log).
@@ -109,6 +123,41 @@ impl Console {
         let fresh = (Instant::now(), Arc::new(reports));
         *cache = Some(fresh.clone());
         Some((fresh.1, fresh.0))
+    }
+
+    /// Records the queue's counts at `at_ms` (kept for [`SAMPLES_KEPT`] samples).
+    pub fn sample(&self, at_ms: u64, counts: Vec<Count>) {
+        let mut s = self.samples.lock().expect("no panics while holding the lock");
+        s.push_back((at_ms, counts));
+        while s.len() > SAMPLES_KEPT {
+            s.pop_front();
+        }
+    }
+
+    /// Pushes per status in each hour of the samples: (hour start in Unix ms, per status of
+    /// [`Status::ALL`], the transitions in that hour), oldest first.
+    pub fn hourly(&self) -> Vec<(u64, [u64; 6])> {
+        let s = self.samples.lock().expect("no panics while holding the lock");
+        let total = |c: &[Count]| {
+            let mut t = [0u64; 6];
+            for (status, _, n) in c {
+                t[Status::ALL.iter().position(|x| x == status).expect("ALL lists every status")] += n;
+            }
+            t
+        };
+        let mut out: Vec<(u64, [u64; 6])> = Vec::new();
+        for w in s.iter().collect::<Vec<_>>().windows(2) {
+            let (a, b) = (total(&w[0].1), total(&w[1].1));
+            let hour = w[1].0 / 3_600_000 * 3_600_000;
+            if out.last().is_none_or(|(h, _)| *h != hour) {
+                out.push((hour, [0; 6]));
+            }
+            let slot = &mut out.last_mut().expect("just pushed").1;
+            for i in 0..6 {
+                slot[i] += b[i].saturating_sub(a[i]);
+            }
+        }
+        out
     }
 
     fn session(&self, token: &str) -> Option<(String, String)> {
@@ -254,4 +303,31 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/console/approvals", get(pages::approvals))
         .route("/console/subjects", get(pages::subjects).post(pages::look_up))
         .route_layer(middleware::from_fn_with_state(state, gate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::Trigger;
+
+    #[test]
+    fn hourly_volumes_are_the_differences_of_the_samples_per_hour() {
+        let c = Console::new(None);
+        let h = 3_600_000u64;
+        c.sample(10 * h, vec![(Status::Delivered, Trigger::NextStep, 5)]);
+        c.sample(
+            10 * h + 60_000,
+            vec![(Status::Delivered, Trigger::NextStep, 7), (Status::Dead, Trigger::Deadline, 1)],
+        );
+        c.sample(
+            11 * h + 60_000,
+            vec![(Status::Delivered, Trigger::NextStep, 10), (Status::Dead, Trigger::Deadline, 1)],
+        );
+        let rows = c.hourly();
+        let delivered = Status::ALL.iter().position(|s| *s == Status::Delivered).unwrap();
+        let dead = Status::ALL.iter().position(|s| *s == Status::Dead).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].0, rows[0].1[delivered], rows[0].1[dead]), (10 * h, 2, 1));
+        assert_eq!((rows[1].0, rows[1].1[delivered], rows[1].1[dead]), (11 * h, 3, 0));
+    }
 }

@@ -327,6 +327,7 @@ async fn pushes_page(state: &AppState, ctx: &Ctx, flash: Option<(bool, String)>)
         counts.iter().filter(|(s, _, _)| *s == crate::queue::Status::Delivered).map(|(_, _, n)| n).sum();
     let feedback = state.console.reports(Timestamp(state.now())).map(|(r, _)| r.ratings.push.clone());
     let opened = feedback.as_ref().map_or(0, |f| f.opened);
+    let hourly = state.console.hourly();
     let chart: Vec<(String, f64, String)> = counts
         .iter()
         .map(|(s, tr, n)| (format!("{} · {}", s.as_str(), tr.as_str()), *n as f64, n.to_string()))
@@ -343,6 +344,16 @@ async fn pushes_page(state: &AppState, ctx: &Ctx, flash: Option<(bool, String)>)
                     tr { th { (t("delayed", l)) } td.num { (d.delayed) } } tr { th { (t("dead", l)) } td.num #dead-count { (d.dead) } }
                 } }
             } @else { p.error { (t("down", l)) } }
+            h2 { (t("over_time", l)) }
+            p.note { (t("over_time_note", l)) }
+            @if hourly.is_empty() { p { (t("none", l)) } } @else {
+                table #push-hourly {
+                    thead { tr { th { (t("when", l)) } @for s in crate::queue::Status::ALL { th.num { (s.as_str()) } } } }
+                    tbody { @for (hour, n) in &hourly { tr {
+                        td { (Timestamp((hour / 1000) as i64).to_string()) } @for v in n { td.num { (v) } }
+                    } } }
+                }
+            }
             h2 { (t("by_status", l)) }
             (view::bars(t("by_status", l), &chart))
             table #push-counts {
