@@ -99,6 +99,7 @@ contract!(
     concurrent_updates_of_one_subject_lose_nothing,
     batches_of_several_subjects_answer_in_order,
     the_audit_log_is_newest_first_bounded_by_n_and_outlives_an_erasure,
+    a_lease_is_held_and_renewed_by_its_holder,
 );
 
 async fn events_are_idempotent_by_id_within_and_across_requests(h: Harness) {
@@ -414,7 +415,30 @@ fn disk_a_directory_that_cannot_be_created_is_named_in_the_error() {
     assert!(err.contains(&dir.display().to_string()), "{err}");
 }
 
+async fn a_lease_is_held_and_renewed_by_its_holder(h: Harness) {
+    assert!(h.store.lease("scan", "worker-a", 60_000).await.unwrap());
+    assert!(h.store.lease("scan", "worker-a", 60_000).await.unwrap(), "the holder renews");
+    // Other leases are independent.
+    assert!(h.store.lease("other", "worker-b", 60_000).await.unwrap());
+}
+
 // ---- Redis only: what a networked backend can meet.
+
+#[tokio::test]
+async fn redis_one_lease_holder_at_a_time_until_it_expires() {
+    let h = Harness::redis().await;
+    assert!(h.store.lease("scan", "worker-a", 300).await.unwrap());
+    assert!(!h.store.lease("scan", "worker-b", 300).await.unwrap(), "held by worker-a");
+    // worker-a renews; worker-b still waits.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(h.store.lease("scan", "worker-a", 300).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!h.store.lease("scan", "worker-b", 300).await.unwrap(), "renewed by worker-a");
+    // worker-a stops renewing (dies): the lease expires and passes to worker-b.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(h.store.lease("scan", "worker-b", 300).await.unwrap());
+    assert!(!h.store.lease("scan", "worker-a", 300).await.unwrap());
+}
 
 #[tokio::test]
 async fn redis_a_restart_that_forgot_the_scripts_is_recovered_alone() {

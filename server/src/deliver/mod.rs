@@ -160,16 +160,25 @@ impl Worker {
         let mut next_scan = self.cfg.scan_every.map(|_| tokio::time::Instant::now());
         loop {
             if let (Some(at), Some(every)) = (next_scan, self.cfg.scan_every) {
+                // One scanner among many workers: the lease outlives a period, so its holder
+                // renews it each time and a dead holder's passes to another worker within two
+                // periods. A scan longer than that may overlap another's: harmless (the
+                // reservations de-duplicate pushes), only wasted work.
                 if tokio::time::Instant::now() >= at {
-                    match self.pusher.scan().await {
-                        Ok(r) => tracing::info!(
-                            subjects = r.subjects,
-                            due = r.candidates,
-                            queued = r.queued,
-                            skipped = r.skipped,
-                            "scan done"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "scan failed"),
+                    let ttl = u64::try_from(every.as_millis().saturating_mul(2)).unwrap_or(u64::MAX);
+                    match self.pusher.store.lease("scan", &self.cfg.consumer, ttl).await {
+                        Ok(true) => match self.pusher.scan().await {
+                            Ok(r) => tracing::info!(
+                                subjects = r.subjects,
+                                due = r.candidates,
+                                queued = r.queued,
+                                skipped = r.skipped,
+                                "scan done"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "scan failed"),
+                        },
+                        Ok(false) => tracing::debug!("another worker holds the scan lease"),
+                        Err(e) => tracing::warn!(error = %e, "scan lease"),
                     }
                     next_scan = Some(tokio::time::Instant::now() + every);
                 }

@@ -201,6 +201,11 @@ impl Backend for MemoryStore {
     async fn audit_log(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(self.audit.lock().expect("no panics while holding the lock").iter().rev().take(n).cloned().collect())
     }
+
+    /// One process owns this store (an embedded store is one process's), so it holds every lease.
+    async fn lease(&self, _name: &str, _holder: &str, _ttl_ms: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -211,6 +211,11 @@ pub trait Backend: Send + Sync {
 
     /// The newest `n` entries, newest first (in the order they were written).
     fn audit_log(&self, n: usize) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms`; true when `holder` holds it
+    /// after the call. Among several processes sharing a backend, one at a time does the job the
+    /// lease guards (the periodic scan); a holder that dies loses it when it expires.
+    fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// A store: one of the backends. Only delegates.
@@ -389,6 +394,11 @@ impl Store {
     /// See [`Backend::audit`].
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         delegate!(self, b => b.audit(entry).await)
+    }
+
+    /// See [`Backend::lease`].
+    pub async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        delegate!(self, b => b.lease(name, holder, ttl_ms).await)
     }
 
     /// See [`Backend::audit_log`].

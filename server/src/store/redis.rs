@@ -34,6 +34,7 @@ use crate::push::{Caps, InboxMessage, Preferences, Skip};
 const CAS: &str = include_str!("lua/cas.lua");
 const IMPORT: &str = include_str!("lua/import.lua");
 const RESERVE: &str = include_str!("lua/reserve.lua");
+const LEASE: &str = include_str!("lua/lease.lua");
 
 /// Rounds of compare-and-set conflicts before an update gives up with `Contention`.
 const CAS_ROUNDS: usize = 16;
@@ -46,6 +47,7 @@ pub struct RedisStore {
     cas: redis::Script,
     import: redis::Script,
     reserve: redis::Script,
+    lease: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -109,6 +111,7 @@ impl RedisStore {
             cas: redis::Script::new(CAS),
             import: redis::Script::new(IMPORT),
             reserve: redis::Script::new(RESERVE),
+            lease: redis::Script::new(LEASE),
         };
         let mut c = s.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
@@ -504,5 +507,17 @@ impl Backend for RedisStore {
                 serde_json::from_str(x).map_err(|e| StoreError::Unavailable(format!("unreadable audit entry: {e}")))
             })
             .collect()
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let held: i64 = self
+            .lease
+            .key(format!("{}tb:lease:{name}", self.prefix))
+            .arg(holder)
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(held == 1)
     }
 }
