@@ -37,8 +37,18 @@ struct Cli {
     /// stands for its `TONGBAN_*` variable. Flags override the environment, which overrides it.
     #[arg(long, global = true, env = "TONGBAN_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: text (for people; colour only on a terminal) or json (one object
+    /// per line, for log shippers). `RUST_LOG` sets the levels.
+    #[arg(long, global = true, env = "TONGBAN_LOG_FORMAT", value_enum, default_value_t = LogStyle::Text)]
+    log_format: LogStyle,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogStyle {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,18 +289,21 @@ fn apply_config_file() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tongban_model=info".into()),
-        )
-        .init();
     if let Err(e) = apply_config_file() {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
+    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tongban_model=info".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        LogStyle::Text => {
+            use std::io::IsTerminal;
+            logs.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+        LogStyle::Json => logs.json().with_current_span(false).init(),
+    }
     let result = match cli.command {
         Command::Catalogue { command: CatalogueCommand::Check { catalogue, json } } => {
             catalogue_check(&catalogue, json)

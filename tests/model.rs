@@ -168,6 +168,8 @@ fn a_trained_model_file_loads_for_evaluation_and_bad_files_are_refused() {
     let _ = cycles(&file);
     let model = dir.path().join("m.model");
     let out = tongban(&[
+        "--log-format",
+        "json",
         "train",
         "--events",
         file.to_str().unwrap(),
@@ -177,6 +179,14 @@ fn a_trained_model_file_loads_for_evaluation_and_bad_files_are_refused() {
         model.to_str().unwrap(),
         "--json",
     ]);
+    // The training's progress lines are JSON objects with a level and the epoch.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert!(logs.iter().any(|l| l["level"] == "INFO" && l["fields"]["epoch"].is_number()), "{stderr}");
     let v = ok_json(&out);
     assert_eq!(v["header"]["data"]["events"], v["header"]["data"]["events"].as_u64().unwrap());
     assert!(v["header"]["schema_hash"].as_str().unwrap().len() == 16);
