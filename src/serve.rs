@@ -351,6 +351,10 @@ pub struct PushProcessArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub common: PushProcessArgs,
+    /// Serve /healthz, /readyz (the store and queue answer) and /metrics (push counts, queue
+    /// depth) on this address, for a supervisor or Prometheus.
+    #[arg(long, env = "TONGBAN_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -396,7 +400,13 @@ pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let pusher = pusher_for(&args.common).await?;
-        let worker = args.common.push.worker(pusher)?;
+        let worker = args.common.push.worker(pusher.clone())?;
+        if let Some(addr) = args.health_addr {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --health-addr {addr}"))?;
+            tokio::spawn(tongban_server::deliver::health::serve(listener, pusher));
+            eprintln!("worker health and metrics on http://{addr}/healthz, /readyz, /metrics");
+        }
         eprintln!(
             "tongban worker {} delivering from Redis ({} partitions)",
             worker.cfg.consumer, args.common.push.partitions

@@ -1093,7 +1093,7 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("deliveries.jsonl");
     let batch = 256;
-    let spawn = || {
+    let spawn_with = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tongban"))
             .args([
                 "worker",
@@ -1107,6 +1107,7 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
             .arg(&log)
             .args(["--reclaim-after-ms", "500", "--scan-every-secs", "0", "--partitions", "4"])
             .args(["--batch", &batch.to_string(), "--webhook-url", &hook])
+            .args(extra)
             .env("TONGBAN_WEBHOOK_SECRET", std::str::from_utf8(WEBHOOK_SECRET).unwrap())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
@@ -1114,6 +1115,7 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
             .spawn()
             .unwrap()
     };
+    let spawn = || spawn_with(&[]);
     let wait = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
         let started = std::time::Instant::now();
         while !done() {
@@ -1128,7 +1130,19 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     first.kill().unwrap(); // SIGKILL: no chance to finish its batch
     first.wait().unwrap();
     let at_kill = deliveries(&log).len();
-    let mut second = spawn();
+    // The second worker serves its health and metrics.
+    let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut second = spawn_with(&["--health-addr", &health.to_string()]);
+    let probe = reqwest::Client::new();
+    let mut ready = None;
+    for _ in 0..200 {
+        if let Ok(r) = probe.get(format!("http://{health}/readyz")).send().await {
+            ready = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready.as_ref().map(|r| r["store"].clone()), Some(json!("redis")), "{ready:?}");
     let started = std::time::Instant::now();
     loop {
         let d = queue.depth().await.unwrap();
@@ -1138,6 +1152,8 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
         assert!(started.elapsed() < Duration::from_secs(120), "the queue did not drain: {d:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let metrics = probe.get(format!("http://{health}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tongban_pushes_total{status=\"delivered\""), "{metrics}");
     second.kill().unwrap();
     second.wait().unwrap();
     let all = deliveries(&log);

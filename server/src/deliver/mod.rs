@@ -5,6 +5,7 @@
 //! at least once: receivers de-duplicate by push id (the inbox does).
 
 pub mod channel;
+pub mod health;
 
 use std::future::Future;
 use std::sync::Arc;
