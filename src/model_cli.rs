@@ -98,6 +98,10 @@ pub struct EvalArgs {
     /// Evaluate this model file instead of training on the training part.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Write the figures into the --model file's header (its evaluation, as the console's
+    /// overview and model comparison show it); the file is replaced atomically.
+    #[arg(long, requires = "model")]
+    pub record: bool,
     /// Model parameters (JSON, as written by `tongban tune`) for the model trained here.
     #[arg(long)]
     pub params: Option<PathBuf>,
@@ -205,17 +209,21 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut data = args.data.load()?;
     let protocol = protocol(args, &mut data)?;
+    let mut in_sample = false;
     let loaded = match &args.model {
         Some(p) => {
             let (m, h) = tongban_model::artifact::load(p, data.catalogue.clone())?;
-            if h.data.fingerprint == sha256_file(&args.data.log.events)? {
+            // The temporal protocol's targets are in --future, not in the training file.
+            let temporal = matches!(protocol, Protocol::Temporal { .. });
+            if !temporal && h.data.fingerprint == sha256_file(&args.data.log.events)? {
+                in_sample = true;
                 eprintln!(
                     "note: {} was trained on this very file, test targets included: its figures are optimistic. \
                      Leave out --model to train on the training part only.",
                     p.display()
                 );
             }
-            Some(m)
+            Some((m, h))
         }
         None => None,
     };
@@ -224,7 +232,7 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
         segments: &data.segments,
         catalogue: data.catalogue.clone(),
         params: read_params(args.params.as_deref())?,
-        model: loaded.as_ref(),
+        model: loaded.as_ref().map(|(m, _)| m),
         ks: args.k.clone(),
         seed: args.seed,
     };
@@ -232,6 +240,36 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
     let secs = started.elapsed().as_secs_f64();
     if let Some(dir) = &args.report {
         crate::report::write(dir, &report, &args.data.log.events)?;
+    }
+    if let (true, Some((model, header)), Some(path)) = (args.record, &loaded, &args.model) {
+        let scorers: serde_json::Map<String, serde_json::Value> = report
+            .scorers
+            .iter()
+            .map(|s| {
+                let mut m = serde_json::Map::new();
+                for (k, v) in &s.metrics.hr {
+                    m.insert(format!("hr@{k}"), json!(v));
+                }
+                for (k, v) in &s.metrics.ndcg {
+                    m.insert(format!("ndcg@{k}"), json!(v));
+                }
+                (s.name.clone(), serde_json::Value::Object(m))
+            })
+            .collect();
+        let mut header = header.clone();
+        header.metrics = Some(json!({
+            "protocol": report.protocol,
+            "events": args.data.log.events.display().to_string(),
+            "cases": report.scorers.first().map_or(0, |s| s.metrics.cases),
+            "evaluated_at": now_rfc3339(),
+            "in_sample": in_sample,
+            "scorers": scorers,
+        }));
+        // A new file beside, then a rename: a crash leaves the old file or the new, never half.
+        let tmp = path.with_extension("recording");
+        tongban_model::artifact::save(&tmp, model, &header).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        eprintln!("recorded the evaluation in {}", path.display());
     }
     if args.json {
         print_json(&json!({ "report": report, "seconds": secs }))?;

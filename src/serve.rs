@@ -549,8 +549,14 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         None => None,
     };
     let state = tongban_server::state(Models::new(served, catalogue), store, queue, settings, segments, templates);
+    let imported = analytics.is_some();
     if let Some(a) = analytics {
         state.console.set_analytics(a);
+    }
+    // On the durable store the console's analytics survive a restart too (an import rebuilds
+    // them from the whole log instead).
+    if let Backing::Disk(dir) = &backing {
+        state.console.keep_in(dir.join("analytics.bin"), imported);
     }
     let with_worker = args.with_worker || !matches!(backing, Backing::Redis { .. });
     let worker = match (&state.pusher, with_worker) {
@@ -692,6 +698,24 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
                 .arg("--out")
                 .arg(&model),
             "training a model (sequence model: 4 epochs, for a quick start)",
+        )?;
+        // Its evaluation on the 90 days after the cut-off, recorded in the file: the console's
+        // overview and model comparison show it.
+        step(
+            std::process::Command::new(exe()?)
+                .arg("eval")
+                .args(&cat)
+                .arg("--events")
+                .arg(&events)
+                .arg("--protocol")
+                .arg("temporal")
+                .arg("--future")
+                .arg(dir.join("future.csv"))
+                .args(["--k", "1,5,10"])
+                .arg("--model")
+                .arg(&model)
+                .arg("--record"),
+            "evaluating it on the 90 days after the cut-off (recorded in the model file)",
         )?;
     }
     let manifest: serde_json::Value = std::fs::read(dir.join("manifest.json"))

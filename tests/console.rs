@@ -93,40 +93,48 @@ async fn the_console_works_in_a_real_browser() {
     ]);
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     std::fs::write(&approvals_json, &report.stdout).unwrap();
+    let approvals: Value = serde_json::from_slice(&report.stdout).unwrap();
 
     let (hook, calls) = receiver().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let now = tongban_features::time::Timestamp(m.now).to_string();
     let log = dir.path().join("serve.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_tongban"))
-        .args(["serve", "--scan-every-secs", "0", "--max-attempts", "1", "--now", &now])
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--webhook-url", &hook])
-        .arg("--model")
-        .arg(m.model_file.path())
-        .arg("--data")
-        .arg(dir.path().join("state"))
-        .arg("--import")
-        .arg(&events)
-        .env("TONGBAN_OPERATOR_KEYS", KEY)
-        .env("TONGBAN_WEBHOOK_SECRET", "console-test-webhook-secret")
-        .env("RUST_LOG", "info,tongban_server::access=info")
-        .env_remove("TONGBAN_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _server = Killed(child);
-    let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..600 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            up = true;
-            break;
+    let spawn = |import: bool, log: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tongban"));
+        cmd.args(["serve", "--scan-every-secs", "0", "--max-attempts", "1", "--now", &now])
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--webhook-url", &hook])
+            .arg("--model")
+            .arg(m.model_file.path())
+            .arg("--data")
+            .arg(dir.path().join("state"));
+        if import {
+            cmd.arg("--import").arg(&events);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "serve did not come up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        cmd.env("TONGBAN_OPERATOR_KEYS", KEY)
+            .env("TONGBAN_WEBHOOK_SECRET", "console-test-webhook-secret")
+            .env("RUST_LOG", "info,tongban_server::access=info")
+            .env_remove("TONGBAN_REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let wait_up = |log: PathBuf| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            for _ in 0..600 {
+                if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("serve did not come up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    };
+    let server = Killed(spawn(true, &log));
+    wait_up(log.clone()).await;
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut r = client.request(method, format!("{base}{path}")).header("x-api-key", KEY);
         if let Some(b) = body {
@@ -195,9 +203,47 @@ async fn the_console_works_in_a_real_browser() {
     assert!(stdout.contains("checks passed"), "{stdout}");
     // The redelivered push reached the receiver.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // A clean stop and a restart without --import: the console's figures are read back from
+    // the data directory, not lost.
+    let total = |page: String| {
+        let start =
+            page.find("id=\"approvals-total\">").expect("the approvals total") + "id=\"approvals-total\">".len();
+        page[start..start + page[start..].find('<').unwrap()].to_string()
+    };
+    // Log in as a browser would: the session cookie comes with the redirect.
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = || async {
+        let r = no_redirect.post(format!("{base}/console/login")).form(&[("key", KEY)]).send().await.unwrap();
+        assert_eq!(r.status(), 303);
+        let c = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        c[..c.find(';').unwrap()].to_owned()
+    };
+    let page = |cookie: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = client.get(format!("{base}/console/approvals")).header("cookie", cookie).send().await.unwrap();
+            r.text().await.unwrap()
+        }
+    };
+    let before = total(page(login().await).await);
+    let mut server = server;
+    assert!(Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
+    assert!(server.0.wait().unwrap().success(), "a clean exit on SIGTERM");
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let log2 = dir.path().join("serve2.log");
+    let _second = Killed(spawn(false, &log2));
+    wait_up(log2.clone()).await;
+    let after = total(page(login().await).await);
+    assert_eq!(
+        after,
+        before,
+        "the analytics survive a restart: {}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
+    assert_eq!(before, approvals["applications"].to_string());
+
     // The access log is on and names route templates, never a subject id (the console's
     // look-up is a POST: the id is in no URL either).
-    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(server_log.contains("/console/subjects"), "the access log is on: {server_log}");
     assert!(!server_log.contains(&subject), "subject {subject} in the server log");
 }

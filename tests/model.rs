@@ -206,6 +206,26 @@ fn a_trained_model_file_loads_for_evaluation_and_bad_files_are_refused() {
     };
     let v = ok_json(&eval(&model));
     assert!(metric(&v["report"], "tongban", "hr", 1) > 0.95);
+    // --record writes the figures into the file's header (the console shows them); the file
+    // still loads and evaluates the same.
+    let recorded = tongban(&[
+        "eval",
+        "--events",
+        file.to_str().unwrap(),
+        "--format",
+        "lines",
+        "--protocol",
+        "loo-full-repeat",
+        "--model",
+        model.to_str().unwrap(),
+        "--record",
+    ]);
+    assert!(recorded.status.success(), "{}", String::from_utf8_lossy(&recorded.stderr));
+    let (_, header) = tongban_model::artifact::load(&model, None).unwrap();
+    let m = header.metrics.expect("recorded");
+    assert_eq!(m["in_sample"], true, "{m}");
+    assert_eq!(m["scorers"]["tongban"]["hr@1"].as_f64(), Some(metric(&v["report"], "tongban", "hr", 1)), "{m}");
+    assert!(metric(&ok_json(&eval(&model))["report"], "tongban", "hr", 1) > 0.95);
 
     let bytes = std::fs::read(&model).unwrap();
     let cut = dir.path().join("cut.model");

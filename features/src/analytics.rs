@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalogue::Catalogue;
 use crate::domain::{Channel, EventKind};
@@ -41,7 +41,7 @@ const TREND_MONTHS: usize = 12;
 
 /// Non-negative day counts in bins of a tenth of a day up to 400 days (one overflow bin):
 /// quantiles in bounded memory, allocated on the first sample.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DayHist {
     bins: Vec<u32>,
     n: u64,
@@ -89,7 +89,7 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Tally {
     n: u64,
     sum: u64,
@@ -123,7 +123,7 @@ impl Tally {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ServiceAcc {
     ratings: Tally,
     /// yyyymm -> ratings of that month (Asia/Shanghai).
@@ -141,14 +141,14 @@ struct ServiceAcc {
     excess_days: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Open {
     applied: i64,
     suspended_at: Option<i64>,
     untimed: f64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct StepAcc {
     reached: u64,
     waits: DayHist,
@@ -159,6 +159,8 @@ struct StepAcc {
 /// [`apply_named`]: Analytics::apply_named
 #[derive(Debug, Clone)]
 pub struct Analytics {
+    /// The catalogue's fingerprint: a snapshot is only read back with the same catalogue.
+    catalogue: String,
     limits: Vec<u32>,
     services: Vec<ServiceAcc>,
     steps: Vec<Vec<StepAcc>>,
@@ -174,6 +176,7 @@ pub struct Analytics {
 impl Analytics {
     pub fn new(cat: &Catalogue) -> Analytics {
         Analytics {
+            catalogue: cat.fingerprint().to_owned(),
             limits: cat.services().iter().map(|s| s.time_limit_days).collect(),
             services: vec![ServiceAcc::default(); cat.services().len()],
             steps: cat.bundles().iter().map(|b| vec![StepAcc::default(); b.steps.len()]).collect(),
@@ -184,6 +187,46 @@ impl Analytics {
             first_at: None,
             last_at: None,
         }
+    }
+
+    /// The accumulator as bytes (postcard), to survive a restart.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let snap = Snapshot {
+            version: SNAPSHOT_VERSION,
+            catalogue: self.catalogue.clone(),
+            services: self.services.clone(),
+            steps: self.steps.clone(),
+            open: self.open.iter().map(|(k, v)| (*k, *v)).collect(),
+            journeys: self.journeys.iter().map(|(k, v)| (*k, v.to_vec())).collect(),
+            subjects: (0..self.subjects.len() as u32).map(|i| self.subjects.name(i).to_owned()).collect(),
+            events: self.events,
+            first_at: self.first_at,
+            last_at: self.last_at,
+        };
+        postcard::to_allocvec(&snap).expect("plain data serialises")
+    }
+
+    /// Reads [`to_snapshot`]'s bytes back; refuses another version or another catalogue.
+    ///
+    /// [`to_snapshot`]: Analytics::to_snapshot
+    pub fn from_snapshot(bytes: &[u8], cat: &Catalogue) -> Result<Analytics, String> {
+        let snap: Snapshot = postcard::from_bytes(bytes).map_err(|e| format!("unreadable analytics snapshot: {e}"))?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(format!("analytics snapshot version {}, expected {SNAPSHOT_VERSION}", snap.version));
+        }
+        if snap.catalogue != cat.fingerprint() || snap.services.len() != cat.services().len() {
+            return Err("the analytics snapshot was made with another catalogue".into());
+        }
+        let mut a = Analytics::new(cat);
+        a.services = snap.services;
+        a.steps = snap.steps;
+        a.open = snap.open.into_iter().collect();
+        a.journeys = snap.journeys.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
+        for name in &snap.subjects {
+            a.subjects.intern(name);
+        }
+        (a.events, a.first_at, a.last_at) = (snap.events, snap.first_at, snap.last_at);
+        Ok(a)
     }
 
     /// Events seen, and the time of the newest.
@@ -535,6 +578,22 @@ impl Analytics {
     }
 }
 
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    catalogue: String,
+    services: Vec<ServiceAcc>,
+    steps: Vec<Vec<StepAcc>>,
+    open: Vec<((u32, u32), Open)>,
+    journeys: Vec<((u32, u32), Vec<i64>)>,
+    subjects: Vec<String>,
+    events: u64,
+    first_at: Option<i64>,
+    last_at: Option<i64>,
+}
+
 fn month_row(m: u32, t: &Tally) -> MonthRatings {
     MonthRatings { month: format!("{}-{:02}", m / 100, m % 100), n: t.n, mean: t.mean(), bad_share: t.bad_share() }
 }
@@ -798,6 +857,28 @@ mod tests {
         let j = r.bundles.iter().find(|j| j.bundle == bundle.id).unwrap();
         assert_eq!(j.steps[1].stalled, 4);
         assert!(r.stalls.iter().any(|s| s.bundle == bundle.id && s.step == 1 && s.stalled == 4));
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_the_same_figures_and_refuses_another_catalogue() {
+        let cat = Catalogue::builtin();
+        let svc = cat.services().iter().position(|s| !s.granted_without_applying).unwrap() as u32;
+        let mut a = Analytics::new(&cat);
+        a.apply_named("p1", &ev(0, svc, EventKind::Applied, 0, "2025-01-01T01:00:00Z"), &cat);
+        a.apply_named("p1", &ev(0, svc, EventKind::Completed, 0, "2025-01-09T01:00:00Z"), &cat);
+        a.apply_named("p2", &ev(0, svc, EventKind::Applied, 0, "2025-01-02T01:00:00Z"), &cat);
+        a.apply_named("p2", &ev(0, svc, EventKind::Rated, 2, "2025-01-03T01:00:00Z"), &cat);
+        let b = Analytics::from_snapshot(&a.to_snapshot(), &cat).unwrap();
+        let (ra, rb) = (a.reports(&cat, None), b.reports(&cat, None));
+        assert_eq!(serde_json::to_string(&ra).unwrap(), serde_json::to_string(&rb).unwrap());
+        assert_eq!(rb.approvals.open, 1);
+        // p2's open application still closes after the restart.
+        let mut b = b;
+        b.apply_named("p2", &ev(0, svc, EventKind::Completed, 0, "2025-01-06T01:00:00Z"), &cat);
+        assert_eq!(b.approvals(&cat).applications, 2);
+        let other = cat.clone().with_long_tail(cat.services().len() + 5);
+        assert!(Analytics::from_snapshot(&a.to_snapshot(), &other).is_err());
+        assert!(Analytics::from_snapshot(b"junk", &cat).is_err());
     }
 
     #[test]

@@ -86,15 +86,25 @@ pub async fn serve_draining(
         let state = state.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(console::SAMPLE_EVERY);
+            let mut ticks = 0u64;
+            let save_every = (console::SAVE_EVERY.as_secs() / console::SAMPLE_EVERY.as_secs()).max(1);
             loop {
                 every.tick().await;
                 if let Ok(counts) = state.queue.counts().await {
                     state.console.sample(clock::wall_ms(), counts);
                 }
+                ticks += 1;
+                if ticks.is_multiple_of(save_every) {
+                    let console = state.clone();
+                    let saved = tokio::task::spawn_blocking(move || console.console.save()).await;
+                    if let Ok(Err(e)) = saved {
+                        tracing::warn!(error = %e, "saving the console's analytics");
+                    }
+                }
             }
         })
     };
-    let app = router(state);
+    let app = router(state.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // HTTP/1.1 only: hyper-util's auto builder (HTTP/2 too) first waits for bytes to tell the
     // two apart, so a client that sends nothing would never meet the header deadline.
@@ -124,6 +134,10 @@ pub async fn serve_draining(
     }
     drop(listener);
     sampler.abort();
+    let console = state.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || console.console.save()).await {
+        tracing::warn!(error = %e, "saving the console's analytics");
+    }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }

@@ -37,6 +37,9 @@ use crate::app::AppState;
 use crate::locale::Locale;
 use crate::queue::{Count, Status};
 
+/// How often the accumulator is saved to its snapshot (when it changed).
+pub const SAVE_EVERY: Duration = Duration::from_secs(300);
+
 /// How often the server samples the queue's counts, and how many samples it keeps (a day).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 const SAMPLES_KEPT: usize = 24 * 60 + 1;
@@ -63,6 +66,9 @@ pub struct Console {
     catalogue: Option<Arc<Catalogue>>,
     analytics: Mutex<Option<Analytics>>,
     cache: Mutex<Option<(Instant, Arc<Reports>)>>,
+    /// Where the accumulator is kept across restarts (the durable store's directory), and the
+    /// event count at the last save.
+    snapshot: Mutex<Option<(std::path::PathBuf, u64)>>,
 }
 
 impl fmt::Debug for Console {
@@ -82,6 +88,7 @@ impl Console {
             catalogue,
             analytics: Mutex::new(analytics),
             cache: Mutex::default(),
+            snapshot: Mutex::default(),
         }
     }
 
@@ -89,6 +96,48 @@ impl Console {
     pub fn set_analytics(&self, a: Analytics) {
         *self.analytics.lock().expect("no panics while holding the lock") = Some(a);
         *self.cache.lock().expect("no panics while holding the lock") = None;
+    }
+
+    /// Keeps the accumulator in `path` across restarts: reads it now (unless an import already
+    /// set the accumulator: `from_import`), writes it on [`Console::save`]. A snapshot that
+    /// cannot be read (another catalogue, another version) is set aside with a warning.
+    pub fn keep_in(&self, path: std::path::PathBuf, from_import: bool) {
+        if let (false, Some(cat), Ok(bytes)) = (from_import, &self.catalogue, std::fs::read(&path)) {
+            match Analytics::from_snapshot(&bytes, cat) {
+                Ok(a) => {
+                    tracing::info!(events = a.events(), path = %path.display(), "console analytics read back");
+                    self.set_analytics(a);
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "console analytics start empty"),
+            }
+        }
+        *self.snapshot.lock().expect("no panics while holding the lock") = Some((path, u64::MAX));
+    }
+
+    /// Writes the accumulator to its snapshot file if it changed (a new file, fsync'd, then a
+    /// rename: a crash leaves the old snapshot or the new). Events accepted after the last save
+    /// and before a crash are in the store but missing from the console's figures.
+    pub fn save(&self) -> std::io::Result<()> {
+        let mut keep = self.snapshot.lock().expect("no panics while holding the lock");
+        let Some((path, saved_at)) = keep.as_mut() else { return Ok(()) };
+        let bytes = {
+            let a = self.analytics.lock().expect("no panics while holding the lock");
+            match a.as_ref() {
+                Some(a) if a.events() != *saved_at => {
+                    *saved_at = a.events();
+                    a.to_snapshot()
+                }
+                _ => return Ok(()),
+            }
+        };
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &*path)
     }
 
     /// Counts events a store accepted for `subject`.
