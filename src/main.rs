@@ -118,13 +118,16 @@ impl CatalogueArgs {
 
 #[derive(clap::Args, Debug)]
 struct GenerateArgs {
+    /// Persons to simulate (residents of Dalian, hukou local or not).
     #[arg(long, default_value_t = 10_000)]
     persons: u64,
+    /// Enterprises to simulate.
     #[arg(long, default_value_t = 500)]
     enterprises: u64,
     /// Years of history before the cut-off.
     #[arg(long, default_value_t = 3)]
     years: u32,
+    /// Seed: the same seed and arguments give byte-identical files.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Cut-off date (YYYY-MM-DD, Asia/Shanghai): events.csv ends, future.csv begins.
@@ -136,6 +139,7 @@ struct GenerateArgs {
     /// Monte Carlo draws per subject for truth.jsonl.
     #[arg(long, default_value_t = 200)]
     truth_samples: u32,
+    /// Output format of events.csv / future.csv (jsonl writes .jsonl files).
     #[arg(long, value_enum, default_value_t = OutFormat::Csv)]
     format: OutFormat,
     /// Output folder (created if absent).
@@ -227,6 +231,7 @@ struct ProfileArgs {
     /// Candidates to show.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -235,6 +240,7 @@ struct ProfileArgs {
 struct InspectArgs {
     #[command(flatten)]
     log: LogArgs,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }

@@ -67,8 +67,9 @@ impl DataArgs {
     }
 }
 
+/// The data and the protocol: what `eval` and `tune` share.
 #[derive(clap::Args, Debug)]
-pub struct EvalArgs {
+pub struct ProtocolArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// loo-full (history masked), loo-full-repeat, loo-sampled, temporal.
@@ -92,6 +93,12 @@ pub struct EvalArgs {
     /// temporal: truth.jsonl of the generator, for the oracle.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub protocol_args: ProtocolArgs,
     /// Write report.md and report.html into this folder.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -105,8 +112,16 @@ pub struct EvalArgs {
     /// Model parameters (JSON, as written by `tongban tune`) for the model trained here.
     #[arg(long)]
     pub params: Option<PathBuf>,
+    /// Print the report as JSON on stdout (with the run's seconds) instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+impl std::ops::Deref for EvalArgs {
+    type Target = ProtocolArgs;
+    fn deref(&self) -> &ProtocolArgs {
+        &self.protocol_args
+    }
 }
 
 /// Reads model parameters from a JSON file (the `params` of `tongban tune`'s output, or a
@@ -172,7 +187,7 @@ fn read_negatives(path: &Path, log: &EventLog) -> Result<HashMap<u32, Vec<u32>>>
 }
 
 /// Builds the protocol from the flags; reads the future log into the training log's indices.
-pub fn protocol(args: &EvalArgs, data: &mut Data) -> Result<Protocol> {
+pub fn protocol(args: &ProtocolArgs, data: &mut Data) -> Result<Protocol> {
     Ok(match args.protocol.as_str() {
         "loo-full" => Protocol::LooFull { mask_history: true },
         "loo-full-repeat" => Protocol::LooFull { mask_history: false },
@@ -321,6 +336,7 @@ pub struct TrainArgs {
     /// Sequence logs (pairs, lines): leave the subject's own services out of the candidates.
     #[arg(long)]
     pub mask_history: bool,
+    /// Print the result as JSON on stdout (with time and peak memory).
     #[arg(long)]
     pub json: bool,
 }
@@ -388,7 +404,7 @@ pub fn train(args: &TrainArgs) -> Result<ExitCode> {
 #[derive(clap::Args, Debug)]
 pub struct TuneArgs {
     #[command(flatten)]
-    pub eval: EvalArgs,
+    pub eval: ProtocolArgs,
     /// Random-search trials.
     #[arg(long, default_value_t = 12)]
     pub trials: usize,

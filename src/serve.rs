@@ -40,11 +40,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TONGBAN_MEMORY")]
     pub memory: bool,
     /// Prefix of every Redis key (to share one Redis between deployments).
+    /// Prefix of every Redis key (several deployments on one Redis).
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
     /// Start even when Redis has no persistence (appendonly and save off): for tests only.
     #[arg(long, env = "TONGBAN_ALLOW_VOLATILE_REDIS")]
     pub allow_volatile_redis: bool,
+    /// Address to listen on (HOST:PORT).
     #[arg(long, env = "TONGBAN_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Build profiles from this event log at start-up (native CSV/JSONL).
@@ -57,10 +59,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TONGBAN_NOW")]
     pub now: Option<String>,
     /// Base URL of the portal, for links to services.
+    /// The portal's base URL, for the links in suggestions and messages.
     #[arg(long, env = "TONGBAN_PORTAL_URL", default_value = "https://zwfw.dl.gov.cn")]
     pub portal_url: String,
+    /// Most events in one POST /v1/events.
     #[arg(long, env = "TONGBAN_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+    /// Largest request body in bytes (larger answers 413).
     #[arg(long, env = "TONGBAN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
     /// Push templates folder (`zh-CN.toml`, `en.toml`), checked at start-up [default: the
@@ -93,6 +98,7 @@ pub struct PushArgs {
     /// TONGBAN_WEBHOOK_SECRET (at least 16 bytes).
     #[arg(long, env = "TONGBAN_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// Webhook request timeout in milliseconds (a timeout is retried).
     #[arg(long, env = "TONGBAN_WEBHOOK_TIMEOUT_MS", default_value_t = 5000)]
     pub webhook_timeout_ms: u64,
     /// The log channel: one JSON line per delivered push, to this file (`-`: standard output).
@@ -330,6 +336,7 @@ pub struct PushProcessArgs {
     /// Start even when Redis has no persistence (appendonly and save off): for tests only.
     #[arg(long, env = "TONGBAN_ALLOW_VOLATILE_REDIS")]
     pub allow_volatile_redis: bool,
+    /// Prefix of every Redis key (several deployments on one Redis).
     #[arg(long, env = "TONGBAN_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
     /// Catalogue file or folder [default: the built-in Dalian catalogue].
@@ -341,6 +348,7 @@ pub struct PushProcessArgs {
     /// Pin the policy clock (RFC 3339).
     #[arg(long, env = "TONGBAN_NOW")]
     pub now: Option<String>,
+    /// The portal's base URL, for the links in suggestions and messages.
     #[arg(long, env = "TONGBAN_PORTAL_URL", default_value = "https://zwfw.dl.gov.cn")]
     pub portal_url: String,
     #[command(flatten)]
@@ -600,6 +608,7 @@ pub struct DemoArgs {
     /// embedded store and queue; delete it to start over).
     #[arg(long, default_value = "data/demo")]
     pub dir: PathBuf,
+    /// Address to listen on (HOST:PORT).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Catalogue file or folder [default: the built-in Dalian catalogue].
