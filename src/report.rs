@@ -113,8 +113,17 @@ fn svg(r: &EvalReport, title: &str, pick: impl Fn(&tongban_model::eval::Metrics)
     out + "</svg>"
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// The report's Markdown as HTML (tables as tables). Raw HTML in the Markdown is escaped: the
+/// report quotes file names and scorer names, which must not become markup.
+fn markdown_html(md: &str) -> String {
+    use pulldown_cmark::{Event, Options, Parser};
+    let parser = Parser::new_ext(md, Options::ENABLE_TABLES).map(|e| match e {
+        Event::Html(t) | Event::InlineHtml(t) => Event::Text(t),
+        e => e,
+    });
+    let mut out = String::new();
+    pulldown_cmark::html::push_html(&mut out, parser);
+    out
 }
 
 pub fn write(dir: &Path, r: &EvalReport, source: &Path) -> Result<()> {
@@ -126,9 +135,10 @@ pub fn write(dir: &Path, r: &EvalReport, source: &Path) -> Result<()> {
     let ndcg = svg(r, "NDCG@k", |m| m.ndcg.iter().map(|x| x.1).collect());
     let html = format!(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>tongban evaluation</title>\
-         <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head>\
-         <body><h1>tongban evaluation</h1>{hr}{ndcg}<h2>Tables</h2><pre>{}</pre></body></html>\n",
-        escape(&md)
+         <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+         th,td{{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:right}}th:first-child,td:first-child{{text-align:left}}</style></head>\
+         <body><h1>tongban evaluation</h1>{hr}{ndcg}{}</body></html>\n",
+        markdown_html(&md)
     );
     std::fs::write(dir.join("report.html"), html)
         .with_context(|| format!("writing {}", dir.join("report.html").display()))?;

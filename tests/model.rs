@@ -96,6 +96,8 @@ fn temporal_evaluation_reports_the_model_the_baselines_and_the_oracle() {
     assert!(md.contains("| tongban |") && md.contains("ties:"), "{md}");
     let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("oracle"));
+    // The tables are HTML tables, not Markdown text.
+    assert!(html.contains("<table>") && html.contains("<td>tongban</td>") && !html.contains("| tongban |"), "{html}");
 }
 
 /// Users walk one of two fixed cycles; the next item is always determined by the last.
