@@ -502,6 +502,12 @@ async fn openapi_covers_every_route_and_every_route_answers() {
     }
     // A route missing from the document answers 404.
     assert_eq!(app.get("/v1/nothing").await.0, 404);
+    // Open (no keys): no route asks for a key; /docs is declared as the HTML it is.
+    assert!(!doc.to_string().contains("\"security\""), "an open server declares no security");
+    assert!(doc["paths"]["/docs"]["get"]["responses"]["200"]["content"]["text/html"].is_object());
+    // With keys, the keyed routes declare the key.
+    let keyed = tongban_server::openapi::document(false);
+    assert_eq!(keyed["paths"]["/v1/events"]["post"]["security"][0]["apiKey"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,7 @@ pub const ROUTES: &[RouteDoc] = &[
     ("get", "/readyz", "Readiness: the store answers and a model is loaded", "none", &[], None, "Ready"),
     ("get", "/metrics", "Prometheus metrics", "none", &[], None, "Text"),
     ("get", "/openapi.json", "This document", "none", &[], None, "Object"),
-    ("get", "/docs", "This document as a readable page", "none", &[], None, "Text"),
+    ("get", "/docs", "This document as a readable page", "none", &[], None, "Html"),
     ("get", "/ping", "A static answer (the baseline of load tests)", "none", &[], None, "Text"),
     ("get", "/admin/models", "Loaded models and their metadata", "operator", &[], None, "Object"),
     ("post", "/admin/models", "Load, validate and activate a model file", "operator", &[], Some("Activate"), "Object"),
@@ -212,8 +212,9 @@ fn schemas() -> Value {
     })
 }
 
-/// The whole document.
-pub fn document() -> Value {
+/// The whole document. `open`: no API keys are configured, so no route asks for one (the
+/// document says what this server does, not what a keyed deployment would).
+pub fn document(open: bool) -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for &(method, path, summary, scope, query, body, resp) in ROUTES {
         let mut params: Vec<Value> = query
@@ -225,8 +226,9 @@ pub fn document() -> Value {
                 params.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
             }
         }
-        let ok = if resp == "Text" {
-            json!({ "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } })
+        let ok = if resp == "Text" || resp == "Html" {
+            let media = if resp == "Html" { "text/html" } else { "text/plain" };
+            json!({ "description": "OK", "content": { media: { "schema": { "type": "string" } } } })
         } else if resp == "Empty" {
             json!({ "description": "Done" })
         } else {
@@ -239,7 +241,7 @@ pub fn document() -> Value {
             "parameters": params,
             "responses": { status: ok, "default": problem },
         });
-        if scope != "none" {
+        if scope != "none" && !open {
             op["security"] = json!([{ "apiKey": [] }]);
             op["description"] = json!(format!("Needs an API key of scope `{scope}` (or operator)."));
         }

@@ -32,8 +32,8 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
     ([("content-type", "text/plain; version=0.0.4")], body)
 }
 
-pub(super) async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+pub(super) async fn openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(crate::openapi::document(state.settings.keys.is_open()))
 }
 
 pub(super) async fn docs() -> Html<String> {
