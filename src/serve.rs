@@ -614,6 +614,12 @@ pub struct DemoArgs {
     /// Catalogue file or folder [default: the built-in Dalian catalogue].
     #[arg(long)]
     pub catalogue: Option<PathBuf>,
+    /// Persons of the generated history (when DIR has none yet).
+    #[arg(long, default_value_t = 20_000)]
+    pub persons: u64,
+    /// Companies of the generated history (when DIR has none yet).
+    #[arg(long, default_value_t = 2_000)]
+    pub enterprises: u64,
 }
 
 fn exe() -> Result<PathBuf> {
@@ -674,18 +680,15 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
                 .args([
                     "generate",
                     "--persons",
-                    "20000",
+                    &args.persons.to_string(),
                     "--enterprises",
-                    "2000",
-                    "--seed",
-                    "7",
-                    "--truth-samples",
-                    "0",
+                    &args.enterprises.to_string(),
                 ])
+                .args(["--seed", "7", "--truth-samples", "0"])
                 .args(&cat)
                 .arg("--out")
                 .arg(dir),
-            "generating a small Dalian history (20,000 people, 2,000 companies)",
+            &format!("generating a small Dalian history ({} people, {} companies)", args.persons, args.enterprises),
         )?;
     }
     if !model.exists() {
