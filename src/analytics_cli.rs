@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 
 use tongban_features::analytics::Analytics;
-use tongban_features::io::{read_log_into, BadRowPolicy, EventLog, LogFormat};
+use tongban_features::io::{BadRowPolicy, EventLog, LogFormat};
 use tongban_server::console::analytics::{self, Which};
 use tongban_server::locale::Locale;
 
@@ -59,7 +59,7 @@ pub fn run(args: &ReportArgs) -> Result<std::process::ExitCode> {
     let Some(format) = LogFormat::from_name("native", &args.events) else {
         bail!("{}: expected a native log (.csv or .jsonl)", args.events.display());
     };
-    let (log, _) = read_log_into(&args.events, format, BadRowPolicy::Fail, EventLog::for_catalogue(&cat))?;
+    let (log, _) = crate::read_log_with_progress(&args.events, format, BadRowPolicy::Fail, EventLog::for_catalogue(&cat))?;
     let read = started.elapsed();
     if log.events.is_empty() {
         bail!("{}: the log holds no events: nothing to report", args.events.display());

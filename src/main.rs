@@ -197,7 +197,7 @@ impl LogArgs {
         let Some(format) = LogFormat::from_name(&self.format, &self.events) else {
             bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.format);
         };
-        let (log, report) = read_log_into(&self.events, format, self.policy(), base)?;
+        let (log, report) = read_log_with_progress(&self.events, format, self.policy(), base)?;
         if report.skipped > 0 {
             eprintln!(
                 "warning: skipped {} bad rows of {} in {} (first: line {}: {})",
@@ -333,6 +333,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A spinner on stderr while a long step runs (hidden when stderr is not a terminal).
+pub fn spinner(msg: String) -> ProgressBar {
+    let b = ProgressBar::new_spinner();
+    b.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"));
+    b.set_message(msg);
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    b
+}
+
+/// Reads a log with a spinner naming the file.
+pub fn read_log_with_progress(
+    path: &std::path::Path,
+    format: LogFormat,
+    policy: BadRowPolicy,
+    base: tongban_features::io::EventLog,
+) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
+    let bar = spinner(format!("reading {}", path.display()));
+    let read = read_log_into(path, format, policy, base);
+    bar.finish_and_clear();
+    Ok(read?)
 }
 
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use tongban_features::catalogue::Catalogue;
-use tongban_features::io::{read_log_into, read_subjects, EventLog, LogFormat};
+use tongban_features::io::{read_subjects, EventLog, LogFormat};
 use tongban_features::time::Timestamp;
 use tongban_model::eval::{evaluate, EvalInput, EvalReport, Negatives, Protocol, Truth};
 use tongban_model::ranker::Learner;
@@ -200,7 +200,7 @@ pub fn protocol(args: &ProtocolArgs, data: &mut Data) -> Result<Protocol> {
         },
         "temporal" => {
             let Some(f) = &args.future else { bail!("--protocol temporal needs --future FILE (future.csv)") };
-            let (future, _) = read_log_into(f, data.format, args.data.log.policy(), data.log.empty_like())?;
+            let (future, _) = crate::read_log_with_progress(f, data.format, args.data.log.policy(), data.log.empty_like())?;
             // Services first seen in the future log extend the index (old indices are a prefix).
             data.log.subjects = future.subjects.clone();
             data.log.services = future.services.clone();

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use tongban_features::catalogue::Catalogue;
 use tongban_features::domain::SubjectId;
-use tongban_features::io::{read_log_into, read_subjects, BadRowPolicy, EventLog, LogFormat};
+use tongban_features::io::{read_subjects, BadRowPolicy, EventLog, LogFormat};
 use tongban_features::time::Timestamp;
 use tongban_server::queue::Queue;
 use tongban_server::{ApiKeys, Models, Served, Settings, Store};
@@ -509,7 +509,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         let started = std::time::Instant::now();
         let base = catalogue.as_deref().map_or_else(EventLog::default, EventLog::for_catalogue);
         let format = LogFormat::from_name("native", log_path).expect("native is a format");
-        let (mut log, _) = read_log_into(log_path, format, BadRowPolicy::Fail, base)?;
+        let (mut log, _) = crate::read_log_with_progress(log_path, format, BadRowPolicy::Fail, base)?;
         let beside = log_path.parent().map(|d| d.join("subjects.csv")).filter(|p| p.exists());
         let now = fixed_now.unwrap_or_else(|| log.events.iter().map(|e| e.at.0).max().unwrap_or(0));
         let segs = match args.subjects.clone().or(beside) {
