@@ -59,7 +59,8 @@ pub fn run(args: &ReportArgs) -> Result<std::process::ExitCode> {
     let Some(format) = LogFormat::from_name("native", &args.events) else {
         bail!("{}: expected a native log (.csv or .jsonl)", args.events.display());
     };
-    let (log, _) = crate::read_log_with_progress(&args.events, format, BadRowPolicy::Fail, EventLog::for_catalogue(&cat))?;
+    let (log, _) =
+        crate::read_log_with_progress(&args.events, format, BadRowPolicy::Fail, EventLog::for_catalogue(&cat))?;
     let read = started.elapsed();
     if log.events.is_empty() {
         bail!("{}: the log holds no events: nothing to report", args.events.display());

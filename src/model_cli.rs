@@ -200,7 +200,8 @@ pub fn protocol(args: &ProtocolArgs, data: &mut Data) -> Result<Protocol> {
         },
         "temporal" => {
             let Some(f) = &args.future else { bail!("--protocol temporal needs --future FILE (future.csv)") };
-            let (future, _) = crate::read_log_with_progress(f, data.format, args.data.log.policy(), data.log.empty_like())?;
+            let (future, _) =
+                crate::read_log_with_progress(f, data.format, args.data.log.policy(), data.log.empty_like())?;
             // Services first seen in the future log extend the index (old indices are a prefix).
             data.log.subjects = future.subjects.clone();
             data.log.services = future.services.clone();

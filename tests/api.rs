@@ -363,6 +363,13 @@ async fn suite(backend: Backend) {
         "{metrics}"
     );
     assert!(metrics.contains("tongban_events_ingested_total 74"), "{metrics}");
+    // The exposition format in full: HELP and TYPE for every family, and the process's own.
+    assert!(
+        metrics.contains("# HELP tongban_http_requests_total ")
+            && metrics.contains("# TYPE tongban_pushes_total counter"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("process_resident_memory_bytes "), "{metrics}");
 }
 
 on_both_backends!(suite: the_api_works_on_the_memory_store, the_api_works_on_redis);
