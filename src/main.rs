@@ -158,6 +158,30 @@ enum OutFormat {
     Jsonl,
 }
 
+/// The formats an event log is read in.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InFormat {
+    Native,
+    Csv,
+    Jsonl,
+    Pairs,
+    Lines,
+    Tsv,
+}
+
+impl InFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            InFormat::Native => "native",
+            InFormat::Csv => "csv",
+            InFormat::Jsonl => "jsonl",
+            InFormat::Pairs => "pairs",
+            InFormat::Lines => "lines",
+            InFormat::Tsv => "tsv",
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum OnBadRow {
     Fail,
@@ -171,8 +195,8 @@ pub struct LogArgs {
     events: PathBuf,
     /// native (CSV or JSONL by extension), pairs (`user item`), lines (`user item1 item2 ...`),
     /// tsv (`user item rating timestamp` with a header).
-    #[arg(long, default_value = "native")]
-    format: String,
+    #[arg(long, value_enum, default_value_t = InFormat::Native)]
+    format: InFormat,
     /// What to do with a row that cannot be read: fail (default) or skip and count it.
     #[arg(long, value_enum, default_value_t = OnBadRow::Fail)]
     on_bad_row: OnBadRow,
@@ -194,9 +218,7 @@ impl LogArgs {
         &self,
         base: tongban_features::io::EventLog,
     ) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
-        let Some(format) = LogFormat::from_name(&self.format, &self.events) else {
-            bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.format);
-        };
+        let format = LogFormat::from_name(self.format.name(), &self.events).expect("every InFormat is a format");
         let (log, report) = read_log_with_progress(&self.events, format, self.policy(), base)?;
         if report.skipped > 0 {
             eprintln!(

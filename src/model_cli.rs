@@ -42,9 +42,8 @@ pub struct Data {
 
 impl DataArgs {
     pub fn load(&self) -> Result<Data> {
-        let Some(format) = LogFormat::from_name(&self.log.format, &self.log.events) else {
-            bail!("unknown --format {:?}: expected native, csv, jsonl, pairs, lines or tsv", self.log.format);
-        };
+        let format =
+            LogFormat::from_name(self.log.format.name(), &self.log.events).expect("every InFormat is a format");
         let native = matches!(format, LogFormat::NativeCsv | LogFormat::NativeJsonl);
         let catalogue = match &self.catalogue {
             Some(p) => {
@@ -67,14 +66,35 @@ impl DataArgs {
     }
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolName {
+    LooFull,
+    LooFullRepeat,
+    LooSampled,
+    Temporal,
+}
+
+impl ProtocolName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolName::LooFull => "loo-full",
+            ProtocolName::LooFullRepeat => "loo-full-repeat",
+            ProtocolName::LooSampled => "loo-sampled",
+            ProtocolName::Temporal => "temporal",
+        }
+    }
+}
+
 /// The data and the protocol: what `eval` and `tune` share.
 #[derive(clap::Args, Debug)]
 pub struct ProtocolArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    /// loo-full (history masked), loo-full-repeat, loo-sampled, temporal.
-    #[arg(long)]
-    pub protocol: String,
+    /// loo-full: each subject's last start against every service, history masked;
+    /// loo-full-repeat: the same, repeats allowed; loo-sampled: against --negatives sampled
+    /// services (or --negatives-file); temporal: the first start after the cut-off (--future).
+    #[arg(long, value_enum)]
+    pub protocol: ProtocolName,
     /// Cut-offs for HR@k and NDCG@k.
     #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
     pub k: Vec<usize>,
@@ -504,7 +524,7 @@ pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
     }
     let (score, params) = best.expect("at least one trial");
     let out = json!({
-        "protocol": ev.protocol,
+        "protocol": ev.protocol.as_str(),
         "objective": format!("NDCG@{metric_k} on the validation split (test targets removed)"),
         "best": { "params": params, "ndcg": score },
         "trials": trials,
