@@ -174,6 +174,7 @@ fn main() {
                 templates: Arc::new(templates.clone()),
                 caps: Caps::default(),
                 portal: "https://zwfw.dl.gov.cn".into(),
+                ids: Default::default(),
                 clock: tongban_server::clock::Clock::pinned(Some(now)),
             });
             let rate = rates(pusher.clone(), first.clone(), second.clone(), registration).await;

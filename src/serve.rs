@@ -398,6 +398,7 @@ async fn pusher_for(a: &PushProcessArgs) -> Result<Arc<tongban_server::deliver::
         templates: Arc::new(templates),
         caps: a.push.caps(),
         portal: a.portal_url.clone(),
+        ids: push_id_key()?,
         clock: tongban_server::clock::Clock::pinned(fixed_now),
     }))
 }
@@ -443,6 +444,13 @@ async fn shutdown_signal() {
         _ = term.recv() => "SIGTERM",
     };
     eprintln!("shutting down ({which})");
+}
+
+/// The push id key, from the environment only (`TONGBAN_PUSH_ID_KEY`, never a flag: `ps` shows
+/// flags).
+fn push_id_key() -> Result<tongban_server::push::IdKey> {
+    let secret = std::env::var("TONGBAN_PUSH_ID_KEY").ok();
+    tongban_server::push::IdKey::new(secret.as_deref().map(str::as_bytes)).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// API keys come from the environment only (never flags, which `ps` shows):
@@ -492,6 +500,10 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     if keys.is_open() {
         eprintln!("warning: no API key configured (TONGBAN_PORTAL_KEYS, TONGBAN_INGEST_KEYS, TONGBAN_OPERATOR_KEYS): the API is open");
     }
+    let push_ids = push_id_key()?;
+    if !push_ids.is_set() {
+        eprintln!("note: push ids are plain hashes (set TONGBAN_PUSH_ID_KEY, shared by every replica and worker, so they cannot be recomputed from subject ids)");
+    }
     let settings = Settings {
         keys,
         max_body_bytes: args.max_body_bytes,
@@ -501,6 +513,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         fixed_now,
         rate_per_key: args.rate_limit,
         caps: args.push.caps(),
+        push_ids,
     };
     settings
         .check()

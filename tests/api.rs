@@ -79,6 +79,8 @@ struct Opts {
     max_attempts: u32,
     /// Push caps (default: the defaults).
     caps: Option<Caps>,
+    /// The push id key (default: none).
+    push_key: Option<&'static [u8]>,
 }
 
 /// Starts the app on a free port with the fixture's profiles imported, and the push worker.
@@ -129,6 +131,7 @@ async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option
         fixed_now: Some(f.now),
         rate_per_key: opts.rate,
         caps: opts.caps.unwrap_or_default(),
+        push_ids: tongban_server::push::IdKey::new(opts.push_key).unwrap(),
         ..Settings::default()
     };
     let served = Served::new(model, header, f.model_file.path().to_owned());
@@ -392,6 +395,21 @@ async fn without_an_operator_key_the_console_is_open_and_says_so_on_every_page()
     let r =
         app.client.post(format!("{}/console/models/rollback", app.base)).form(&[("csrf", "x")]).send().await.unwrap();
     assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_push_id_key_push_ids_are_keyed_hmacs() {
+    let key: &'static [u8] = b"push-id-key-for-the-test";
+    let opts = Opts { worker: true, push_key: Some(key), ..Opts::default() };
+    let (app, _redis) = start_opts(Backend::Memory, ApiKeys::default(), opts).await;
+    no_quiet_hours(&app, "co-keyed", &[]).await;
+    complete(&app, "co-keyed", "e.entry.registration", None).await;
+    let inbox = app.wait_inbox("co-keyed", 1).await;
+    let id = inbox["messages"][0]["id"].as_str().unwrap().to_owned();
+    let window = fixture().now.div_euclid(Caps::default().dedup_days * 86_400);
+    let keyed = tongban_server::push::IdKey::new(Some(key)).unwrap();
+    assert_eq!(id, keyed.id(&sid("co-keyed"), "b.e.open", Trigger::NextStep, window));
+    assert_ne!(id, push_id(&sid("co-keyed"), "b.e.open", Trigger::NextStep, window), "not the plain hash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

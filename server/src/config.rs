@@ -17,6 +17,8 @@ pub struct Settings {
     pub rate_per_key: u32,
     /// Push caps and lifetimes.
     pub caps: Caps,
+    /// The key of push ids (`TONGBAN_PUSH_ID_KEY`).
+    pub push_ids: crate::push::IdKey,
 }
 
 impl std::fmt::Debug for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             fixed_now: None,
             caps: Caps::default(),
             rate_per_key: 0,
+            push_ids: crate::push::IdKey::default(),
         }
     }
 }

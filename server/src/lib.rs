@@ -166,6 +166,7 @@ pub fn state(
             templates: templates.clone(),
             caps: settings.caps,
             portal: settings.portal_url.clone(),
+            ids: settings.push_ids.clone(),
             clock,
         })),
         _ => None,

@@ -23,6 +23,8 @@ pub struct Pusher {
     pub templates: Arc<Templates>,
     pub caps: Caps,
     pub portal: String,
+    /// The key push ids are made with (none: plain hashes).
+    pub ids: push::IdKey,
     /// The policy clock (pinned in tests and the demo); queue scheduling runs on wall time.
     pub clock: Clock,
 }
@@ -74,7 +76,17 @@ impl Pusher {
         let mut jobs: Vec<(Job, bool, Result<(), Skip>)> = Vec::new();
         for o in offers {
             for c in o.candidates {
-                let job = push::job(&self.catalogue, &self.templates, o.prefs, o.subject, c, now, &self.portal, model);
+                let job = push::job(
+                    &self.catalogue,
+                    &self.templates,
+                    o.prefs,
+                    o.subject,
+                    c,
+                    now,
+                    &self.portal,
+                    model,
+                    &self.ids,
+                );
                 jobs.push((job, c.critical, push::decide(o.prefs, o.profile, c)));
             }
         }

@@ -33,7 +33,52 @@ pub struct InboxMessage {
 /// The push id of (subject, key, trigger, window): a hash, no personal data. Receivers and the
 /// inbox de-duplicate by it.
 pub fn push_id(subject: &SubjectId, key: &str, trigger: Trigger, window: i64) -> String {
-    format!("TB-{:016X}", fnv1a(format!("{subject}|{key}|{}|{window}", trigger.as_str()).as_bytes()))
+    IdKey::default().id(subject, key, trigger, window)
+}
+
+/// The secret push ids are made with (`TONGBAN_PUSH_ID_KEY`). Without one an id is a plain hash
+/// of (subject, bundle or service, trigger, window), which anyone who knows a subject id can
+/// recompute; with one it is an HMAC-SHA256 under the key, so ids cannot be guessed. Every
+/// replica and worker must share the key, and it must not change while pushes are in flight
+/// (de-duplication is by id).
+#[derive(Clone, Default)]
+pub struct IdKey(Option<std::sync::Arc<[u8]>>);
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "IdKey(set)" } else { "IdKey(none)" })
+    }
+}
+
+impl IdKey {
+    /// At least 16 bytes; `None` (or empty) leaves ids unkeyed.
+    pub fn new(secret: Option<&[u8]>) -> Result<IdKey, String> {
+        match secret.filter(|s| !s.is_empty()) {
+            None => Ok(IdKey(None)),
+            Some(s) if s.len() < 16 => Err("the push id key (TONGBAN_PUSH_ID_KEY) must be at least 16 bytes".into()),
+            Some(s) => Ok(IdKey(Some(s.into()))),
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn id(&self, subject: &SubjectId, key: &str, trigger: Trigger, window: i64) -> String {
+        let text = format!("{subject}|{key}|{}|{window}", trigger.as_str());
+        match &self.0 {
+            None => format!("TB-{:016X}", fnv1a(text.as_bytes())),
+            Some(secret) => {
+                use hmac::Mac as _;
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+                mac.update(text.as_bytes());
+                let tag = mac.finalize().into_bytes();
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&tag[..8]);
+                format!("TB-{:016X}", u64::from_be_bytes(first))
+            }
+        }
+    }
 }
 
 /// A push on its way: the rendered message, who it is for, and its audit trail. This is what
@@ -64,9 +109,10 @@ pub fn job(
     now: i64,
     portal: &str,
     model: &str,
+    ids: &IdKey,
 ) -> Job {
     let locale = prefs.locale;
-    let id = push_id(subject, &c.key, c.trigger, c.window);
+    let id = ids.id(subject, &c.key, c.trigger, c.window);
     let r = templates.render(cat, locale, c.kind, &c.content, portal, &id);
     let deliver_at = prefs.deliverable_at(now);
     let mut decisions = vec!["consent:ok".to_owned(), "not_done:ok".to_owned(), "caps:ok".to_owned()];
@@ -104,6 +150,23 @@ pub fn job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_push_ids_differ_from_plain_ones_and_by_key() {
+        let p1 = SubjectId::parse("p0000001").unwrap();
+        let plain = push_id(&p1, "b.birth", Trigger::NextStep, 7);
+        let k1 = IdKey::new(Some(b"0123456789abcdef")).unwrap();
+        let k2 = IdKey::new(Some(b"fedcba9876543210")).unwrap();
+        let a = k1.id(&p1, "b.birth", Trigger::NextStep, 7);
+        assert_eq!(a, k1.id(&p1, "b.birth", Trigger::NextStep, 7), "stable under one key");
+        assert_ne!(a, plain);
+        assert_ne!(a, k2.id(&p1, "b.birth", Trigger::NextStep, 7));
+        assert_eq!(a.len(), plain.len());
+        assert!(a.starts_with("TB-"));
+        assert!(IdKey::new(Some(b"short")).is_err());
+        assert!(!IdKey::new(Some(b"")).unwrap().is_set());
+        assert!(!format!("{k1:?}").contains("0123"), "the key is never printed");
+    }
 
     #[test]
     fn push_ids_are_stable_per_window_and_carry_no_personal_data() {

@@ -16,7 +16,7 @@ pub mod policy;
 pub mod prefs;
 pub mod trigger;
 
-pub use self::job::{job, push_id, InboxMessage, Job};
+pub use self::job::{job, push_id, IdKey, InboxMessage, Job};
 pub use self::policy::{decide, Caps, Skip, MIN_CONFIDENCE};
 pub use self::prefs::{Outbound, Preferences};
 pub use self::trigger::{done_since, due, propose, Candidate, Trigger};
