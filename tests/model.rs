@@ -192,7 +192,7 @@ fn a_trained_model_file_loads_for_evaluation_and_bad_files_are_refused() {
     let v = ok_json(&out);
     assert_eq!(v["header"]["data"]["events"], v["header"]["data"]["events"].as_u64().unwrap());
     assert!(v["header"]["schema_hash"].as_str().unwrap().len() == 16);
-    let eval = |m: &Path| {
+    let eval_with = |m: &Path, last: &str| {
         tongban(&[
             "eval",
             "--events",
@@ -203,25 +203,15 @@ fn a_trained_model_file_loads_for_evaluation_and_bad_files_are_refused() {
             "loo-full-repeat",
             "--model",
             m.to_str().unwrap(),
-            "--json",
+            last,
         ])
     };
+    let eval = |m: &Path| eval_with(m, "--json");
     let v = ok_json(&eval(&model));
     assert!(metric(&v["report"], "tongban", "hr", 1) > 0.95);
     // --record writes the figures into the file's header (the console shows them); the file
     // still loads and evaluates the same.
-    let recorded = tongban(&[
-        "eval",
-        "--events",
-        file.to_str().unwrap(),
-        "--format",
-        "lines",
-        "--protocol",
-        "loo-full-repeat",
-        "--model",
-        model.to_str().unwrap(),
-        "--record",
-    ]);
+    let recorded = eval_with(&model, "--record");
     assert!(recorded.status.success(), "{}", String::from_utf8_lossy(&recorded.stderr));
     let (_, header) = tongban_model::artifact::load(&model, None).unwrap();
     let m = header.metrics.expect("recorded");
