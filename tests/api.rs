@@ -398,6 +398,27 @@ async fn without_an_operator_key_the_console_is_open_and_says_so_on_every_page()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_every_worker_drops_is_dead_lettered_not_retried_forever() {
+    let (app, _redis) = start(Backend::Memory, ApiKeys::default()).await;
+    no_quiet_hours(&app, "co-poison", &[]).await;
+    complete(&app, "co-poison", "e.entry.registration", None).await;
+    let id = next_step_id("co-poison", "b.e.open");
+    // Two workers take it and stop without an answer (as a worker that crashes on it would).
+    let q = &app.state.queue;
+    assert_eq!(q.claim("crashed-1", 10, 1000).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(q.claim("crashed-2", 10, 50).await.unwrap().len(), 1, "reclaimed once");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // A worker allowing two attempts reclaims it a second time: dead, not delivered.
+    let mut w = test_worker(&app.state, None, 2);
+    w.cfg.reclaim_idle_ms = 50;
+    w.round().await.unwrap();
+    let rec = app.wait_status(&id, "dead").await;
+    assert!(rec["detail"].as_str().unwrap().contains("reclaimed from stopped workers"), "{rec}");
+    assert_eq!(app.get("/v1/users/co-poison/inbox").await.1["messages"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_push_id_key_push_ids_are_keyed_hmacs() {
     let key: &'static [u8] = b"push-id-key-for-the-test";
     let opts = Opts { worker: true, push_key: Some(key), ..Opts::default() };

@@ -121,7 +121,13 @@ async fn a_job_left_pending_by_a_dead_worker_is_reclaimed(h: Harness) {
     let again = q.claim("live-worker", 10, 50).await.unwrap();
     assert_eq!(again.len(), 1, "reclaimed after the visibility timeout");
     assert!(again[0].reclaimed);
-    q.finish(vec![(again[0].clone(), Outcome::Delivered { channels: "inbox".into() })]).await.unwrap();
+    assert_eq!((first[0].job.attempts, again[0].job.attempts), (0, 1), "a reclaim counts as an attempt");
+    // The second worker stops too: a third one sees two attempts.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let third = q.claim("third-worker", 10, 50).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].job.attempts, 2, "reclaims add up");
+    q.finish(vec![(third[0].clone(), Outcome::Delivered { channels: "inbox".into() })]).await.unwrap();
     assert!(q.depth().await.unwrap().idle());
 }
 

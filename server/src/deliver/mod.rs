@@ -128,6 +128,15 @@ impl Worker {
             }
         };
         let mut outcomes: Vec<Option<Outcome>> = checked.iter().map(|r| r.as_ref().err().cloned()).collect();
+        // A job whose every worker stopped (each reclaim counts as an attempt) is not tried
+        // again and again until it expires: it goes to the dead letters.
+        for (i, c) in claimed.iter().enumerate() {
+            if c.reclaimed && c.job.attempts >= self.cfg.max_attempts {
+                outcomes[i] = Some(Outcome::Dead {
+                    reason: format!("reclaimed from stopped workers ({} attempts)", c.job.attempts),
+                });
+            }
+        }
         let go: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_none()).collect();
         let items: Vec<InboxItem<'_>> = go
             .iter()

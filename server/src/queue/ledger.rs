@@ -83,7 +83,9 @@ pub(crate) fn claim(
     now_ms: u64,
 ) -> Result<Vec<Claimed>, StoreError> {
     let mut out = Vec::new();
-    for (k, job) in l.stale_pending(now_ms.saturating_sub(reclaim_idle_ms), count)? {
+    for (k, mut job) in l.stale_pending(now_ms.saturating_sub(reclaim_idle_ms), count)? {
+        // A reclaim is an attempt: the worker that had it stopped, perhaps because of it.
+        job.attempts += 1;
         l.put_pending(k, consumer, now_ms, &job)?;
         out.push(Claimed { partition: 0, entry: k.to_string(), job, reclaimed: true });
     }

@@ -360,6 +360,21 @@ impl RedisQueue {
             }
         }
         self.bury(&poison).await?;
+        // A reclaim is an attempt: the stream counts how often each entry was handed out, and
+        // every hand-out after the first went to a worker that stopped.
+        let again: Vec<usize> = (0..out.len()).filter(|&i| out[i].reclaimed).collect();
+        if !again.is_empty() {
+            let mut pipe = redis::pipe();
+            for &i in &again {
+                let [ready, ..] = self.keys(out[i].partition);
+                pipe.cmd("XPENDING").arg(ready).arg(GROUP).arg(&out[i].entry).arg(&out[i].entry).arg(1);
+            }
+            let pending: Vec<redis::streams::StreamPendingCountReply> = pipe.query_async(&mut c).await?;
+            for (&i, p) in again.iter().zip(&pending) {
+                let times = p.ids.first().map_or(1, |x| x.times_delivered);
+                out[i].job.attempts += u32::try_from(times.saturating_sub(1)).unwrap_or(u32::MAX);
+            }
+        }
         Ok(out)
     }
 
