@@ -49,6 +49,8 @@ pub const REPORT_MAX_AGE: Duration = Duration::from_secs(30);
 /// A session ends this long after log-in.
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const SESSION_COOKIE: &str = "tb_console";
+/// Sessions kept at most (a tenth, the oldest, make room for new ones).
+const MAX_SESSIONS: usize = 10_000;
 const LANG_COOKIE: &str = "tb_lang";
 
 struct Session {
@@ -219,10 +221,18 @@ impl Console {
     fn open_session(&self, who: String) -> String {
         let token = random_token();
         let mut s = self.sessions.lock().expect("no panics while holding the lock");
-        if s.len() > 10_000 {
-            // Bounded against a flood of log-ins (open mode makes one per new browser).
+        if s.len() >= MAX_SESSIONS {
+            // Bounded against a flood of log-ins (open mode makes one per new browser): the
+            // expired go first, then the oldest.
             let now = Instant::now();
             s.retain(|_, v| v.expires > now);
+            if s.len() >= MAX_SESSIONS {
+                let mut by_age: Vec<(Instant, String)> = s.iter().map(|(k, v)| (v.expires, k.clone())).collect();
+                by_age.sort();
+                for (_, k) in by_age.into_iter().take(MAX_SESSIONS / 10) {
+                    s.remove(&k);
+                }
+            }
         }
         s.insert(token.clone(), Session { who, csrf: random_token(), expires: Instant::now() + SESSION_TTL });
         token
@@ -358,6 +368,18 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 mod tests {
     use super::*;
     use crate::push::Trigger;
+
+    #[test]
+    fn sessions_are_bounded_oldest_out_first() {
+        let c = Console::new(None);
+        let first = c.open_session("a".into());
+        for _ in 0..MAX_SESSIONS + 5 {
+            c.open_session("b".into());
+        }
+        let n = c.sessions.lock().unwrap().len();
+        assert!(n <= MAX_SESSIONS, "{n}");
+        assert!(c.session(&first).is_none(), "the oldest went first");
+    }
 
     #[test]
     fn hourly_volumes_are_the_differences_of_the_samples_per_hour() {
