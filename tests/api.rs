@@ -380,6 +380,21 @@ on_both_backends!(suite: the_api_works_on_the_memory_store, the_api_works_on_red
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_operator_key_the_console_is_open_and_says_so_on_every_page() {
     let (app, _redis) = start(Backend::Memory, ApiKeys::default()).await;
+    // An accepted event reaches the console's analytics; a replay of it does not count twice.
+    let rated = json!({ "event_id": "rate-1", "subject": "p-rater", "service": "p.death.hukou_cancel", "kind": "rated", "rating": 1 });
+    for _ in 0..2 {
+        assert_eq!(app.post("/v1/events", &rated.to_string()).await.0, 200);
+    }
+    let page = app
+        .client
+        .get(format!("{}/console/ratings?service=p.death.hukou_cancel&lang=en", app.base))
+        .send()
+        .await
+        .unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"service-detail\""), "the rated service is counted: {page}");
+    let detail = &page[page.find("id=\"service-detail\"").unwrap()..];
+    assert!(detail.contains("Ratings <strong>1</strong>"), "counted once: {detail}");
     for lang in ["zh-CN", "en"] {
         for page in ["", "models", "pushes", "ratings", "journeys", "approvals", "subjects"] {
             let r = app.client.get(format!("{}/console/{page}?lang={lang}", app.base)).send().await.unwrap();

@@ -53,11 +53,9 @@ pub async fn ingest(state: &AppState, served: &Served, events: &[NewEvent]) -> R
         pushed: 0,
     };
     state.metrics.events(out.accepted as u64);
-    for (b, d) in batches.iter().zip(&done) {
-        if !d.accepted_at.is_empty() {
-            state.console.feed(b.subject.as_str(), d.accepted_at.iter().map(|&i| &b.events[i as usize]));
-        }
-    }
+    let accepted: Vec<(&str, &[LogEvent], &[u32])> =
+        batches.iter().zip(&done).map(|(b, d)| (b.subject.as_str(), b.events, d.accepted_at.as_slice())).collect();
+    state.console.feed(&accepted);
     let Some(pusher) = &state.pusher else { return Ok(out) };
     let completed: Vec<(&SubjectId, Vec<u32>)> = batches
         .iter()

@@ -142,13 +142,19 @@ impl Console {
         std::fs::rename(&tmp, &*path)
     }
 
-    /// Counts events a store accepted for `subject`.
-    pub fn feed<'a>(&self, subject: &str, events: impl IntoIterator<Item = &'a LogEvent>) {
+    /// Counts the events a store accepted: per subject, its batch and the accepted positions
+    /// (one lock per request, not per subject).
+    pub fn feed(&self, accepted: &[(&str, &[LogEvent], &[u32])]) {
         let Some(cat) = &self.catalogue else { return };
+        if accepted.iter().all(|(_, _, at)| at.is_empty()) {
+            return;
+        }
         let mut guard = self.analytics.lock().expect("no panics while holding the lock");
         if let Some(a) = guard.as_mut() {
-            for e in events {
-                a.apply_named(subject, e, cat);
+            for (subject, events, at) in accepted {
+                for &i in *at {
+                    a.apply_named(subject, &events[i as usize], cat);
+                }
             }
         }
     }
