@@ -29,8 +29,11 @@ run() { # name, extra env assignment or "", schemathesis header args...
     --addr "127.0.0.1:$port" --now 2026-01-01T02:00:00Z --scan-every-secs 0 >"$work/serve-$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  # The document must be valid OpenAPI before anything is generated from it.
+  curl -sf "http://127.0.0.1:$port/openapi.json" >"$work/openapi-$name.json"
+  "$venv/bin/python" -c 'import json, sys; from openapi_spec_validator import validate; d = json.load(open(sys.argv[1])); validate(d); print("openapi.json (" + sys.argv[2] + "): valid OpenAPI " + d["openapi"] + ", " + str(sum(len(p) for p in d["paths"].values())) + " operations")' "$work/openapi-$name.json" "$name"
   local out="$work/schemathesis-$name.txt" rc=0
-  "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
+  "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all --experimental=openapi-3.1 \
     --hypothesis-max-examples "$examples" --hypothesis-seed 1 --no-color "$@" >"$out" 2>&1 || rc=$?
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true

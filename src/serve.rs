@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// requests and stop.
     #[arg(long, env = "TONGBAN_DRAIN_SECS", default_value_t = 0)]
     pub drain_secs: u64,
+    /// A browser origin allowed to call the API directly (CORS), e.g. https://zwfw.dl.gov.cn;
+    /// repeat for several. CORS is off without it: API keys belong on the portal's backend,
+    /// never in browsers.
+    #[arg(long = "cors-origin", env = "TONGBAN_CORS_ORIGINS", value_delimiter = ',', value_name = "ORIGIN",
+          value_parser = tongban_server::Settings::parse_origin)]
+    pub cors_origins: Vec<tongban_server::config::Origin>,
     #[command(flatten)]
     pub push: PushArgs,
 }
@@ -514,6 +520,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         rate_per_key: args.rate_limit,
         caps: args.push.caps(),
         push_ids,
+        cors_origins: args.cors_origins.clone(),
     };
     settings
         .check()
@@ -791,6 +798,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         templates: None,
         with_worker: true,
         drain_secs: 0,
+        cors_origins: Vec::new(),
         push: PushArgs::defaults(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

@@ -27,6 +27,10 @@ pub enum DomainError {
     RatingMismatch,
 }
 
+/// What [`SubjectId`], [`ServiceId`] and [`EventId`] accept, as an ECMA-262 pattern (the API
+/// document states it; a test holds it to the check below).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,64}$";
+
 fn check_id(s: &str, what: &'static str) -> Result<(), DomainError> {
     const MAX: usize = 64;
     let ok = !s.is_empty()
@@ -186,6 +190,9 @@ pub enum Channel {
 }
 
 impl Channel {
+    pub const ALL: [Channel; 6] =
+        [Channel::Web, Channel::App, Channel::Mini, Channel::Office, Channel::Push, Channel::System];
+
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         Ok(match s {
             "web" => Self::Web,
@@ -342,6 +349,17 @@ mod tests {
         assert!(SubjectId::parse("u 123").is_err());
         assert!(SubjectId::parse("").is_err());
         assert!(ServiceId::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn the_stated_id_pattern_accepts_exactly_what_the_check_accepts() {
+        let re = regex::Regex::new(ID_PATTERN).unwrap();
+        let mut cases: Vec<String> = (0u8..128).map(|b| char::from(b).to_string()).collect();
+        cases.extend(["", "é", "a b", "p0000050", "e.entry.registration"].map(String::from));
+        cases.extend([63, 64, 65].map(|n| "a".repeat(n)));
+        for s in cases {
+            assert_eq!(re.is_match(&s), check_id(&s, "id").is_ok(), "{s:?}");
+        }
     }
 
     #[test]

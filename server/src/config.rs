@@ -19,6 +19,8 @@ pub struct Settings {
     pub caps: Caps,
     /// The key of push ids (`TONGBAN_PUSH_ID_KEY`).
     pub push_ids: crate::push::IdKey,
+    /// Browser origins allowed by CORS (`--cors-origin`); empty: CORS off.
+    pub cors_origins: Vec<Origin>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -30,6 +32,9 @@ impl std::fmt::Debug for Settings {
             .finish_non_exhaustive()
     }
 }
+
+/// A browser origin allowed by CORS, as the `Origin` header carries it.
+pub type Origin = axum::http::HeaderValue;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -43,6 +48,7 @@ impl Default for Settings {
             caps: Caps::default(),
             rate_per_key: 0,
             push_ids: crate::push::IdKey::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -71,6 +77,17 @@ impl Settings {
             return Err("API keys: expected non-empty keys without spaces".into());
         }
         self.caps.check()
+    }
+
+    /// Parses `--cors-origin` values: `scheme://host[:port]`, nothing after it (a browser's
+    /// `Origin` header is compared with them byte for byte).
+    pub fn parse_origin(s: &str) -> Result<Origin, String> {
+        let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+        let ok = rest.is_some_and(|r| !r.is_empty() && !r.contains('/') && !r.contains(char::is_whitespace));
+        match (ok, axum::http::HeaderValue::from_str(s)) {
+            (true, Ok(v)) => Ok(v),
+            _ => Err(format!("cors origin: expected scheme://host[:port] such as https://zwfw.dl.gov.cn, got {s:?}")),
+        }
     }
 }
 

@@ -43,6 +43,12 @@ pub use store::{Store, StoreError};
 use crate::clock::Clock;
 use crate::templates::Templates;
 
+/// The crate version, as `GET /version` and `tongban --version` report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit this build is from (`build.rs`; "unknown" outside a checkout).
+pub const GIT_COMMIT: &str = env!("TONGBAN_GIT_COMMIT");
+
 /// How long a client may take to send a request's headers, and to start the next request on
 /// a kept-alive connection: a slow or idle client cannot hold a connection open.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 use tongban_features::catalogue::Catalogue;
 use tongban_model::artifact::{self, ArtifactError, Header};
 use tongban_model::Model;
@@ -115,20 +115,67 @@ impl Models {
         Some(version)
     }
 
-    pub fn list(&self) -> Value {
+    /// The activations, oldest first, and which one serves.
+    pub fn list(&self) -> ModelList {
         let active = self.active();
         let h = self.history.lock().expect("no panics while holding the lock");
-        let models: Vec<Value> = h
+        let models = h
             .iter()
-            .map(|s| {
+            .map(|s| ModelEntry {
+                version: s.version.clone(),
                 // One activation is active, even when a file was activated several times.
-                json!({
-                    "version": s.version, "active": Arc::ptr_eq(s, &active), "path": s.path,
-                    "created_at": s.header.created_at, "schema_version": s.header.schema_version,
-                    "catalogue": s.header.catalogue_fingerprint, "data": s.header.data, "metrics": s.header.metrics,
-                })
+                active: Arc::ptr_eq(s, &active),
+                path: s.path.display().to_string(),
+                created_at: s.header.created_at.clone(),
+                schema_version: s.header.schema_version,
+                catalogue: s.header.catalogue_fingerprint.clone(),
+                data: DataOut {
+                    source: s.header.data.source.clone(),
+                    fingerprint: s.header.data.fingerprint.clone(),
+                    events: s.header.data.events,
+                    subjects: s.header.data.subjects,
+                    services: s.header.data.services,
+                },
+                metrics: s.header.metrics.clone(),
             })
             .collect();
-        json!({ "active": active.version, "models": models })
+        ModelList { active: active.version.clone(), models }
     }
+}
+
+/// The models a server has activated (`GET /admin/models`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// The version serving now.
+    pub active: String,
+    /// The activations, oldest first (bounded).
+    pub models: Vec<ModelEntry>,
+}
+
+/// One activation of a model file.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelEntry {
+    pub version: String,
+    pub active: bool,
+    pub path: String,
+    /// When it was trained (RFC 3339).
+    pub created_at: String,
+    pub schema_version: u32,
+    /// The fingerprint of the catalogue it was trained with.
+    pub catalogue: Option<String>,
+    pub data: DataOut,
+    /// Evaluation figures recorded in the file (`tongban eval --record`), free-form.
+    #[schema(value_type = Option<Object>)]
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// What a model was trained on.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DataOut {
+    pub source: String,
+    /// SHA-256 of the training file, hex.
+    pub fingerprint: String,
+    pub events: u64,
+    pub subjects: u64,
+    pub services: u64,
 }

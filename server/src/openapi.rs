@@ -1,292 +1,310 @@
-//! The OpenAPI 3 document, generated from one route table (the e2e tests check that every
-//! route answers and that every answering route is in the table).
+//! The OpenAPI 3.1 document, generated from the types: every handler carries a
+//! `#[utoipa::path]` annotation, every wire type derives `ToSchema` or `IntoParams`, and the one
+//! route table in [`crate::http::router`] feeds both the router and this document
+//! (utoipa-axum), so a route cannot be served undocumented or documented unserved.
+//!
+//! Closed sets (event kinds, channels, locales, life stages, triggers, problem codes...) are
+//! taken from the domain's own `ALL` lists by the `schema_with` functions below, so the document
+//! cannot drift from what the server accepts. Two facts are known only at run time and are
+//! patched in by [`finish`]: whether API keys are configured (an open server declares no
+//! security), and the configured largest `k`.
 
-use serde_json::{json, Map, Value};
-use tongban_features::domain::EventKind;
+use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{OpenApi, RefOr, Schema};
+use utoipa::{Modify, OpenApi as _};
+
+use tongban_features::catalogue::Stage;
+use tongban_features::domain::{Channel, EventKind, ID_PATTERN};
+use tongban_model::reason;
 
 use crate::http::problem::ProblemCode;
-use crate::push::{Outbound, Trigger};
+use crate::locale::Locale;
+use crate::push::{Outbound, Skip, Trigger};
+use crate::queue::Status;
 
-/// (method, path, summary, key scope, query parameters, request body schema, response schema).
-pub type RouteDoc = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static [&'static str],
-    Option<&'static str>,
-    &'static str,
-);
+/// The tags of the route groups, each with the key scope it needs ("ops" needs none).
+pub const SCOPED_TAGS: [(&str, &str); 3] = [("portal", "portal"), ("ingest", "ingest"), ("operator", "operator")];
 
-pub const ROUTES: &[RouteDoc] = &[
-    (
-        "get",
-        "/v1/users/{id}/recommendations",
-        "Top-k suggestions with reasons and guidance",
-        "portal",
-        &["k", "locale", "exclude", "category", "mode"],
-        None,
-        "Recommendations",
-    ),
-    (
-        "delete",
-        "/v1/users/{id}",
-        "Erase a subject's profile, preferences and inbox (right to erasure)",
-        "ingest",
-        &[],
-        None,
-        "Empty",
-    ),
-    (
-        "get",
-        "/v1/users/{id}/preferences",
-        "A subject's push and personalisation preferences",
-        "portal",
-        &[],
-        None,
-        "Preferences",
-    ),
-    (
-        "put",
-        "/v1/users/{id}/preferences",
-        "Set them: off switch, categories, quiet hours, time zone, personalisation, locale",
-        "portal",
-        &[],
-        Some("Preferences"),
-        "Preferences",
-    ),
-    (
-        "get",
-        "/v1/users/{id}/inbox",
-        "The portal inbox of guidance pushes (delivered, not expired)",
-        "portal",
-        &[],
-        None,
-        "Inbox",
-    ),
-    ("post", "/v1/users/{id}/inbox/{msg}/read", "Mark a message read", "portal", &[], None, "Empty"),
-    (
-        "post",
-        "/v1/sessions/recommendations",
-        "Suggestions for an anonymous session from its recent services",
-        "portal",
-        &[],
-        Some("Session"),
-        "Recommendations",
-    ),
-    (
-        "post",
-        "/v1/events",
-        "Ingest one event or a batch ({\"events\": [...]}), idempotent by event_id",
-        "ingest",
-        &[],
-        Some("Events"),
-        "Ingested",
-    ),
-    (
-        "post",
-        "/v1/feedback",
-        "Feedback on a suggestion or push: clicked, dismissed, done_elsewhere, rated",
-        "ingest",
-        &[],
-        Some("Feedback"),
-        "Ingested",
-    ),
-    (
-        "get",
-        "/v1/services/popular",
-        "Non-personalised list, optionally for a segment",
-        "portal",
-        &["k", "locale", "segment"],
-        None,
-        "Recommendations",
-    ),
-    ("get", "/v1/services/{id}", "Catalogue entry with guidance", "portal", &["locale"], None, "Service"),
-    (
-        "get",
-        "/v1/services/{id}/related",
-        "Services needed around this one",
-        "portal",
-        &["k", "locale"],
-        None,
-        "Related",
-    ),
-    ("get", "/healthz", "Liveness", "none", &[], None, "Text"),
-    ("get", "/readyz", "Readiness: the store answers and a model is loaded", "none", &[], None, "Ready"),
-    ("get", "/metrics", "Prometheus metrics", "none", &[], None, "Text"),
-    ("get", "/openapi.json", "This document", "none", &[], None, "Object"),
-    ("get", "/docs", "This document as a readable page", "none", &[], None, "Html"),
-    ("get", "/ping", "A static answer (the baseline of load tests)", "none", &[], None, "Text"),
-    ("get", "/admin/models", "Loaded models and their metadata", "operator", &[], None, "Object"),
-    ("post", "/admin/models", "Load, validate and activate a model file", "operator", &[], Some("Activate"), "Object"),
-    ("post", "/admin/models/rollback", "Re-activate the previous model", "operator", &[], None, "Object"),
-    (
-        "get",
-        "/admin/pushes/{id}",
-        "A push's audit record: trigger, model, reasons, policy decisions, attempts, status",
-        "operator",
-        &[],
-        None,
-        "PushRecord",
-    ),
-    ("get", "/admin/queue", "Push queue depth and the latest dead letters", "operator", &[], None, "Object"),
-    (
-        "post",
-        "/admin/campaigns",
-        "Push a service to the n subjects most likely to need it (scored, not broadcast); dry_run only counts",
-        "operator",
-        &[],
-        Some("Campaign"),
-        "CampaignReport",
-    ),
-];
-
-fn schemas() -> Value {
-    let s = |t: &str| json!({ "type": t });
-    let event = json!({
-        "type": "object", "required": ["event_id", "subject", "service", "kind"], "additionalProperties": false,
-        "properties": {
-            "event_id": s("string"), "subject": s("string"), "service": s("string"),
-            "kind": { "type": "string", "enum": EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>() },
-            "rating": { "type": "integer", "minimum": 1, "maximum": 5 },
-            "at": { "type": "string", "format": "date-time" },
-            "channel": { "type": "string", "enum": ["web", "app", "mini", "office", "push", "system"] }
-        }
-    });
-    json!({
-        "Event": event,
-        "Events": { "oneOf": [ { "$ref": "#/components/schemas/Event" },
-            { "type": "object", "required": ["events"], "properties": { "events": { "type": "array", "maxItems": 1000, "items": { "$ref": "#/components/schemas/Event" } } } } ] },
-        "Feedback": { "type": "object", "required": ["event_id", "subject", "service", "action"], "properties": {
-            "event_id": s("string"), "subject": s("string"), "service": s("string"),
-            "action": { "type": "string", "enum": ["clicked", "dismissed", "done_elsewhere", "rated"] },
-            "rating": { "type": "integer", "minimum": 1, "maximum": 5 }, "at": { "type": "string", "format": "date-time" } } },
-        "Session": { "type": "object", "required": ["recent"], "properties": { "recent": { "type": "array", "items": s("string") },
-            "k": s("integer"), "locale": s("string"), "exclude": s("string"), "category": s("string") } },
-        "Preferences": { "type": "object", "additionalProperties": false, "properties": {
-            "push": s("boolean"), "categories_off": { "type": "array", "items": s("string") },
-            "quiet_hours": { "type": "array", "items": s("integer"), "minItems": 2, "maxItems": 2, "nullable": true },
-            "utc_offset_minutes": s("integer"), "personalised": s("boolean"), "locale": s("string"),
-            "channels": { "type": "array", "items": { "type": "string", "enum": Outbound::ALL.map(Outbound::as_str) } } } },
-        "PushRecord": { "type": "object", "properties": {
-            "id": s("string"), "trigger": { "type": "string", "enum": Trigger::ALL.map(Trigger::as_str) },
-            "bundle": { "type": "string", "nullable": true }, "services": { "type": "array", "items": s("string") },
-            "model": s("string"), "reasons": { "type": "array", "items": s("string") }, "decisions": { "type": "array", "items": s("string") },
-            "critical": s("boolean"), "created_at": s("integer"), "deliver_at": s("integer"), "expires_at": s("integer"), "attempts": s("integer"),
-            "status": { "type": "string", "enum": ["queued", "deferred", "delivered", "skipped", "retrying", "dead"] },
-            "detail": { "type": "string", "nullable": true } } },
-        "Campaign": { "type": "object", "required": ["id", "service", "n"], "additionalProperties": false, "properties": {
-            "id": s("string"), "service": s("string"), "n": { "type": "integer", "minimum": 1 }, "dry_run": s("boolean"),
-            "reason": s("string") } },
-        "CampaignReport": { "type": "object", "properties": {
-            "id": s("string"), "dry_run": s("boolean"), "subjects": s("integer"), "eligible": s("integer"), "selected": s("integer"),
-            "score_min": { "type": "number", "nullable": true }, "score_max": { "type": "number", "nullable": true },
-            "queued": s("integer"), "skipped": { "type": "object", "additionalProperties": s("integer") } } },
-        "Inbox": { "type": "object", "properties": { "subject": s("string"), "unread": s("integer"),
-            "messages": { "type": "array", "items": { "type": "object" } } } },
-        "Activate": { "type": "object", "required": ["path"], "properties": { "path": s("string") } },
-        "Material": { "type": "object", "properties": { "name": s("string"), "shared": s("boolean") } },
-        "Service": { "type": "object", "properties": {
-            "id": s("string"), "name": s("string"), "name_zh": s("string"), "name_en": s("string"), "department": s("string"),
-            "online": s("boolean"), "granted_without_applying": s("boolean"), "time_limit_days": s("integer"),
-            "materials": { "type": "array", "items": { "$ref": "#/components/schemas/Material" } },
-            "nothing_to_bring": s("boolean"), "deadline": { "type": "string", "nullable": true }, "link": s("string"),
-            "bundles": { "type": "array", "items": { "type": "object" } } } },
-        "Suggestion": { "type": "object", "properties": { "service": { "$ref": "#/components/schemas/Service" }, "score": s("number"),
-            "reasons": { "type": "array", "items": { "type": "string", "enum": ["FOLLOWS", "OFTEN_TOGETHER", "NEXT_IN_BUNDLE", "DEADLINE", "REPEAT", "POPULAR_IN_SEGMENT"] } },
-            "reason_text": s("string") } },
-        "Recommendations": { "type": "object", "properties": { "subject": { "type": "string", "nullable": true }, "model": s("string"),
-            "locale": s("string"), "mode": s("string"), "fallback": { "type": "string", "nullable": true },
-            "suggestions": { "type": "array", "items": { "$ref": "#/components/schemas/Suggestion" } } } },
-        "Related": { "type": "object", "properties": { "service": s("string"), "related": { "type": "array", "items": { "type": "object" } } } },
-        "Ingested": { "type": "object", "properties": { "accepted": s("integer"), "duplicates": s("integer"),
-            "too_late": s("integer"), "pushed": s("integer") } },
-        "Ready": { "type": "object", "properties": { "store": s("string"), "model": s("string") } },
-        "Problem": { "type": "object", "required": ["type", "title", "status", "code", "detail"], "properties": {
-            "type": s("string"), "title": s("string"), "status": s("integer"),
-            "code": { "type": "string", "enum": ProblemCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>() },
-            "detail": s("string") } },
-        "Object": s("object"),
-        "Text": s("string"),
-        "Empty": s("object"),
-    })
+fn strings<S: Into<String>>(values: impl IntoIterator<Item = S>, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.into_iter().map(Into::into)))
+        .description(Some(description))
+        .build()
 }
 
-/// The whole document. `open`: no API keys are configured, so no route asks for one (the
-/// document says what this server does, not what a keyed deployment would).
-pub fn document(open: bool) -> Value {
-    let mut paths: Map<String, Value> = Map::new();
-    for &(method, path, summary, scope, query, body, resp) in ROUTES {
-        let mut params: Vec<Value> = query
-            .iter()
-            .map(|q| json!({ "name": q, "in": "query", "required": false, "schema": { "type": if *q == "k" { "integer" } else { "string" } } }))
-            .collect();
-        for name in ["id", "msg"] {
-            if path.contains(&format!("{{{name}}}")) {
-                params.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
+fn array_of(items: Object, description: &str) -> RefOr<Schema> {
+    ArrayBuilder::new().items(items).description(Some(description)).build().into()
+}
+
+/// A subject, service or event id.
+pub fn id() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(ID_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .description(Some("An id: ASCII letters, digits and . _ : -, at most 64 characters"))
+        .build()
+}
+
+pub fn event_kind() -> Object {
+    strings(EventKind::ALL.iter().map(|k| k.as_str()), "What happened")
+}
+
+pub fn channel() -> Object {
+    strings(Channel::ALL.iter().map(|c| c.as_str()), "Where it happened (default: web)")
+}
+
+/// A `locale` parameter.
+pub fn locale() -> Object {
+    strings(
+        Locale::ACCEPTED.iter().map(|(tag, _)| *tag),
+        "The answer's language (absent: from Accept-Language, else zh-CN)",
+    )
+}
+
+/// The language an answer is in.
+pub fn locale_tag() -> Object {
+    strings(Locale::ALL.iter().map(|l| l.tag()), "The language of the answer")
+}
+
+pub fn stage() -> Object {
+    strings(Stage::ALL.iter().map(|s| s.as_str()), "A life stage (category of services)")
+}
+
+pub fn stages() -> RefOr<Schema> {
+    array_of(stage(), "Life stages")
+}
+
+pub fn outbound() -> RefOr<Schema> {
+    array_of(
+        strings(Outbound::ALL.iter().map(|c| c.as_str()), "An outbound channel"),
+        "Outbound channels allowed besides the portal inbox",
+    )
+}
+
+pub fn trigger() -> Object {
+    strings(Trigger::ALL.iter().map(|t| t.as_str()), "Why the push was made")
+}
+
+/// A trigger, or null when unknown.
+pub fn trigger_or_null() -> Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            Trigger::ALL.iter().map(|t| serde_json::Value::from(t.as_str())).chain([serde_json::Value::Null]),
+        ))
+        .description(Some("Why the push was made (null: unreadable entry)"))
+        .build()
+}
+
+pub fn status() -> Object {
+    strings(Status::ALL.iter().map(|s| s.as_str()), "Where the push is")
+}
+
+pub fn reasons() -> RefOr<Schema> {
+    array_of(strings(reason::CODES.iter().copied(), "A reason code"), "Why the service is suggested")
+}
+
+pub fn problem_code() -> Object {
+    strings(ProblemCode::ALL.iter().map(|c| c.as_str()), "A stable code for the failure")
+}
+
+pub fn skips() -> Object {
+    let mut b = ObjectBuilder::new().description(Some("Subjects skipped, by reason"));
+    for s in Skip::ALL {
+        b = b.property(s.as_str(), ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)));
+    }
+    b.build()
+}
+
+/// A life stage filter, as a query parameter.
+pub fn category() -> Object {
+    stage()
+}
+
+pub fn segment() -> Object {
+    strings(
+        (0..tongban_features::io::SEGMENTS as u16).map(tongban_features::io::segment_name),
+        "A segment, e.g. person:30-39 or enterprise:S (default: the first)",
+    )
+}
+
+pub fn mode() -> Object {
+    strings(["personalised", "personalized", "popular"], "personalised (default) or popular")
+}
+
+pub fn feedback_action() -> Object {
+    strings(["clicked", "dismissed", "done_elsewhere", "rated"], "What the subject did")
+}
+
+/// A comma-separated list of service ids.
+pub fn id_list() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^([A-Za-z0-9._:-]{1,64}(,[A-Za-z0-9._:-]{1,64})*)?$"))
+        .description(Some("Comma-separated service ids"))
+        .build()
+}
+
+/// Quiet hours: `[start, end)` in local hours, or null.
+pub fn quiet_hours() -> RefOr<Schema> {
+    let hour = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(23));
+    ArrayBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(hour)
+        .min_items(Some(2))
+        .max_items(Some(2))
+        .description(Some("Quiet hours in local time, [start, end), e.g. [22, 8]; null: none"))
+        .build()
+        .into()
+}
+
+/// An anonymous session's recent services.
+pub fn recent() -> RefOr<Schema> {
+    ArrayBuilder::new()
+        .items(id())
+        .max_items(Some(100))
+        .description(Some("Service ids looked at or applied for, oldest first (at most 100)"))
+        .build()
+        .into()
+}
+
+/// How an answer was ranked.
+pub fn answer_mode() -> Object {
+    strings(["personalised", "popular"], "personalised, or popular")
+}
+
+/// Why an answer is not personalised (null when it is).
+pub fn fallback() -> Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            ["no_history", "personalisation_off", "store_unavailable"]
+                .into_iter()
+                .map(serde_json::Value::from)
+                .chain([serde_json::Value::Null]),
+        ))
+        .description(Some("Why the answer is not personalised; null when it is"))
+        .build()
+}
+
+/// A timestamp: RFC 3339.
+pub fn timestamp() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
+        .description(Some("RFC 3339 (default: now); at most a day ahead of the server's clock"))
+        .build()
+}
+
+/// `/docs`: Swagger UI reading `/openapi.json`, its assets inside the binary.
+pub fn docs_ui<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")).into()
+}
+
+/// What the document says beside its paths: title, the problem body, the key scheme.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "tongban",
+        description = "Recommendation and proactive guidance API of a one-stop government services portal. \
+                       Errors are application/problem+json with a stable code. API keys belong on the \
+                       portal's backend, never in browsers.",
+    ),
+    components(schemas(crate::http::problem::Problem)),
+    modifiers(&KeyScheme),
+    tags(
+        (name = "portal", description = "Suggestions, guidance, preferences and the inbox (portal key)"),
+        (name = "ingest", description = "Events, feedback and erasure (ingest key)"),
+        (name = "operator", description = "Models, push records, the queue and campaigns (operator key)"),
+        (name = "ops", description = "Health, readiness, metrics and this document (no key)"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct KeyScheme;
+
+impl Modify for KeyScheme {
+    fn modify(&self, api: &mut OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("apiKey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+    }
+}
+
+/// The base document the route table's paths are merged into.
+pub fn base() -> OpenApi {
+    ApiDoc::openapi()
+}
+
+/// A problem answer, for the responses every route can give.
+fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
+    let content =
+        utoipa::openapi::ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")));
+    utoipa::openapi::ResponseBuilder::new()
+        .description(description)
+        .content("application/problem+json", content.build())
+        .build()
+        .into()
+}
+
+/// Completes the route table's document with what is known at run time. `open`: no API keys are
+/// configured, so no route asks for one (the document says what this server does, not what a
+/// keyed deployment would). `max_k`: the largest `k` this server accepts.
+pub fn finish(mut api: OpenApi, open: bool, max_k: usize) -> OpenApi {
+    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    for item in api.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            let scope = op.tags.iter().flatten().find_map(|t| SCOPED_TAGS.iter().find(|(tag, _)| tag == t));
+            let mut common = vec![
+                ("500", "An internal error (the cause is logged, never answered)"),
+                ("504", "The request took too long; nothing is known to be stored"),
+            ];
+            if op.request_body.is_some() {
+                common.push(("413", "The body is larger than the server's limit"));
+            }
+            if scope.is_some() {
+                common.push(("503", "The store is unavailable, or lost its data; retry later"));
+                if !open {
+                    common.push(("401", "No API key, or an unknown one"));
+                    common.push(("403", "The key may not use this route"));
+                    common.push(("429", "Too many requests for this key"));
+                }
+            }
+            for (code, description) in common {
+                op.responses.responses.entry(code.to_owned()).or_insert_with(|| problem(description));
+            }
+            if let Some((_, scope)) = scope {
+                if !open {
+                    op.security = Some(vec![SecurityRequirement::new("apiKey", Vec::<String>::new())]);
+                    let text = format!("Needs an API key of scope `{scope}` (or operator).");
+                    op.description = Some(match op.description.take() {
+                        Some(d) => format!("{d}\n\n{text}"),
+                        None => text,
+                    });
+                }
+            }
+            for p in op.parameters.iter_mut().flatten() {
+                if let RefOr::T(p) = p {
+                    if p.name != "k" {
+                        continue;
+                    }
+                    if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                        o.maximum = Some(utoipa::Number::UInt(max_k));
+                    }
+                }
             }
         }
-        let ok = if resp == "Text" || resp == "Html" {
-            let media = if resp == "Html" { "text/html" } else { "text/plain" };
-            json!({ "description": "OK", "content": { media: { "schema": { "type": "string" } } } })
-        } else if resp == "Empty" {
-            json!({ "description": "Done" })
-        } else {
-            json!({ "description": "OK", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{resp}") } } } })
-        };
-        let status = if resp == "Empty" { "204" } else { "200" };
-        let problem = json!({ "description": "Problem", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } });
-        let mut op = json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": { status: ok, "default": problem },
-        });
-        if scope != "none" && !open {
-            op["security"] = json!([{ "apiKey": [] }]);
-            op["description"] = json!(format!("Needs an API key of scope `{scope}` (or operator)."));
-        }
-        if let Some(b) = body {
-            op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{b}") } } } });
-        }
-        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
-        entry[method] = op;
     }
-    json!({
-        "openapi": "3.0.3",
-        "info": { "title": "tongban", "version": env!("CARGO_PKG_VERSION"),
-            "description": "Recommendation and proactive guidance API of a one-stop government services portal." },
-        "paths": paths,
-        "components": { "schemas": schemas(),
-            "securitySchemes": { "apiKey": { "type": "apiKey", "in": "header", "name": "x-api-key" } } },
-    })
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// A self-contained page listing every route (the docs UI).
-pub fn html() -> String {
-    let mut rows = String::new();
-    for &(method, path, summary, scope, query, body, resp) in ROUTES {
-        let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&amp;")) };
-        rows += &format!(
-            "<tr><td><b>{}</b></td><td><code>{}{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            method.to_uppercase(),
-            escape(path),
-            q,
-            escape(summary),
-            scope,
-            body.unwrap_or("-"),
-            resp
-        );
+    if open {
+        if let Some(c) = api.components.as_mut() {
+            c.security_schemes.clear();
+        }
     }
-    format!(
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>tongban API</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}</style></head>\
-         <body><h1>tongban API v1</h1><p>Send API keys in the <code>x-api-key</code> header. Errors are \
-         <code>application/problem+json</code> with a stable <code>code</code>. Machine-readable: \
-         <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.0.3).</p>\
-         <table><tr><th>method</th><th>path</th><th>what</th><th>key scope</th><th>body</th><th>answer</th></tr>{rows}</table></body></html>"
-    )
+    api
 }

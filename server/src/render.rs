@@ -9,14 +9,18 @@ use tongban_model::{reason, Suggestion};
 pub use crate::locale::Locale;
 use crate::templates::{self, ReasonKind, Templates};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A material to bring.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Material)]
 pub struct MaterialOut<'a> {
     pub name: &'a str,
     /// The data is already shared between departments: nothing to bring.
     pub shared: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A life-event bundle the service is a step of.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = BundleStep)]
 pub struct BundleOut<'a> {
     pub id: &'a str,
     pub name: &'a str,
@@ -26,7 +30,8 @@ pub struct BundleOut<'a> {
 }
 
 /// A service's guidance (also the body of `GET /v1/services/{id}`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Service)]
 pub struct ServiceOut<'a> {
     pub id: &'a str,
     pub name: &'a str,
@@ -46,12 +51,16 @@ pub struct ServiceOut<'a> {
 }
 
 /// One rendered suggestion.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Suggestion)]
 pub struct SuggestionOut<'a> {
     /// The service's guidance, serialised once per model and locale (see `Served::guidance`).
+    #[schema(value_type = ServiceOut)]
     pub service: &'a serde_json::value::RawValue,
     pub score: f32,
+    #[schema(schema_with = crate::openapi::reasons)]
     pub reasons: Vec<&'static str>,
+    /// Why, as one sentence in the answer's language.
     pub reason_text: String,
 }
 

@@ -11,13 +11,17 @@ use crate::push::{self, Candidate, Preferences, Trigger, Why};
 use crate::store::StoreError;
 
 /// `POST /admin/campaigns`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Campaign)]
 pub struct CampaignIn {
     /// A campaign id of the operator's choosing: a subject gets at most one push per campaign.
+    #[schema(min_length = 1, max_length = 64)]
     pub id: String,
+    #[schema(schema_with = crate::openapi::id)]
     pub service: String,
     /// How many subjects, the most likely first.
+    #[schema(minimum = 1, maximum = 1000000)]
     pub n: usize,
     #[serde(default)]
     pub dry_run: bool,
@@ -27,7 +31,7 @@ pub struct CampaignIn {
 }
 
 /// What a campaign did (or, dry, would do).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct CampaignReport {
     pub id: String,
     pub dry_run: bool,
@@ -40,6 +44,7 @@ pub struct CampaignReport {
     pub score_min: Option<f32>,
     pub score_max: Option<f32>,
     pub queued: usize,
+    #[schema(schema_with = crate::openapi::skips)]
     pub skipped: std::collections::BTreeMap<String, usize>,
 }
 

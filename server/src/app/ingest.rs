@@ -19,10 +19,13 @@ pub struct NewEvent {
 }
 
 /// What an ingest did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ingested {
+    /// Events stored.
     pub accepted: usize,
+    /// Event ids seen before: acknowledged, not stored again.
     pub duplicates: usize,
+    /// Older than the whole retained window of a full profile: acknowledged, not applied.
     pub too_late: usize,
     /// Pushes queued by the triggers.
     pub pushed: usize,

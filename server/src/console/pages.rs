@@ -221,7 +221,7 @@ fn models_page(
     flash: Option<(bool, String)>,
 ) -> Html<String> {
     let l = ctx.lang;
-    let list = state.models.list();
+    let list = serde_json::to_value(state.models.list()).unwrap_or_default();
     let models = list["models"].as_array().cloned().unwrap_or_default();
     let pick = |k: &str| q.get(k).and_then(|v| v.parse::<usize>().ok()).filter(|&i| i < models.len());
     let (a, b) = (pick("a"), pick("b"));

@@ -11,30 +11,48 @@ use tongban_features::io::{fnv1a, LogEvent};
 use tongban_features::time::Timestamp;
 
 use super::extract::JsonBody;
-use super::problem::{ApiError, ProblemCode};
+use super::problem::{ApiError, Problem, ProblemCode};
 use crate::app::{ingest, AppState, Ingested, NewEvent};
 
 /// How far ahead of the server's clock an event's time may be.
 const MAX_AHEAD_SECS: i64 = 86_400;
 
-/// One event on the wire.
-#[derive(Debug, Deserialize)]
+// Strings here, checked in `validate`, so that a bad value is named in a `bad_event` problem
+// (`events[3].kind: ...`) rather than a parser's message.
+/// One event.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Event)]
 pub(super) struct EventIn {
+    /// The sender's id of the event: a replay with the same id (for the same subject) is a
+    /// duplicate.
+    #[schema(schema_with = crate::openapi::id)]
     pub event_id: String,
+    #[schema(schema_with = crate::openapi::id)]
     pub subject: String,
+    #[schema(schema_with = crate::openapi::id)]
     pub service: String,
+    #[schema(schema_with = crate::openapi::event_kind)]
     pub kind: String,
+    /// 1-5, on `rated` events only.
+    #[schema(minimum = 1, maximum = 5)]
     pub rating: Option<u8>,
-    /// RFC 3339; default: now.
+    #[schema(schema_with = crate::openapi::timestamp)]
     pub at: Option<String>,
+    #[schema(schema_with = crate::openapi::channel)]
     pub channel: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One event, or a batch of them.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+#[schema(as = Events)]
 pub(super) enum EventsIn {
-    Batch { events: Vec<EventIn> },
+    Batch {
+        /// At most the server's batch size (1,000 by default).
+        #[schema(max_items = 1000, min_items = 1)]
+        events: Vec<EventIn>,
+    },
     One(EventIn),
 }
 
@@ -84,6 +102,20 @@ pub(super) async fn ingest_wire(state: &AppState, events: Vec<EventIn>) -> Resul
     Ok(ingest::ingest(state, &served, &valid).await?)
 }
 
+#[utoipa::path(post, path = "/v1/events", tag = "ingest",
+    summary = "Ingest one event or a batch ({\"events\": [...]}), idempotent by event_id per subject",
+    description = "Every event is checked first; nothing is stored if one is bad. Completed bundle steps \
+                   trigger next-step pushes.",
+    request_body = EventsIn,
+    responses(
+        (status = 200, description = "What was stored", body = Ingested),
+        (status = 400, description = "A bad body or event (the field is named), an empty or too large batch",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the server's limit", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "A service is not in the catalogue", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 pub(super) async fn post_events(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody<EventsIn>,
@@ -95,20 +127,38 @@ pub(super) async fn post_events(
     Ok(Json(ingest_wire(&state, events).await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// Feedback on a suggestion or push.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Feedback)]
 pub(super) struct FeedbackIn {
+    #[schema(schema_with = crate::openapi::id)]
     event_id: String,
+    #[schema(schema_with = crate::openapi::id)]
     subject: String,
+    #[schema(schema_with = crate::openapi::id)]
     service: String,
-    /// clicked, dismissed, done_elsewhere, rated
+    #[schema(schema_with = crate::openapi::feedback_action)]
     action: String,
+    /// 1-5, with `rated` only.
+    #[schema(minimum = 1, maximum = 5)]
     rating: Option<u8>,
+    #[schema(schema_with = crate::openapi::timestamp)]
     at: Option<String>,
 }
 
 /// Feedback on a suggestion or push, stored as an event (done elsewhere counts as completed,
 /// through the office channel).
+#[utoipa::path(post, path = "/v1/feedback", tag = "ingest",
+    summary = "Feedback on a suggestion or push: clicked, dismissed, done_elsewhere, rated",
+    request_body = FeedbackIn,
+    responses(
+        (status = 200, description = "What was stored", body = Ingested),
+        (status = 400, description = "A bad body, action or field (named)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "The service is not in the catalogue", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 pub(super) async fn post_feedback(
     State(state): State<Arc<AppState>>,
     JsonBody(f): JsonBody<FeedbackIn>,

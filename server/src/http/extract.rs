@@ -57,3 +57,45 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 pub fn subject(id: &str) -> Result<SubjectId, ApiError> {
     SubjectId::parse(id).map_err(|e| ApiError::new(ProblemCode::BadSubject, e.to_string()))
 }
+
+/// The language the `Accept-Language` header prefers among ours, if it names one; used when a
+/// request has no `locale`. Never fails: a header we cannot read is as good as none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptLanguage(pub Option<crate::locale::Locale>);
+
+impl<S: Send + Sync> FromRequestParts<S> for AcceptLanguage {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(axum::http::header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+        Ok(AcceptLanguage(header.and_then(crate::locale::Locale::from_accept_language)))
+    }
+}
+
+/// The subject of a `/v1/users/{id}` route.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SubjectPath {
+    /// The subject.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
+    pub id: String,
+}
+
+/// The service of a `/v1/services/{id}` route.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ServicePath {
+    /// The service.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
+    pub id: String,
+}
+
+/// A message of a subject's inbox.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct MessagePath {
+    /// The subject.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
+    pub id: String,
+    /// The message (push) id.
+    pub msg: String,
+}

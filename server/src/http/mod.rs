@@ -21,8 +21,9 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::problem::{ApiError, ProblemCode};
 use crate::app::AppState;
@@ -81,45 +82,66 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     res
 }
 
+/// Runs the request inside the scope of its `x-request-id` (set by the layer outside this one),
+/// so that every problem body carries it, whichever layer answers.
+async fn with_request_id(req: Request, next: Next) -> Response {
+    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    problem::REQUEST_ID.scope(id, next.run(req)).await
+}
+
+/// The route table: every API route, its handler and its documentation, by group. The groups'
+/// scope layers run before any extractor reads the body. One table feeds the router and the
+/// OpenAPI document ([`crate::openapi`]).
+fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    let portal = OpenApiRouter::new()
+        .routes(routes!(recommendations::for_subject))
+        .routes(routes!(users::get_prefs, users::put_prefs))
+        .routes(routes!(users::get_inbox))
+        .routes(routes!(users::read_message))
+        .routes(routes!(recommendations::for_session))
+        .routes(routes!(services::popular))
+        .routes(routes!(services::guidance))
+        .routes(routes!(services::related_services))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::portal));
+    let ingest = OpenApiRouter::new()
+        .routes(routes!(users::erase))
+        .routes(routes!(events::post_events))
+        .routes(routes!(events::post_feedback))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::ingest));
+    let operator = OpenApiRouter::new()
+        .routes(routes!(admin::models, admin::activate))
+        .routes(routes!(admin::rollback))
+        .routes(routes!(admin::push))
+        .routes(routes!(admin::queue))
+        .routes(routes!(admin::campaign))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::operator));
+    let open = OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::version))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(ops::ping));
+    OpenApiRouter::with_openapi(crate::openapi::base()).merge(portal).merge(ingest).merge(operator).merge(open)
+}
+
+/// The OpenAPI document of this server (keys configured or not, its `max_k`).
+pub fn document(state: &Arc<AppState>) -> utoipa::openapi::OpenApi {
+    let doc = routes(state).into_openapi();
+    crate::openapi::finish(doc, state.settings.keys.is_open(), state.settings.max_k)
+}
+
 /// The application router.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.settings.max_body_bytes;
-    let portal = Router::new()
-        .route("/v1/users/{id}/recommendations", get(recommendations::for_subject))
-        .route("/v1/users/{id}/preferences", get(users::get_prefs).put(users::put_prefs))
-        .route("/v1/users/{id}/inbox", get(users::get_inbox))
-        .route("/v1/users/{id}/inbox/{msg}/read", post(users::read_message))
-        .route("/v1/sessions/recommendations", post(recommendations::for_session))
-        .route("/v1/services/popular", get(services::popular))
-        .route("/v1/services/{id}", get(services::guidance))
-        .route("/v1/services/{id}/related", get(services::related_services))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::portal));
-    let ingest = Router::new()
-        .route("/v1/users/{id}", delete(users::erase))
-        .route("/v1/events", post(events::post_events))
-        .route("/v1/feedback", post(events::post_feedback))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::ingest));
-    let operator = Router::new()
-        .route("/admin/models", get(admin::models).post(admin::activate))
-        .route("/admin/models/rollback", post(admin::rollback))
-        .route("/admin/pushes/{id}", get(admin::push))
-        .route("/admin/queue", get(admin::queue))
-        .route("/admin/campaigns", post(admin::campaign))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::operator));
-    let open = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/docs", get(ops::docs))
-        .route("/ping", get(ops::ping));
-    Router::new()
-        .merge(portal)
-        .merge(ingest)
-        .merge(operator)
-        .merge(open)
+    let (api, doc) = routes(&state).split_for_parts();
+    let doc = crate::openapi::finish(doc, state.settings.keys.is_open(), state.settings.max_k);
+    let doc = ops::ApiDocument(Arc::new(serde_json::to_vec(&doc).expect("the document serialises").into()));
+    let mut router = api
+        .merge(crate::openapi::docs_ui())
         .merge(crate::console::router(state.clone()))
         .fallback(not_found)
+        .layer(axum::Extension(doc))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -127,9 +149,37 @@ pub fn router(state: Arc<AppState>) -> Router {
             Duration::from_secs(10),
         ))
         .layer(middleware::map_response(bare_errors))
-        // A caller's `x-request-id` is kept (else a UUID is made), seen by the access log and
-        // answered back, so one request can be followed from the portal through the logs.
+        .layer(middleware::from_fn(with_request_id));
+    if let Some(cors) = cors(&state.settings.cors_origins) {
+        router = router.layer(cors);
+    }
+    // A caller's `x-request-id` is kept (else a UUID is made), seen by the access log and
+    // answered back, so one request can be followed from the portal through the logs.
+    router
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid))
         .with_state(state)
+}
+
+/// CORS is off unless origins are named (`--cors-origin`): API keys belong on the portal's
+/// backend, and a browser calling the API directly is the exception an operator opts into.
+fn cors(origins: &[crate::config::Origin]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins.to_vec())
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::ACCEPT_LANGUAGE,
+                header::IF_NONE_MATCH,
+                header::HeaderName::from_static("x-api-key"),
+                header::HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([header::ETAG, header::HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(600)),
+    )
 }

@@ -5,7 +5,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::store::StoreError;
 
@@ -124,6 +124,32 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A problem body on the wire.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the code.
+    #[serde(rename = "type")]
+    #[schema(example = "https://tongban.example/problems/bad_k")]
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    #[schema(schema_with = crate::openapi::problem_code)]
+    pub code: &'static str,
+    /// What went wrong, for a person (never internal detail on 5xx).
+    pub detail: String,
+    /// The request's `x-request-id` (the caller's, or the one the server made), to find it in the logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+tokio::task_local! {
+    /// The `x-request-id` of the request being answered (set by the router's outer layer), so
+    /// that every problem body carries it, whichever layer answers.
+    pub static REQUEST_ID: Option<String>;
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
@@ -131,13 +157,14 @@ impl IntoResponse for ApiError {
         if let Some(cause) = &self.cause {
             tracing::error!(code, cause = %cause, "request failed");
         }
-        let body = json!({
-            "type": format!("https://tongban.example/problems/{code}"),
-            "title": status.canonical_reason().unwrap_or(""),
-            "status": status.as_u16(),
-            "code": code,
-            "detail": self.detail,
-        });
+        let body = Problem {
+            kind: format!("https://tongban.example/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("").to_owned(),
+            status: status.as_u16(),
+            code,
+            detail: self.detail,
+            request_id: REQUEST_ID.try_with(Clone::clone).ok().flatten(),
+        };
         let mut r = (status, Json(body)).into_response();
         r.headers_mut().insert("content-type", HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {

@@ -14,30 +14,44 @@ use tongban_features::profile::Profile;
 use tongban_features::time::Timestamp;
 use tongban_model::{reason, Request as ModelRequest};
 
-use super::extract::{self, JsonBody, PathParams, QueryParams};
-use super::problem::{ApiError, ProblemCode};
+use super::extract::{self, AcceptLanguage, JsonBody, PathParams, QueryParams, SubjectPath};
+use super::problem::{ApiError, Problem, ProblemCode};
 use crate::app::AppState;
 use crate::render::{self, Locale, SuggestionOut};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecQuery {
+    /// How many suggestions (default 10).
+    #[param(minimum = 1, maximum = 50)]
     pub k: Option<usize>,
+    #[param(schema_with = crate::openapi::locale)]
     pub locale: Option<String>,
-    /// Comma-separated service ids.
+    /// Comma-separated service ids not to suggest.
+    #[param(schema_with = crate::openapi::id_list)]
     pub exclude: Option<String>,
+    /// Only services of this life stage.
+    #[param(schema_with = crate::openapi::category)]
     pub category: Option<String>,
-    /// `personalised` (default) or `popular`.
+    #[param(schema_with = crate::openapi::mode)]
     pub mode: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct RecResponse<'a> {
+/// Suggestions, ranked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Recommendations)]
+pub(super) struct RecResponse<'a> {
+    /// The subject asked about (none for sessions and popularity).
     subject: Option<&'a str>,
+    /// The model version that ranked them.
     model: &'a str,
+    #[schema(schema_with = crate::openapi::locale_tag)]
     locale: &'static str,
+    #[schema(schema_with = crate::openapi::answer_mode)]
     mode: &'static str,
     /// Why the answer is not personalised, when it is not.
+    #[schema(schema_with = crate::openapi::fallback)]
     fallback: Option<&'static str>,
     suggestions: Vec<SuggestionOut<'a>>,
 }
@@ -51,8 +65,22 @@ pub(super) struct Ask {
     personalised: bool,
 }
 
-pub(super) fn parse_locale(s: Option<&str>) -> Result<Locale, ApiError> {
-    Locale::parse(s).ok_or_else(|| ApiError::new(ProblemCode::BadLocale, "locale must be zh-CN or en"))
+impl Ask {
+    pub(super) fn k(&self) -> usize {
+        self.k
+    }
+
+    pub(super) fn locale(&self) -> Locale {
+        self.locale
+    }
+}
+
+/// The `locale` parameter, else the `Accept-Language` header's choice, else zh-CN.
+pub(super) fn parse_locale(s: Option<&str>, accept: AcceptLanguage) -> Result<Locale, ApiError> {
+    match s {
+        None => Ok(accept.0.unwrap_or_default()),
+        Some(_) => Locale::parse(s).ok_or_else(|| ApiError::new(ProblemCode::BadLocale, "locale must be zh-CN or en")),
+    }
 }
 
 fn parse_category(s: Option<&str>) -> Result<Option<Stage>, ApiError> {
@@ -65,12 +93,17 @@ fn parse_category(s: Option<&str>) -> Result<Option<Stage>, ApiError> {
     })
 }
 
-pub(super) fn parse_ask(state: &AppState, q: &RecQuery, model: &tongban_model::Model) -> Result<Ask, ApiError> {
+pub(super) fn parse_ask(
+    state: &AppState,
+    q: &RecQuery,
+    accept: AcceptLanguage,
+    model: &tongban_model::Model,
+) -> Result<Ask, ApiError> {
     let k = q.k.unwrap_or(10);
     if k == 0 || k > state.settings.max_k {
         return Err(ApiError::new(ProblemCode::BadK, format!("k must be 1 to {}", state.settings.max_k)));
     }
-    let locale = parse_locale(q.locale.as_deref())?;
+    let locale = parse_locale(q.locale.as_deref(), accept)?;
     let mut exclude = Vec::new();
     for id in q.exclude.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
         match model.lookup(id) {
@@ -142,14 +175,28 @@ pub(super) fn suggest(
     .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/users/{id}/recommendations", tag = "portal",
+    summary = "Top-k suggestions with reasons and guidance",
+    description = "A subject without history, or who switched personalisation off, gets popularity in their \
+                   segment; `fallback` says why. A store outage answers from popularity too.",
+    params(SubjectPath, RecQuery,
+        ("accept-language" = Option<String>, Header, description = "Used when `locale` is absent", pattern = "^[ -~]*$")),
+    responses(
+        (status = 200, description = "Suggestions", body = RecResponse),
+        (status = 400, description = "A bad subject id, k, locale, category or mode", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "An excluded service is not in the catalogue", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 pub(super) async fn for_subject(
     State(state): State<Arc<AppState>>,
-    PathParams(id): PathParams<String>,
+    PathParams(SubjectPath { id }): PathParams<SubjectPath>,
     QueryParams(q): QueryParams<RecQuery>,
+    accept: AcceptLanguage,
 ) -> Result<Response, ApiError> {
     let subject = extract::subject(&id)?;
     let served = state.models.active();
-    let ask = parse_ask(&state, &q, &served.model)?;
+    let ask = parse_ask(&state, &q, accept, &served.model)?;
     let segment = state.segment(subject.as_str());
     // A store outage must not take suggestions down: answer from popularity instead.
     let (profile, fallback, opted_out) = match state.store.profile_and_prefs(&subject).await {
@@ -173,24 +220,43 @@ pub(super) async fn for_subject(
     Ok(suggest(&state, &profile, &ask, personalised, fallback, Some(subject.as_str())))
 }
 
-#[derive(Debug, Deserialize)]
+/// An anonymous visitor's recent services.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Session)]
 pub(super) struct SessionIn {
     /// Service ids the anonymous visitor looked at or applied for, oldest first.
+    #[schema(schema_with = crate::openapi::recent)]
     recent: Vec<String>,
+    #[schema(minimum = 1, maximum = 50)]
     k: Option<usize>,
+    #[schema(schema_with = crate::openapi::locale)]
     locale: Option<String>,
+    #[schema(schema_with = crate::openapi::id_list)]
     exclude: Option<String>,
+    #[schema(schema_with = crate::openapi::category)]
     category: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/sessions/recommendations", tag = "portal",
+    summary = "Suggestions for an anonymous session from its recent services",
+    params(("accept-language" = Option<String>, Header, description = "Used when `locale` is absent", pattern = "^[ -~]*$")),
+    request_body = SessionIn,
+    responses(
+        (status = 200, description = "Suggestions", body = RecResponse),
+        (status = 400, description = "A bad body, k, locale or category, or more than 100 recent services",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A service is not in the catalogue", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 pub(super) async fn for_session(
     State(state): State<Arc<AppState>>,
+    accept: AcceptLanguage,
     JsonBody(body): JsonBody<SessionIn>,
 ) -> Result<Response, ApiError> {
     let served = state.models.active();
     let q = RecQuery { k: body.k, locale: body.locale, exclude: body.exclude, category: body.category, mode: None };
-    let ask = parse_ask(&state, &q, &served.model)?;
+    let ask = parse_ask(&state, &q, accept, &served.model)?;
     if body.recent.len() > 100 {
         return Err(ApiError::new(ProblemCode::TooMany, "recent: at most 100 services"));
     }

@@ -11,11 +11,12 @@ use super::trigger::{Candidate, Trigger};
 use crate::templates::Templates;
 
 /// One message of the portal inbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InboxMessage {
     /// Push id: stable for the same (subject, bundle, trigger, window), so receivers and the
     /// store de-duplicate by it. Contains no personal data.
     pub id: String,
+    #[schema(schema_with = crate::openapi::trigger)]
     pub trigger: Trigger,
     pub bundle: Option<String>,
     pub services: Vec<String>,

@@ -6,22 +6,26 @@ use tongban_features::catalogue::Stage;
 use crate::locale::Locale;
 
 /// A subject's choices about pushes and suggestions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Preferences {
     /// The off switch for every push.
     pub push: bool,
     /// Life stages the subject does not want pushes about.
+    #[schema(schema_with = crate::openapi::stages)]
     pub categories_off: Vec<Stage>,
     /// Quiet hours in local time, `[start, end)`, e.g. `[22, 8]`; pushes wait until the end.
+    #[schema(schema_with = crate::openapi::quiet_hours)]
     pub quiet_hours: Option<[u8; 2]>,
     /// Offset of the subject's time zone from UTC in minutes (Asia/Shanghai: 480).
     pub utc_offset_minutes: i32,
     /// Suggestions from the subject's history (false: popularity only, PIPL art. 24).
     pub personalised: bool,
+    #[schema(schema_with = crate::openapi::locale_tag)]
     pub locale: Locale,
     /// Outbound channels the subject allowed besides the portal inbox (always on). The webhook
     /// gateway receives a push only when this is not empty.
+    #[schema(schema_with = crate::openapi::outbound)]
     pub channels: Vec<Outbound>,
 }
 

@@ -73,9 +73,10 @@ impl Status {
 }
 
 /// The audit record of one push, for operators.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushRecord {
     pub id: String,
+    #[schema(schema_with = crate::openapi::trigger)]
     pub trigger: Trigger,
     pub bundle: Option<String>,
     pub services: Vec<String>,
@@ -87,6 +88,7 @@ pub struct PushRecord {
     pub deliver_at: i64,
     pub expires_at: i64,
     pub attempts: u32,
+    #[schema(schema_with = crate::openapi::status)]
     pub status: Status,
     /// The skip reason, the last error or the channels it was delivered to.
     pub detail: Option<String>,
@@ -149,13 +151,15 @@ pub enum Outcome {
 }
 
 /// Queue sizes, summed over partitions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Depth {
     /// In the ready stream, not yet read by a worker.
     pub ready: u64,
     /// Read by a worker, not yet acknowledged.
     pub pending: u64,
+    /// Waiting for their time (quiet hours, retries).
     pub delayed: u64,
+    /// Given up on.
     pub dead: u64,
 }
 
