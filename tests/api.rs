@@ -81,6 +81,8 @@ struct Opts {
     caps: Option<Caps>,
     /// The push id key (default: none).
     push_key: Option<&'static [u8]>,
+    /// Browser origins allowed by CORS.
+    cors: Vec<&'static str>,
 }
 
 /// Starts the app on a free port with the fixture's profiles imported, and the push worker.
@@ -132,6 +134,7 @@ async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option
         rate_per_key: opts.rate,
         caps: opts.caps.unwrap_or_default(),
         push_ids: tongban_server::push::IdKey::new(opts.push_key).unwrap(),
+        cors_origins: opts.cors.iter().map(|o| Settings::parse_origin(o).unwrap()).collect(),
         ..Settings::default()
     };
     let served = Served::new(model, header, f.model_file.path().to_owned());
@@ -596,6 +599,103 @@ async fn openapi_covers_every_route_and_every_route_answers() {
     let r = app.client.get(format!("{}/docs/swagger-ui-bundle.js", app.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap().len() > 100_000, "the bundle is built in");
+}
+
+/// Catalogue and popularity answers carry an ETag per model, language and query, and a caller
+/// holding it gets 304; the language comes from `locale`, else from Accept-Language.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_answers_are_cacheable_and_follow_accept_language() {
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let get = |path: &str, headers: &[(&'static str, &str)]| {
+        let mut req = app.client.get(format!("{}{path}", app.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    for path in ["/v1/services/p.daily.id_renew", "/v1/services/p.daily.id_renew/related?k=3", "/v1/services/popular?k=3"] {
+        let r = get(path, &[]).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["cache-control"], "max-age=300");
+        assert_eq!(r.headers()["vary"], "accept-language");
+        let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let again = get(path, &[("if-none-match", &tag)]).await.unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert_eq!(again.headers()["etag"], tag.as_str());
+        assert!(again.bytes().await.unwrap().is_empty());
+        // Another language is another answer, with another tag.
+        let en = get(path, &[("if-none-match", &tag), ("accept-language", "en-US,en;q=0.9,zh;q=0.5")]).await.unwrap();
+        assert_eq!(en.status(), 200, "{path}");
+        assert_ne!(en.headers()["etag"], tag.as_str());
+        assert_eq!(get(path, &[("if-none-match", "\"stale\"")]).await.unwrap().status(), 200);
+    }
+    let locale_of = |v: &Value| v["locale"].as_str().unwrap_or_default().to_owned();
+    let r: Value = get("/v1/services/popular", &[("accept-language", "en-GB,zh;q=0.8")]).await.unwrap().json().await.unwrap();
+    assert_eq!(locale_of(&r), "en");
+    let r: Value = get("/v1/services/popular", &[("accept-language", "fr, zh-HK;q=0.5")]).await.unwrap().json().await.unwrap();
+    assert_eq!(locale_of(&r), "zh-CN");
+    // An explicit locale wins over the header.
+    let r: Value =
+        get("/v1/users/u1/recommendations?locale=zh-CN", &[("accept-language", "en")]).await.unwrap().json().await.unwrap();
+    assert_eq!(locale_of(&r), "zh-CN");
+    let r: Value = get("/v1/users/u1/recommendations", &[("accept-language", "en")]).await.unwrap().json().await.unwrap();
+    assert_eq!(locale_of(&r), "en");
+    let name = r["suggestions"][0]["service"]["name"].as_str().unwrap();
+    assert!(name.is_ascii(), "an English name: {name}");
+}
+
+/// CORS is off unless origins are named; a named origin gets its preflight answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_by_default_and_on_for_named_origins() {
+    let preflight = |app: &App, origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/services/popular", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "x-api-key")
+            .send()
+    };
+    let (closed, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let r = preflight(&closed, "https://portal.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    let opts = Opts { cors: vec!["https://portal.example"], ..Opts::default() };
+    let (open, _) = start_opts(Backend::Memory, ApiKeys::default(), opts).await;
+    let r = preflight(&open, "https://portal.example").await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://portal.example");
+    assert!(r.headers()["access-control-allow-headers"].to_str().unwrap().contains("x-api-key"));
+    let r = preflight(&open, "https://elsewhere.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    assert!(Settings::parse_origin("https://portal.example/path").is_err());
+    assert!(Settings::parse_origin("portal.example").is_err());
+}
+
+/// `/version` names the build and the active model; problem bodies carry the request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_and_request_ids() {
+    let (app, _) = start(Backend::Memory, ApiKeys::default()).await;
+    let (status, v) = app.get("/version").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!v["commit"].as_str().unwrap().is_empty());
+    assert_eq!(v["model"], app.get("/readyz").await.1["model"]);
+    // The caller's id is carried into the problem body.
+    let r = app
+        .client
+        .get(format!("{}/v1/users/u1/recommendations?k=0", app.base))
+        .header("x-request-id", "portal-req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-request-id"], "portal-req-42");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["code"].as_str(), body["request_id"].as_str()), (Some("bad_k"), Some("portal-req-42")));
+    // Without one, the server's own id is in both the header and the body, also on errors
+    // answered below the handlers (405).
+    let r = app.client.delete(format!("{}/v1/events", app.base)).send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["request_id"].as_str(), Some(id.as_str()));
 }
 
 /// (path, method, operation) of every operation in an OpenAPI document.

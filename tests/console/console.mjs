@@ -160,6 +160,23 @@ try {
   await Promise.all([page.waitForNavigation(), page.click('#logout')]);
   await page.goto(BASE + '/console/models');
   check(page.url().endsWith('/console/login'), 'logged out');
+  // The API docs (Swagger UI) render from the binary alone: a request leaving the server is
+  // refused and recorded.
+  const offsite = [];
+  await page.route('**/*', (route) => {
+    if (route.request().url().startsWith(BASE)) return route.continue();
+    offsite.push(route.request().url());
+    return route.abort();
+  });
+  await page.goto(BASE + '/docs/');
+  await page.waitForSelector('.opblock', { timeout: 15000 });
+  const ops = await page.locator('.opblock').count();
+  check(ops >= 24, `Swagger UI lists every operation: ${ops}`);
+  check((await text('.info .title')).startsWith('tongban'), 'the docs title');
+  check(offsite.length === 0, `no request left the server: ${offsite}`);
+  await page.screenshot({ path: `${SHOTS}/docs.png`, fullPage: false });
+  await page.unroute('**/*');
+
   console.log(`console browser test: ${checks} checks passed`);
 } finally {
   await browser.close();
