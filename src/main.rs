@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -16,6 +16,7 @@ use tongban_features::synth::{self, GenParams, GenSink, GenSummary, GENERATOR_VE
 use tongban_features::time::Date;
 
 mod analytics_cli;
+mod config_file;
 mod model_cli;
 mod profile;
 mod report;
@@ -267,57 +268,8 @@ struct InspectArgs {
     json: bool,
 }
 
-/// `--config FILE` (or `TONGBAN_CONFIG`): a TOML file of settings, lowest precedence. Each key
-/// `some_key = value` becomes the variable `TONGBAN_SOME_KEY` unless the environment already has
-/// it, and flags override both: flags > environment > file > defaults.
-fn apply_config_file() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let path = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_owned)))
-        .or_else(|| std::env::var("TONGBAN_CONFIG").ok());
-    let Some(path) = path else { return Ok(()) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
-    // toml's own message quotes the faulty line, and a config file holds secrets (a webhook
-    // secret, a Redis password): say where and what, never the text.
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let at = e.span().map_or(0, |s| s.start).min(text.len());
-        let line = text[..at].matches('\n').count() + 1;
-        let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
-        anyhow::anyhow!(
-            "{path}:{line}:{column}: not valid TOML: {} (the line is not shown: config files hold secrets)",
-            e.message().trim()
-        )
-    })?;
-    for (key, value) in table {
-        let var = match key.as_str() {
-            // The one key whose variable is not its name: `data_dir` reads better in a file,
-            // `--data` / `TONGBAN_DATA` on a command line.
-            "data_dir" => "TONGBAN_DATA".to_owned(),
-            _ => format!("TONGBAN_{}", key.to_uppercase().replace('-', "_")),
-        };
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(a) => {
-                a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(",")
-            }
-            _ => bail!("{path}: key {key:?}: expected a string, number, boolean or list"),
-        };
-        if std::env::var_os(&var).is_none() {
-            // Single-threaded here: nothing else reads the environment yet.
-            std::env::set_var(&var, value);
-        }
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    if let Err(e) = apply_config_file() {
+    if let Err(e) = config_file::apply(&Cli::command()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }

@@ -268,3 +268,34 @@ fn the_catalogue_is_built_in_with_the_fingerprint_of_its_folder() {
     assert_eq!(builtin["summary"]["fingerprint"], folder["summary"]["fingerprint"]);
     assert!(builtin["summary"]["services"].as_u64().unwrap() >= 250);
 }
+
+#[test]
+fn an_unknown_config_key_is_rejected_with_its_file_line_and_the_known_keys_never_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tongban.toml");
+    std::fs::write(
+        &cfg,
+        "addr = \"0.0.0.0:8080\"\nredis_url = \"redis://:pw@127.0.0.1:1/\"\n\nmx_body_bytes = \"s3cr3t-0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tongban.toml:4: unknown key \"mx_body_bytes\" (did you mean \"max_body_bytes\"?)"), "{err}");
+    // The known keys: every flag's variable in any subcommand, the environment-only secrets,
+    // `data_dir` for --data; not `config` itself.
+    let known = err.split("known keys: ").nth(1).expect("the known keys are listed").trim();
+    let known: Vec<&str> = known.split(", ").collect();
+    for key in ["addr", "data_dir", "redis_url", "max_body_bytes", "metrics_addr", "portal_keys", "webhook_secret"] {
+        assert!(known.contains(&key), "{key} missing from {known:?}");
+    }
+    assert!(!known.contains(&"config") && !known.contains(&"data"), "{known:?}");
+    assert!(!err.contains("s3cr3t") && !err.contains(":pw@"), "a value was shown: {err}");
+    // The same file through TONGBAN_CONFIG, for `serve`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tongban"))
+        .args(["serve", "--model", "/nonexistent/x.model"])
+        .env("TONGBAN_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tongban.toml:4: unknown key"), "{out:?}");
+}
