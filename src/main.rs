@@ -17,6 +17,7 @@ use tongban_features::time::Date;
 
 mod analytics_cli;
 mod config_file;
+mod examples;
 mod model_cli;
 mod profile;
 mod report;
@@ -55,39 +56,59 @@ enum LogStyle {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Inspect the service catalogue.
+    #[command(after_help = examples::CATALOGUE)]
     Catalogue {
         #[command(subcommand)]
         command: CatalogueCommand,
     },
     /// Simulate service histories of a Dalian population (events, future, truth, subjects).
+    #[command(after_help = examples::GENERATE)]
     Generate(GenerateArgs),
     /// Read an event log and report what it holds (rows, events, skipped rows).
+    #[command(after_help = examples::INSPECT)]
     Inspect(InspectArgs),
     /// Show one subject's profile: recent events, bundle progress and top candidate features.
+    #[command(after_help = examples::PROFILE)]
     Profile(ProfileArgs),
     /// Train a model on an event log and write the model file.
+    #[command(after_help = examples::TRAIN)]
     Train(model_cli::TrainArgs),
     /// Evaluate the model beside the baselines (popularity, Markov, item-kNN) and the oracle.
+    #[command(after_help = examples::EVAL)]
     Eval(model_cli::EvalArgs),
     /// Random search of model parameters on the validation split; writes the best and the log.
+    #[command(after_help = examples::TUNE)]
     Tune(model_cli::TuneArgs),
     /// Serve the HTTP API (the durable embedded store in --data, Redis with --redis, or the
     /// volatile --memory for tests).
+    #[command(after_help = examples::SERVE)]
     Serve(serve::ServeArgs),
     /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (durable store
     /// in DIR/state, with the push worker in process).
+    #[command(after_help = examples::DEMO)]
     Demo(serve::DemoArgs),
     /// Deliver queued pushes from Redis (inbox, log, webhook) and run the periodic deadline scan.
+    #[command(after_help = examples::WORKER)]
     Worker(serve::WorkerArgs),
     /// Scan every profile in Redis once for deadlines and renewals coming due; enqueue pushes.
+    #[command(after_help = examples::SCAN)]
     Scan(serve::ScanArgs),
     /// Operators' analytics from a log (journeys, ratings or approvals): report.html and report.md.
+    #[command(after_help = examples::REPORT)]
     Report(analytics_cli::ReportArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum CatalogueCommand {
     /// Validate the catalogue; print counts, or every problem with its file and field.
+    #[command(after_help = examples::CATALOGUE)]
     Check {
         #[command(flatten)]
         catalogue: CatalogueArgs,
@@ -299,6 +320,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => serve::worker(&args),
         Command::Scan(args) => serve::scan(&args),
         Command::Report(args) => analytics_cli::run(&args),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(code) => code,
@@ -316,6 +338,18 @@ pub fn spinner(msg: String) -> ProgressBar {
     b.set_message(msg);
     b.enable_steady_tick(std::time::Duration::from_millis(120));
     b
+}
+
+/// The completion script for `shell` on stdout. Written whole from a buffer, so that a closed
+/// pipe (`| head`) is an ordinary end rather than clap_complete's panic on a failed write.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tongban", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the completion script")),
+    }
 }
 
 /// Reads a log with a spinner naming the file.

@@ -299,3 +299,77 @@ fn an_unknown_config_key_is_rejected_with_its_file_line_and_the_known_keys_never
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("tongban.toml:4: unknown key"), "{out:?}");
 }
+
+/// Every subcommand, as typed after `tongban`.
+const SUBCOMMANDS: [&[&str]; 13] = [
+    &["catalogue", "check"],
+    &["generate"],
+    &["inspect"],
+    &["profile"],
+    &["train"],
+    &["eval"],
+    &["tune"],
+    &["serve"],
+    &["demo"],
+    &["worker"],
+    &["scan"],
+    &["report"],
+    &["completions"],
+];
+
+#[test]
+fn the_bash_completion_script_names_every_subcommand_and_a_bad_shell_is_a_usage_error() {
+    let out = tongban(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("_tongban()") && script.contains("complete -F _tongban"), "{script}");
+    // Each subcommand is a case of the word after its parent.
+    for sub in SUBCOMMANDS {
+        assert!(script.contains(&format!("tongban,{})", sub[0])), "no completion of {sub:?}");
+    }
+    assert!(script.contains("__catalogue,check)"), "no completion of catalogue check");
+    // Flags and closed sets of values complete too.
+    assert!(script.contains("--metrics-addr") && script.contains("loo-full-repeat"), "flags and values");
+    let out = tongban(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for shell in ["bash", "elvish", "fish", "powershell", "zsh"] {
+        assert!(err.contains(shell), "{err}");
+    }
+}
+
+#[test]
+fn every_subcommand_help_shows_examples_whose_flags_and_values_parse() {
+    for sub in SUBCOMMANDS {
+        let out = tongban(&[sub, &["--help"]].concat());
+        assert!(out.status.success(), "{sub:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let examples: Vec<&str> = help
+            .split_once("\nExamples:\n")
+            .unwrap_or_else(|| panic!("{sub:?} --help shows no examples:\n{help}"))
+            .1
+            .lines()
+            .filter_map(|l| l.strip_prefix("  tongban "))
+            .collect();
+        assert!(!examples.is_empty(), "{sub:?}: no example line");
+        for example in examples {
+            // The command line up to a redirection or pipe, then --help: clap checks every
+            // flag name and value up to there, and prints the help of the command named.
+            let mut args: Vec<&str> = example.split_whitespace().take_while(|w| *w != ">" && *w != "|").collect();
+            assert!(args.starts_with(sub), "an example of {sub:?} runs another command: {example}");
+            args.push("--help");
+            let out = tongban(&args);
+            assert!(
+                out.status.success(),
+                "`tongban {example}` does not parse: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let usage = format!("Usage: tongban {}", sub.join(" "));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&usage), "{example}");
+        }
+    }
+    // The worker's health address is --metrics-addr, with the old name kept as an alias.
+    let help = String::from_utf8(tongban(&["worker", "--help"]).stdout).unwrap();
+    assert!(help.contains("--metrics-addr <HOST:PORT>") && help.contains("[alias: --health-addr]"), "{help}");
+    assert!(tongban(&["worker", "--health-addr", "127.0.0.1:9100", "--help"]).status.success());
+}
