@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use tongban_features::catalogue::{Catalogue, CatalogueError};
@@ -20,8 +20,11 @@ mod config_file;
 mod examples;
 mod model_cli;
 mod profile;
+mod progress;
 mod report;
 mod serve;
+
+use progress::eprintln;
 
 // mimalloc: the push and HTTP paths allocate many small strings; glibc malloc took about a
 // tenth of their CPU time (perf, BENCHMARKS.md).
@@ -103,6 +106,29 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+impl Command {
+    /// Whether the command was asked for JSON on stdout (then no progress bar is drawn).
+    fn json(&self) -> bool {
+        match self {
+            Command::Catalogue { command: CatalogueCommand::Check { json, .. } } => *json,
+            Command::Generate(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Profile(a) => a.json,
+            Command::Train(a) => a.json,
+            Command::Eval(a) => a.json,
+            Command::Report(a) => a.json,
+            // `scan` prints its counts as JSON on stdout whatever happens; its spinner is on
+            // stderr, for the person at the terminal.
+            Command::Tune(_)
+            | Command::Serve(_)
+            | Command::Demo(_)
+            | Command::Worker(_)
+            | Command::Scan(_)
+            | Command::Completions { .. } => false,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -295,9 +321,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level.
+    // Bars only for people: on a terminal, and never when the output is JSON for a program.
+    progress::init(std::io::stderr().is_terminal() && !cli.command.json());
+    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level. The
+    // lines are written with the bars suspended.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tongban_model=info".into());
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let logs = tracing_subscriber::fmt().with_writer(progress::LogWriter).with_env_filter(filter);
     match cli.log_format {
         LogStyle::Text => {
             use std::io::IsTerminal;
@@ -331,15 +360,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A spinner on stderr while a long step runs (hidden when stderr is not a terminal).
-pub fn spinner(msg: String) -> ProgressBar {
-    let b = ProgressBar::new_spinner();
-    b.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"));
-    b.set_message(msg);
-    b.enable_steady_tick(std::time::Duration::from_millis(120));
-    b
-}
-
 /// The completion script for `shell` on stdout. Written whole from a buffer, so that a closed
 /// pipe (`| head`) is an ordinary end rather than clap_complete's panic on a failed write.
 fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
@@ -359,7 +379,7 @@ pub fn read_log_with_progress(
     policy: BadRowPolicy,
     base: tongban_features::io::EventLog,
 ) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
-    let bar = spinner(format!("reading {}", path.display()));
+    let bar = progress::spinner(format!("reading {}", path.display()));
     let read = read_log_into(path, format, policy, base);
     bar.finish_and_clear();
     Ok(read?)
@@ -431,7 +451,7 @@ struct DirSink {
     future: BufWriter<File>,
     subjects: BufWriter<File>,
     truth: BufWriter<File>,
-    bar: Option<ProgressBar>,
+    bar: ProgressBar,
 }
 
 impl GenSink for DirSink {
@@ -448,9 +468,7 @@ impl GenSink for DirSink {
         self.truth.write_all(text.as_bytes())
     }
     fn progress(&mut self, done: u64, _total: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-        }
+        self.bar.set_position(done);
     }
 }
 
@@ -500,15 +518,7 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         jsonl: args.format == OutFormat::Jsonl,
     };
     let total = args.persons + args.enterprises;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} simulating [{bar:40}] {pos}/{len} subjects ({per_sec}, eta {eta})")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = progress::bar(total, "simulating", "subjects");
     let events_name = format!("events.{ext}");
     let future_name = format!("future.{ext}");
     let mut sink = DirSink {
@@ -523,9 +533,7 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     for w in [&mut sink.events, &mut sink.future, &mut sink.subjects, &mut sink.truth] {
         w.flush().context("flushing the generated files")?;
     }
-    if let Some(b) = &sink.bar {
-        b.finish_and_clear();
-    }
+    sink.bar.finish_and_clear();
     let manifest = Manifest {
         generator_version: GENERATOR_VERSION,
         seed: args.seed,

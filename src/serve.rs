@@ -15,6 +15,8 @@ use tongban_features::time::Timestamp;
 use tongban_server::queue::Queue;
 use tongban_server::{ApiKeys, Models, Served, Settings, Store};
 
+use crate::progress::eprintln;
+
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// The model file to serve.
@@ -486,7 +488,11 @@ pub fn scan(args: &ScanArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let pusher = pusher_for(&args.common).await?;
-        let report = pusher.scan().await.context("scanning profiles")?;
+        // The scan reports no count as it goes (it lives in the server crate): a spinner.
+        let spin = crate::progress::spinner("scanning every profile for deadlines and renewals".into());
+        let report = pusher.scan().await.context("scanning profiles");
+        spin.finish_and_clear();
+        let report = report?;
         println!("{}", serde_json::to_string(&report).expect("reports serialise"));
         Ok(ExitCode::SUCCESS)
     })
@@ -586,6 +592,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             Some(p) => read_subjects(&p, &mut log, Timestamp(now).date_shanghai())?,
             None => vec![0; log.subjects.len()],
         };
+        let spin = crate::progress::spinner("building the profiles and the console's analytics".into());
         let profiles = model.profiles(&log, &segs);
         if let Some(cat) = catalogue.as_deref() {
             let mut a = tongban_features::analytics::Analytics::new(cat);
@@ -594,6 +601,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             }
             analytics = Some(a);
         }
+        spin.finish_and_clear();
         let mut subjects = Vec::with_capacity(profiles.len());
         for (i, &seg) in segs.iter().enumerate().take(profiles.len()) {
             let id = log.subjects.name(i as u32);
@@ -605,13 +613,16 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         // In slices: one commit (fsync) per slice on the durable store, not one per profile.
         let mut kept = 0;
         let pairs: Vec<(&SubjectId, &tongban_features::profile::Profile)> = subjects.iter().zip(&profiles).collect();
+        let bar = crate::progress::bar(pairs.len() as u64, "importing", "profiles");
         for chunk in pairs.chunks(1000) {
             let stored = store
                 .import_profiles(chunk)
                 .await
                 .with_context(|| format!("importing the profiles of {} ({})", log_path.display(), store.kind()))?;
             kept += stored.iter().filter(|&&s| !s).count();
+            bar.inc(chunk.len() as u64);
         }
+        bar.finish_and_clear();
         eprintln!(
             "imported {} events of {} subjects into the {} store ({kept} existing profiles kept) in {:.1} s",
             log.events.len(),
