@@ -50,7 +50,7 @@ pub struct ReportArgs {
     lang: Lang,
     /// Also print the figures as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 pub fn run(args: &ReportArgs) -> Result<std::process::ExitCode> {

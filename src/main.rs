@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use tongban_features::catalogue::{Catalogue, CatalogueError};
@@ -16,10 +16,15 @@ use tongban_features::synth::{self, GenParams, GenSink, GenSummary, GENERATOR_VE
 use tongban_features::time::Date;
 
 mod analytics_cli;
+mod config_file;
+mod examples;
 mod model_cli;
 mod profile;
+mod progress;
 mod report;
 mod serve;
+
+use progress::eprintln;
 
 // mimalloc: the push and HTTP paths allocate many small strings; glibc malloc took about a
 // tenth of their CPU time (perf, BENCHMARKS.md).
@@ -54,39 +59,82 @@ enum LogStyle {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Inspect the service catalogue.
+    #[command(after_help = examples::CATALOGUE)]
     Catalogue {
         #[command(subcommand)]
         command: CatalogueCommand,
     },
     /// Simulate service histories of a Dalian population (events, future, truth, subjects).
+    #[command(after_help = examples::GENERATE)]
     Generate(GenerateArgs),
     /// Read an event log and report what it holds (rows, events, skipped rows).
+    #[command(after_help = examples::INSPECT)]
     Inspect(InspectArgs),
     /// Show one subject's profile: recent events, bundle progress and top candidate features.
+    #[command(after_help = examples::PROFILE)]
     Profile(ProfileArgs),
     /// Train a model on an event log and write the model file.
+    #[command(after_help = examples::TRAIN)]
     Train(model_cli::TrainArgs),
     /// Evaluate the model beside the baselines (popularity, Markov, item-kNN) and the oracle.
+    #[command(after_help = examples::EVAL)]
     Eval(model_cli::EvalArgs),
     /// Random search of model parameters on the validation split; writes the best and the log.
+    #[command(after_help = examples::TUNE)]
     Tune(model_cli::TuneArgs),
     /// Serve the HTTP API (the durable embedded store in --data, Redis with --redis, or the
     /// volatile --memory for tests).
+    #[command(after_help = examples::SERVE)]
     Serve(serve::ServeArgs),
     /// Generate a small history if absent, train, and serve it on 127.0.0.1:8080 (durable store
     /// in DIR/state, with the push worker in process).
+    #[command(after_help = examples::DEMO)]
     Demo(serve::DemoArgs),
     /// Deliver queued pushes from Redis (inbox, log, webhook) and run the periodic deadline scan.
+    #[command(after_help = examples::WORKER)]
     Worker(serve::WorkerArgs),
     /// Scan every profile in Redis once for deadlines and renewals coming due; enqueue pushes.
+    #[command(after_help = examples::SCAN)]
     Scan(serve::ScanArgs),
     /// Operators' analytics from a log (journeys, ratings or approvals): report.html and report.md.
+    #[command(after_help = examples::REPORT)]
     Report(analytics_cli::ReportArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// Whether the command was asked for JSON on stdout (then no progress bar is drawn).
+    fn json(&self) -> bool {
+        match self {
+            Command::Catalogue { command: CatalogueCommand::Check { json, .. } } => *json,
+            Command::Generate(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Profile(a) => a.json,
+            Command::Train(a) => a.json,
+            Command::Eval(a) => a.json,
+            Command::Report(a) => a.json,
+            // `scan` prints its counts as JSON on stdout whatever happens; its spinner is on
+            // stderr, for the person at the terminal.
+            Command::Tune(_)
+            | Command::Serve(_)
+            | Command::Demo(_)
+            | Command::Worker(_)
+            | Command::Scan(_)
+            | Command::Completions { .. } => false,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum CatalogueCommand {
     /// Validate the catalogue; print counts, or every problem with its file and field.
+    #[command(after_help = examples::CATALOGUE)]
     Check {
         #[command(flatten)]
         catalogue: CatalogueArgs,
@@ -267,64 +315,18 @@ struct InspectArgs {
     json: bool,
 }
 
-/// `--config FILE` (or `TONGBAN_CONFIG`): a TOML file of settings, lowest precedence. Each key
-/// `some_key = value` becomes the variable `TONGBAN_SOME_KEY` unless the environment already has
-/// it, and flags override both: flags > environment > file > defaults.
-fn apply_config_file() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let path = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_owned)))
-        .or_else(|| std::env::var("TONGBAN_CONFIG").ok());
-    let Some(path) = path else { return Ok(()) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
-    // toml's own message quotes the faulty line, and a config file holds secrets (a webhook
-    // secret, a Redis password): say where and what, never the text.
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let at = e.span().map_or(0, |s| s.start).min(text.len());
-        let line = text[..at].matches('\n').count() + 1;
-        let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
-        anyhow::anyhow!(
-            "{path}:{line}:{column}: not valid TOML: {} (the line is not shown: config files hold secrets)",
-            e.message().trim()
-        )
-    })?;
-    for (key, value) in table {
-        let var = match key.as_str() {
-            // The one key whose variable is not its name: `data_dir` reads better in a file,
-            // `--data` / `TONGBAN_DATA` on a command line.
-            "data_dir" => "TONGBAN_DATA".to_owned(),
-            _ => format!("TONGBAN_{}", key.to_uppercase().replace('-', "_")),
-        };
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(a) => {
-                a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(",")
-            }
-            _ => bail!("{path}: key {key:?}: expected a string, number, boolean or list"),
-        };
-        if std::env::var_os(&var).is_none() {
-            // Single-threaded here: nothing else reads the environment yet.
-            std::env::set_var(&var, value);
-        }
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    if let Err(e) = apply_config_file() {
+    if let Err(e) = config_file::apply(&Cli::command()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level.
+    // Bars only for people: on a terminal, and never when the output is JSON for a program.
+    progress::init(std::io::stderr().is_terminal() && !cli.command.json());
+    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level. The
+    // lines are written with the bars suspended.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tongban_model=info".into());
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let logs = tracing_subscriber::fmt().with_writer(progress::LogWriter).with_env_filter(filter);
     match cli.log_format {
         LogStyle::Text => {
             use std::io::IsTerminal;
@@ -347,6 +349,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => serve::worker(&args),
         Command::Scan(args) => serve::scan(&args),
         Command::Report(args) => analytics_cli::run(&args),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(code) => code,
@@ -357,13 +360,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// A spinner on stderr while a long step runs (hidden when stderr is not a terminal).
-pub fn spinner(msg: String) -> ProgressBar {
-    let b = ProgressBar::new_spinner();
-    b.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"));
-    b.set_message(msg);
-    b.enable_steady_tick(std::time::Duration::from_millis(120));
-    b
+/// The completion script for `shell` on stdout. Written whole from a buffer, so that a closed
+/// pipe (`| head`) is an ordinary end rather than clap_complete's panic on a failed write.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tongban", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the completion script")),
+    }
 }
 
 /// Reads a log with a spinner naming the file.
@@ -373,7 +379,7 @@ pub fn read_log_with_progress(
     policy: BadRowPolicy,
     base: tongban_features::io::EventLog,
 ) -> Result<(tongban_features::io::EventLog, tongban_features::io::ReadReport)> {
-    let bar = spinner(format!("reading {}", path.display()));
+    let bar = progress::spinner(format!("reading {}", path.display()));
     let read = read_log_into(path, format, policy, base);
     bar.finish_and_clear();
     Ok(read?)
@@ -445,7 +451,7 @@ struct DirSink {
     future: BufWriter<File>,
     subjects: BufWriter<File>,
     truth: BufWriter<File>,
-    bar: Option<ProgressBar>,
+    bar: ProgressBar,
 }
 
 impl GenSink for DirSink {
@@ -462,9 +468,7 @@ impl GenSink for DirSink {
         self.truth.write_all(text.as_bytes())
     }
     fn progress(&mut self, done: u64, _total: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-        }
+        self.bar.set_position(done);
     }
 }
 
@@ -514,15 +518,7 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         jsonl: args.format == OutFormat::Jsonl,
     };
     let total = args.persons + args.enterprises;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} simulating [{bar:40}] {pos}/{len} subjects ({per_sec}, eta {eta})")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = progress::bar(total, "simulating", "subjects");
     let events_name = format!("events.{ext}");
     let future_name = format!("future.{ext}");
     let mut sink = DirSink {
@@ -537,9 +533,7 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     for w in [&mut sink.events, &mut sink.future, &mut sink.subjects, &mut sink.truth] {
         w.flush().context("flushing the generated files")?;
     }
-    if let Some(b) = &sink.bar {
-        b.finish_and_clear();
-    }
+    sink.bar.finish_and_clear();
     let manifest = Manifest {
         generator_version: GENERATOR_VERSION,
         seed: args.seed,

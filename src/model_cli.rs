@@ -16,6 +16,7 @@ use tongban_model::ranker::Learner;
 use tongban_model::seq::SeqArch;
 use tongban_model::ModelParams;
 
+use crate::progress::{eprintln, Bars};
 use crate::{print_json, LogArgs};
 
 /// Flags shared by train, eval and tune: the data.
@@ -263,6 +264,7 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    let bars = Bars::new();
     let input = EvalInput {
         log: &data.log,
         segments: &data.segments,
@@ -271,8 +273,10 @@ pub fn eval(args: &EvalArgs) -> Result<ExitCode> {
         model: loaded.as_ref().map(|(m, _)| m),
         ks: args.k.clone(),
         seed: args.seed,
+        progress: &bars,
     };
     let report = evaluate(&input, &protocol)?;
+    drop(bars);
     let secs = started.elapsed().as_secs_f64();
     if let Some(dir) = &args.report {
         crate::report::write(dir, &report, &args.data.log.events)?;
@@ -399,7 +403,10 @@ pub fn train(args: &TrainArgs) -> Result<ExitCode> {
         LogFormat::Pairs | LogFormat::Lines => TrainStyle::LastItem { exclude_history: args.mask_history },
         _ => TrainStyle::Temporal { horizon_days: args.horizon_days },
     };
-    let model = tongban_model::eval::train(&data.log, &data.segments, data.catalogue.clone(), &params, style)?;
+    let bars = Bars::new();
+    let model =
+        tongban_model::eval::train_with(&data.log, &data.segments, data.catalogue.clone(), &params, style, &bars)?;
+    drop(bars);
     let info = tongban_model::artifact::DataInfo {
         source: args.data.log.events.display().to_string(),
         fingerprint: sha256_file(&args.data.log.events)?,
@@ -480,6 +487,8 @@ pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
     let mut trials = Vec::new();
     let mut best: Option<(f64, ModelParams)> = None;
     let metric_k = if ev.k.contains(&10) { 10 } else { ev.k[0] };
+    let trials_bar = crate::progress::bar(args.trials as u64, "tuning", "trials");
+    let bars = Bars::new();
     for t in 0..args.trials {
         let mut p = ModelParams::default();
         if t > 0 {
@@ -508,6 +517,7 @@ pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
             model: None,
             ks: vec![metric_k],
             seed: ev.seed,
+            progress: &bars,
         };
         let started = std::time::Instant::now();
         let report = evaluate(&input, &protocol)?;
@@ -517,11 +527,14 @@ pub fn tune(args: &TuneArgs) -> Result<ExitCode> {
             "trial {t}: HR@{metric_k} {hr:.4} NDCG@{metric_k} {ndcg:.4} ({:.1} s)",
             started.elapsed().as_secs_f64()
         );
+        trials_bar.inc(1);
         trials.push(json!({ "trial": t, "params": p, "hr": hr, "ndcg": ndcg }));
         if best.as_ref().is_none_or(|b| ndcg > b.0) {
             best = Some((ndcg, p));
         }
     }
+    drop(bars);
+    trials_bar.finish_and_clear();
     let (score, params) = best.expect("at least one trial");
     let out = json!({
         "protocol": ev.protocol.as_str(),

@@ -15,6 +15,8 @@ use tongban_features::time::Timestamp;
 use tongban_server::queue::Queue;
 use tongban_server::{ApiKeys, Models, Served, Settings, Store};
 
+use crate::progress::eprintln;
+
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// The model file to serve.
@@ -366,9 +368,15 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub common: PushProcessArgs,
     /// Serve /healthz, /readyz (the store and queue answer) and /metrics (push counts, queue
-    /// depth) on this address, for a supervisor or Prometheus.
-    #[arg(long, env = "TONGBAN_HEALTH_ADDR")]
-    pub health_addr: Option<std::net::SocketAddr>,
+    /// depth) on this address (HOST:PORT), for a supervisor or Prometheus.
+    #[arg(long, visible_alias = "health-addr", env = "TONGBAN_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// On SIGTERM or Ctrl-C the worker claims nothing more and finishes the batch in hand; if
+    /// that takes longer than this, it exits anyway (those pushes stay claimed and another
+    /// worker reclaims them after --reclaim-after-ms). Keep it below the supervisor's kill
+    /// timeout (docker stop: 10 s; Kubernetes: 30 s).
+    #[arg(long, env = "TONGBAN_SHUTDOWN_GRACE_SECS", default_value_t = 8)]
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -414,11 +422,17 @@ pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
     // which cost more than the work on a small machine (BENCHMARKS.md).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
-        let pusher = pusher_for(&args.common).await?;
+        // The handlers first: a SIGTERM while connecting is a clean stop too, never the
+        // default action (killed on the spot).
+        let stop = Stop::install()?;
+        let pusher = tokio::select! {
+            p = pusher_for(&args.common) => p?,
+            () = stop.wait() => return Ok(ExitCode::SUCCESS),
+        };
         let worker = args.common.push.worker(pusher.clone())?;
-        if let Some(addr) = args.health_addr {
+        if let Some(addr) = args.metrics_addr {
             let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --health-addr {addr}"))?;
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
             tokio::spawn(tongban_server::deliver::health::serve(listener, pusher));
             eprintln!("worker health and metrics on http://{addr}/healthz, /readyz, /metrics");
         }
@@ -426,16 +440,65 @@ pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
             "tongban worker {} delivering from Redis ({} partitions)",
             worker.cfg.consumer, args.common.push.partitions
         );
-        worker.run(shutdown_signal()).await;
+        // `run` returns once the round in hand is finished and acknowledged after the signal;
+        // the deadline bounds a round stuck on a gateway or on Redis.
+        let grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+        let run = worker.run(stop.wait());
+        let deadline = async {
+            stop.wait().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            () = run => eprintln!("worker stopped: its last batch is finished"),
+            () = deadline => eprintln!(
+                "warning: the batch in hand did not finish within --shutdown-grace-secs {}: its pushes stay claimed \
+                 and another worker reclaims them after --reclaim-after-ms {}",
+                args.shutdown_grace_secs, args.common.push.reclaim_after_ms
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// SIGTERM or SIGINT, listened to from the moment it is installed (tokio's `ctrl_c()` and
+/// `signal()` inside an `async fn` register only when first polled, leaving a window in which
+/// a signal kills the process).
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn install() -> Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "interrupt",
+            };
+            eprintln!("shutting down ({which})");
+            let _ = tx.send(true);
+        });
+        Ok(Stop(rx))
+    }
+
+    /// Completes once a signal came.
+    async fn wait(&self) {
+        let mut rx = self.0.clone();
+        // An error means the sender is gone, which happens only after it sent.
+        let _ = rx.wait_for(|&stopped| stopped).await;
+    }
 }
 
 pub fn scan(args: &ScanArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let pusher = pusher_for(&args.common).await?;
-        let report = pusher.scan().await.context("scanning profiles")?;
+        // The scan reports no count as it goes (it lives in the server crate): a spinner.
+        let spin = crate::progress::spinner("scanning every profile for deadlines and renewals".into());
+        let report = pusher.scan().await.context("scanning profiles");
+        spin.finish_and_clear();
+        let report = report?;
         println!("{}", serde_json::to_string(&report).expect("reports serialise"));
         Ok(ExitCode::SUCCESS)
     })
@@ -536,6 +599,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             Some(p) => read_subjects(&p, &mut log, Timestamp(now).date_shanghai())?,
             None => vec![0; log.subjects.len()],
         };
+        let spin = crate::progress::spinner("building the profiles and the console's analytics".into());
         let profiles = model.profiles(&log, &segs);
         if let Some(cat) = catalogue.as_deref() {
             let mut a = tongban_features::analytics::Analytics::new(cat);
@@ -544,6 +608,7 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
             }
             analytics = Some(a);
         }
+        spin.finish_and_clear();
         let mut subjects = Vec::with_capacity(profiles.len());
         for (i, &seg) in segs.iter().enumerate().take(profiles.len()) {
             let id = log.subjects.name(i as u32);
@@ -555,13 +620,16 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         // In slices: one commit (fsync) per slice on the durable store, not one per profile.
         let mut kept = 0;
         let pairs: Vec<(&SubjectId, &tongban_features::profile::Profile)> = subjects.iter().zip(&profiles).collect();
+        let bar = crate::progress::bar(pairs.len() as u64, "importing", "profiles");
         for chunk in pairs.chunks(1000) {
             let stored = store
                 .import_profiles(chunk)
                 .await
                 .with_context(|| format!("importing the profiles of {} ({})", log_path.display(), store.kind()))?;
             kept += stored.iter().filter(|&&s| !s).count();
+            bar.inc(chunk.len() as u64);
         }
+        bar.finish_and_clear();
         eprintln!(
             "imported {} events of {} subjects into the {} store ({kept} existing profiles kept) in {:.1} s",
             log.events.len(),

@@ -1337,7 +1337,7 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     let at_kill = deliveries(&log).len();
     // The second worker serves its health and metrics.
     let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut second = spawn_with(&["--health-addr", &health.to_string()]);
+    let mut second = spawn_with(&["--metrics-addr", &health.to_string()]);
     let probe = reqwest::Client::new();
     let mut ready = None;
     for _ in 0..200 {

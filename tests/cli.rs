@@ -268,3 +268,174 @@ fn the_catalogue_is_built_in_with_the_fingerprint_of_its_folder() {
     assert_eq!(builtin["summary"]["fingerprint"], folder["summary"]["fingerprint"]);
     assert!(builtin["summary"]["services"].as_u64().unwrap() >= 250);
 }
+
+/// Every subcommand, as typed after `tongban`.
+const SUBCOMMANDS: [&[&str]; 13] = [
+    &["catalogue", "check"],
+    &["generate"],
+    &["inspect"],
+    &["profile"],
+    &["train"],
+    &["eval"],
+    &["tune"],
+    &["serve"],
+    &["demo"],
+    &["worker"],
+    &["scan"],
+    &["report"],
+    &["completions"],
+];
+
+#[test]
+fn the_bash_completion_script_names_every_subcommand_and_a_bad_shell_is_a_usage_error() {
+    let out = tongban(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("_tongban()") && script.contains("complete -F _tongban"), "{script}");
+    // Each subcommand is a case of the word after its parent.
+    for sub in SUBCOMMANDS {
+        assert!(script.contains(&format!("tongban,{})", sub[0])), "no completion of {sub:?}");
+    }
+    assert!(script.contains("__catalogue,check)"), "no completion of catalogue check");
+    // Flags and closed sets of values complete too.
+    assert!(script.contains("--metrics-addr") && script.contains("loo-full-repeat"), "flags and values");
+    let out = tongban(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for shell in ["bash", "elvish", "fish", "powershell", "zsh"] {
+        assert!(err.contains(shell), "{err}");
+    }
+}
+
+#[test]
+fn an_unknown_config_key_is_rejected_with_its_file_line_and_the_known_keys_never_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tongban.toml");
+    std::fs::write(
+        &cfg,
+        "addr = \"0.0.0.0:8080\"\nredis_url = \"redis://:pw@127.0.0.1:1/\"\n\nmx_body_bytes = \"s3cr3t-0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let out = tongban(&["--config", cfg.to_str().unwrap(), "catalogue", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tongban.toml:4: unknown key \"mx_body_bytes\" (did you mean \"max_body_bytes\"?)"), "{err}");
+    // The known keys: every flag's variable in any subcommand, the environment-only secrets,
+    // `data_dir` for --data; not `config` itself.
+    let known = err.split("known keys: ").nth(1).expect("the known keys are listed").trim();
+    let known: Vec<&str> = known.split(", ").collect();
+    for key in ["addr", "data_dir", "redis_url", "max_body_bytes", "metrics_addr", "portal_keys", "webhook_secret"] {
+        assert!(known.contains(&key), "{key} missing from {known:?}");
+    }
+    assert!(!known.contains(&"config") && !known.contains(&"data"), "{known:?}");
+    assert!(!err.contains("s3cr3t") && !err.contains(":pw@"), "a value was shown: {err}");
+    // The same file through TONGBAN_CONFIG, for `serve`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tongban"))
+        .args(["serve", "--model", "/nonexistent/x.model"])
+        .env("TONGBAN_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tongban.toml:4: unknown key"), "{out:?}");
+}
+
+#[test]
+fn every_subcommand_help_shows_examples_whose_flags_and_values_parse() {
+    for sub in SUBCOMMANDS {
+        let out = tongban(&[sub, &["--help"]].concat());
+        assert!(out.status.success(), "{sub:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let examples: Vec<&str> = help
+            .split_once("\nExamples:\n")
+            .unwrap_or_else(|| panic!("{sub:?} --help shows no examples:\n{help}"))
+            .1
+            .lines()
+            .filter_map(|l| l.strip_prefix("  tongban "))
+            .collect();
+        assert!(!examples.is_empty(), "{sub:?}: no example line");
+        for example in examples {
+            // The command line up to a redirection or pipe, then --help: clap checks every
+            // flag name and value up to there, and prints the help of the command named.
+            let mut args: Vec<&str> = example.split_whitespace().take_while(|w| *w != ">" && *w != "|").collect();
+            assert!(args.starts_with(sub), "an example of {sub:?} runs another command: {example}");
+            args.push("--help");
+            let out = tongban(&args);
+            assert!(
+                out.status.success(),
+                "`tongban {example}` does not parse: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let usage = format!("Usage: tongban {}", sub.join(" "));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&usage), "{example}");
+        }
+    }
+    // The worker's health address is --metrics-addr, with the old name kept as an alias.
+    let help = String::from_utf8(tongban(&["worker", "--help"]).stdout).unwrap();
+    assert!(help.contains("--metrics-addr <HOST:PORT>") && help.contains("[alias: --health-addr]"), "{help}");
+    assert!(tongban(&["worker", "--health-addr", "127.0.0.1:9100", "--help"]).status.success());
+}
+
+/// A sequence log of 300 users over 25 items, enough to train and evaluate in a second or two.
+fn small_lines_log(dir: &Path) -> PathBuf {
+    let file = dir.join("lines.txt");
+    let lines: String = (0..300u32)
+        .map(|u| {
+            let (n, start, step) = (3 + u % 6, u % 10, 1 + u % 3);
+            let items: Vec<String> = (0..n).map(|k| format!("i{}", (start + k * step) % 25)).collect();
+            format!("u{u} {}\n", items.join(" "))
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    file
+}
+
+/// What a progress bar or spinner leaves in a stream: carriage returns, cursor escapes, the bar.
+fn has_bar_characters(s: &str) -> bool {
+    s.contains('\r') || s.contains("\x1b[") || s.contains("[==") || s.contains("=>") || s.contains("(epochs)")
+}
+
+#[test]
+fn eval_json_is_pure_json_on_stdout_and_no_bar_reaches_a_stderr_that_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = small_lines_log(dir.path());
+    let args = ["eval", "--events", log.to_str().unwrap(), "--format", "lines", "--protocol", "loo-full", "--k", "1,5"];
+    let out = tongban(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = stdout_json(&out);
+    assert!(v["report"]["scorers"].as_array().is_some_and(|s| !s.is_empty()), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!has_bar_characters(&err), "bar characters on a stderr that is a pipe: {err:?}");
+    // Nor without --json: a pipe is not a terminal.
+    let out = tongban(&args);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!has_bar_characters(&err), "{err:?}");
+}
+
+/// Runs the binary under a pseudo-terminal (util-linux `script`): what a person at a terminal
+/// sees, stdout and stderr together, escapes included.
+fn on_a_terminal(args: &[&str]) -> String {
+    let line = std::iter::once(env!("CARGO_BIN_EXE_tongban")).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("util-linux `script` runs (Debian: bsdutils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_reading_training_and_evaluation_show_bars_and_json_silences_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = small_lines_log(dir.path());
+    let args = ["eval", "--events", log.to_str().unwrap(), "--format", "lines", "--protocol", "loo-full", "--k", "1,5"];
+    let seen = on_a_terminal(&args);
+    for step in ["reading ", "sequence model (epochs)", "ranker: fitting", "evaluating (cases"] {
+        assert!(seen.contains(step), "no progress for {step:?} on a terminal: {seen:?}");
+    }
+    let seen = on_a_terminal(&[&args[..], &["--json"]].concat());
+    for step in ["reading ", "sequence model (epochs)", "ranker: fitting", "evaluating (cases"] {
+        assert!(!seen.contains(step), "progress for {step:?} under --json: {seen:?}");
+    }
+    assert!(seen.contains("\"scorers\""), "{seen:?}");
+}

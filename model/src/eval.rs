@@ -28,6 +28,7 @@ use tongban_features::io::{fnv1a, segment_name, EventLog, LogEvent};
 use tongban_features::profile::Profile;
 
 use crate::knn::ItemSims;
+use crate::progress::{Progress, Silent};
 use crate::ranker::Ranker;
 use crate::recommend::{Case, Model, ModelError, ModelParams, Request, ScoreScratch};
 use crate::seq::SeqModel;
@@ -410,13 +411,17 @@ pub fn sequences(log: &EventLog) -> Vec<Vec<(u32, i64)>> {
 
 /// Trains the sequence model on the earliest fit's log, so that no fit's targets were its
 /// training labels; `None` when it is turned off (`seq.epochs = 0`).
-pub fn fit_seq(fits: &[Fit], params: &ModelParams) -> Result<Option<Arc<SeqModel>>, ModelError> {
+pub fn fit_seq(
+    fits: &[Fit],
+    params: &ModelParams,
+    progress: &dyn Progress,
+) -> Result<Option<Arc<SeqModel>>, ModelError> {
     params.seq.check()?;
     if params.seq.epochs == 0 {
         return Ok(None);
     }
     let Some((log, _, _)) = fits.iter().min_by_key(|f| f.2) else { return Ok(None) };
-    let model = SeqModel::train(&sequences(log), log.services.len(), &params.seq)?;
+    let model = SeqModel::train_with(&sequences(log), log.services.len(), &params.seq, progress)?;
     Ok(Some(Arc::new(model)))
 }
 
@@ -429,17 +434,24 @@ pub fn fit_ranker(
     params: &ModelParams,
     seq: Option<Arc<SeqModel>>,
     exclude_history: bool,
+    progress: &dyn Progress,
 ) -> Result<Ranker, ModelError> {
     let per_fit = (params.ranker.max_cases / fits.len().max(1)).max(10);
     let mut set = crate::ranker::TrainingSet::default();
+    progress.start("ranker: statistics and rows of each split", fits.len() as u64);
     for (log, cases, now) in fits {
         let m0 = Model::build(log, segments, catalogue.clone(), params, *now, seq.clone(), Ranker::uniform(&[0]))?;
         let profiles = m0.profiles(log, segments);
         let cases: Vec<Case> =
             cases.iter().map(|c| Case { subject: c.subject, target: c.target, now: c.now }).collect();
         set.extend(m0.training_set(&profiles, &cases, exclude_history, per_fit)?);
+        progress.advance(1);
     }
-    Ok(Ranker::fit(&set, &params.ranker.check()?)?)
+    progress.start("ranker: fitting", 0);
+    progress.note(&format!("{} rows", set.len()));
+    let ranker = Ranker::fit(&set, &params.ranker.check()?);
+    progress.finish();
+    Ok(ranker?)
 }
 
 /// How `tongban train` learns from a whole log.
@@ -460,6 +472,18 @@ pub fn train(
     params: &ModelParams,
     style: TrainStyle,
 ) -> Result<Model, ModelError> {
+    train_with(log, segments, catalogue, params, style, &Silent)
+}
+
+/// [`train`], reporting its long steps to `progress` (the same model).
+pub fn train_with(
+    log: &EventLog,
+    segments: &[u16],
+    catalogue: Option<Arc<Catalogue>>,
+    params: &ModelParams,
+    style: TrainStyle,
+    progress: &dyn Progress,
+) -> Result<Model, ModelError> {
     let now = max_time(&log.events) + 1;
     let (fits, exclude) = match style {
         TrainStyle::Temporal { horizon_days } => (temporal_fits(log, now, i64::from(horizon_days) * 86_400), false),
@@ -469,9 +493,12 @@ pub fn train(
             (vec![(l, c, n)], exclude_history)
         }
     };
-    let seq = fit_seq(&fits, params)?;
-    let ranker = fit_ranker(&fits, segments, catalogue.clone(), params, seq.clone(), exclude)?;
-    Model::build(log, segments, catalogue, params, now, seq, ranker)
+    let seq = fit_seq(&fits, params, progress)?;
+    let ranker = fit_ranker(&fits, segments, catalogue.clone(), params, seq.clone(), exclude, progress)?;
+    progress.start("statistics of the whole log", 0);
+    let model = Model::build(log, segments, catalogue, params, now, seq, ranker);
+    progress.finish();
+    model
 }
 
 /// Each subject's first start in `[from, to)`, as cases scored at `now`.
@@ -508,6 +535,8 @@ pub struct EvalInput<'a> {
     pub model: Option<&'a Model>,
     pub ks: Vec<usize>,
     pub seed: u64,
+    /// Where the long steps report (training, every scorer's cases); [`Silent`] for none.
+    pub progress: &'a dyn Progress,
 }
 
 /// Trains (unless a model is given) and evaluates the model and the baselines.
@@ -553,8 +582,16 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
             (m.clone(), Some(base), None)
         }
         None => {
-            let seq = fit_seq(&fits, &input.params)?;
-            let ranker = fit_ranker(&fits, &segments, input.catalogue.clone(), &input.params, seq.clone(), mask)?;
+            let seq = fit_seq(&fits, &input.params, input.progress)?;
+            let ranker = fit_ranker(
+                &fits,
+                &segments,
+                input.catalogue.clone(),
+                &input.params,
+                seq.clone(),
+                mask,
+                input.progress,
+            )?;
             let m =
                 Model::build(&train_log, &segments, input.catalogue.clone(), &input.params, now, seq, ranker.clone())?;
             (m, None, Some(ranker))
@@ -591,7 +628,10 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
     let kmax = ks.iter().copied().max().unwrap_or(10);
     let n = model.service_count();
     let mut reports = Vec::new();
+    let progress = input.progress;
+    progress.start("evaluating (cases of every scorer)", (cases.len() * scorers.len()) as u64);
     for sc in &scorers {
+        progress.note(&sc.name());
         let per_case: Vec<(Option<u64>, u16, Vec<u32>)> = cases
             .par_iter()
             .enumerate()
@@ -617,6 +657,7 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
                     } else {
                         Vec::new()
                     };
+                    progress.advance(1);
                     (rank, segments.get(case.subject as usize).copied().unwrap_or(0), topk)
                 },
             )
@@ -641,6 +682,7 @@ pub fn evaluate(input: &EvalInput<'_>, protocol: &Protocol) -> Result<EvalReport
             .collect();
         reports.push(ScorerReport { name: sc.name(), metrics: all.metrics(ks, coverage), per_segment });
     }
+    progress.finish();
     let protocol_name = match protocol {
         Protocol::LooFull { mask_history: true } => "loo-full (history masked)".to_owned(),
         Protocol::LooFull { mask_history: false } => "loo-full-repeat (nothing masked)".to_owned(),

@@ -47,6 +47,7 @@
 //! Inference is plain Rust over the weights (no candle type on the request path): the query
 //! vector `h` costs one pass over the window; scores are one dot product per service.
 
+use crate::progress::{Progress, Silent};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
@@ -546,7 +547,17 @@ impl SeqModel {
 
     /// Trains on sequences of (service, time) (each subject's starts, oldest first).
     pub fn train(sequences: &[Vec<(u32, i64)>], items: usize, p: &SeqParams) -> Result<SeqModel, SeqError> {
-        Self::train_observed(sequences, items, p, &mut |_, _| {})
+        Self::fit(sequences, items, p, &mut |_, _| {}, &Silent)
+    }
+
+    /// [`SeqModel::train`], reporting each epoch to `progress` (the same weights).
+    pub fn train_with(
+        sequences: &[Vec<(u32, i64)>],
+        items: usize,
+        p: &SeqParams,
+        progress: &dyn Progress,
+    ) -> Result<SeqModel, SeqError> {
+        Self::fit(sequences, items, p, &mut |_, _| {}, progress)
     }
 
     /// [`SeqModel::train`], calling `observe(epoch, model)` (1-based) with each epoch's weights.
@@ -555,6 +566,16 @@ impl SeqModel {
         items: usize,
         p: &SeqParams,
         observe: &mut dyn FnMut(usize, &SeqModel),
+    ) -> Result<SeqModel, SeqError> {
+        Self::fit(sequences, items, p, observe, &Silent)
+    }
+
+    fn fit(
+        sequences: &[Vec<(u32, i64)>],
+        items: usize,
+        p: &SeqParams,
+        observe: &mut dyn FnMut(usize, &SeqModel),
+        progress: &dyn Progress,
     ) -> Result<SeqModel, SeqError> {
         p.check()?;
         // The held-out last starts. Their sequences train without their last two starts, so
@@ -591,8 +612,11 @@ impl SeqModel {
         let mut losses = Vec::with_capacity(p.epochs);
         let mut best: Option<(f64, SeqModel)> = None;
         let mut last = None;
+        progress.start("sequence model (epochs)", p.epochs as u64);
         for epoch in 0..p.epochs {
             let (loss, positions) = trainer.epoch(epoch)?;
+            progress.advance(1);
+            progress.note(&format!("loss {loss:.4}"));
             losses.push(loss);
             let mut m = trainer.snapshot()?;
             m.kept_epoch = epoch + 1;
@@ -618,6 +642,7 @@ impl SeqModel {
                 break;
             }
         }
+        progress.finish();
         let mut m = match best.map(|b| b.1).or(last) {
             Some(m) => m,
             None => trainer.snapshot()?,

@@ -1,4 +1,4 @@
-//! A worker's own HTTP endpoints (`tongban worker --health-addr`): liveness, readiness (the
+//! A worker's own HTTP endpoints (`tongban worker --metrics-addr`): liveness, readiness (the
 //! store and the queue answer) and the push metrics, for a supervisor or Prometheus.
 
 use std::sync::Arc;

@@ -164,7 +164,9 @@ impl Worker {
     }
 
     /// Delivers until `shutdown` completes; runs the periodic scan if configured. Store errors
-    /// are logged and retried after a pause (the jobs stay pending and are redelivered).
+    /// are logged and retried after a pause (the jobs stay pending and are redelivered). A round
+    /// under way when `shutdown` completes is finished (delivered and acknowledged) first, and
+    /// no round starts after it.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut next_scan = self.cfg.scan_every.map(|_| tokio::time::Instant::now());
@@ -201,7 +203,10 @@ impl Worker {
                     Duration::from_millis(500)
                 }
             };
+            // Biased: after a full round the pause is zero, and an unbiased select would pick
+            // between a pending stop and another round at random, claiming more after the stop.
             tokio::select! {
+                biased;
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(pause) => {}
             }
