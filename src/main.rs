@@ -34,7 +34,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(
     name = "tongban",
-    version,
+    version = tongban_server::VERSION_LINE,
     about = "Recommendation and proactive push engine for one-stop government portals"
 )]
 struct Cli {

@@ -174,6 +174,17 @@ fn bad_arguments_get_a_clear_error() {
 }
 
 #[test]
+fn version_names_the_crate_version_and_the_commit() {
+    let out = tongban(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = format!("tongban {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected), "{text}");
+    let commit = text.trim().trim_start_matches(&expected).trim_end_matches(')');
+    assert!(commit == "unknown" || commit.trim_end_matches("-dirty").chars().all(|c| c.is_ascii_hexdigit()), "{text}");
+}
+
+#[test]
 fn a_config_file_sets_defaults_that_flags_override() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tongban.toml");

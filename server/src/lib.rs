@@ -49,6 +49,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit this build is from (`build.rs`; "unknown" outside a checkout).
 pub const GIT_COMMIT: &str = env!("TONGBAN_GIT_COMMIT");
 
+/// `tongban --version`: the crate version and the commit. (The active model is a server's, not
+/// the binary's: `GET /version` names it.)
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TONGBAN_GIT_COMMIT"), ")");
+
 /// How long a client may take to send a request's headers, and to start the next request on
 /// a kept-alive connection: a slow or idle client cannot hold a connection open.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
