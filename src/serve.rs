@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// requests and stop.
     #[arg(long, env = "TONGBAN_DRAIN_SECS", default_value_t = 0)]
     pub drain_secs: u64,
+    /// After the drain, in-flight requests get this many seconds to finish; then the process
+    /// exits 0 anyway (keep drain + grace below the supervisor's kill timeout, e.g.
+    /// Kubernetes' terminationGracePeriodSeconds).
+    #[arg(long, env = "TONGBAN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
     /// A browser origin allowed to call the API directly (CORS), e.g. https://zwfw.dl.gov.cn;
     /// repeat for several. CORS is off without it: API keys belong on the portal's backend,
     /// never in browsers.
@@ -683,7 +688,8 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         let _ = stop.send(true);
     };
     let drain = std::time::Duration::from_secs(args.drain_secs);
-    tongban_server::serve_draining(listener, state, shutdown, drain).await.context("serving")?;
+    let grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+    tongban_server::serve_draining(listener, state, shutdown, drain, grace).await.context("serving")?;
     if let Some(t) = worker_task {
         let _ = t.await;
     }
@@ -866,6 +872,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         templates: None,
         with_worker: true,
         drain_secs: 0,
+        shutdown_grace_secs: 10,
         cors_origins: Vec::new(),
         push: PushArgs::defaults(),
     };

@@ -613,7 +613,9 @@ async fn catalogue_answers_are_cacheable_and_follow_accept_language() {
         }
         req.send()
     };
-    for path in ["/v1/services/p.daily.id_renew", "/v1/services/p.daily.id_renew/related?k=3", "/v1/services/popular?k=3"] {
+    for path in
+        ["/v1/services/p.daily.id_renew", "/v1/services/p.daily.id_renew/related?k=3", "/v1/services/popular?k=3"]
+    {
         let r = get(path, &[]).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.headers()["cache-control"], "max-age=300");
@@ -630,15 +632,22 @@ async fn catalogue_answers_are_cacheable_and_follow_accept_language() {
         assert_eq!(get(path, &[("if-none-match", "\"stale\"")]).await.unwrap().status(), 200);
     }
     let locale_of = |v: &Value| v["locale"].as_str().unwrap_or_default().to_owned();
-    let r: Value = get("/v1/services/popular", &[("accept-language", "en-GB,zh;q=0.8")]).await.unwrap().json().await.unwrap();
+    let r: Value =
+        get("/v1/services/popular", &[("accept-language", "en-GB,zh;q=0.8")]).await.unwrap().json().await.unwrap();
     assert_eq!(locale_of(&r), "en");
-    let r: Value = get("/v1/services/popular", &[("accept-language", "fr, zh-HK;q=0.5")]).await.unwrap().json().await.unwrap();
+    let r: Value =
+        get("/v1/services/popular", &[("accept-language", "fr, zh-HK;q=0.5")]).await.unwrap().json().await.unwrap();
     assert_eq!(locale_of(&r), "zh-CN");
     // An explicit locale wins over the header.
-    let r: Value =
-        get("/v1/users/u1/recommendations?locale=zh-CN", &[("accept-language", "en")]).await.unwrap().json().await.unwrap();
+    let r: Value = get("/v1/users/u1/recommendations?locale=zh-CN", &[("accept-language", "en")])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(locale_of(&r), "zh-CN");
-    let r: Value = get("/v1/users/u1/recommendations", &[("accept-language", "en")]).await.unwrap().json().await.unwrap();
+    let r: Value =
+        get("/v1/users/u1/recommendations", &[("accept-language", "en")]).await.unwrap().json().await.unwrap();
     assert_eq!(locale_of(&r), "en");
     let name = r["suggestions"][0]["service"]["name"].as_str().unwrap();
     assert!(name.is_ascii(), "an English name: {name}");
@@ -1471,7 +1480,8 @@ async fn sigterm_drains_with_readyz_503_then_exits_cleanly() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_tongban"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--drain-secs", "2", "--model"])
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--drain-secs", "2", "--shutdown-grace-secs", "1"])
+        .arg("--model")
         .arg(f.model_file.path())
         .current_dir(dir.path())
         .stdout(Stdio::null())
@@ -1511,6 +1521,8 @@ async fn sigterm_drains_with_readyz_503_then_exits_cleanly() {
     assert!(exit.status.success(), "exit {:?}: {stderr}", exit.status);
     assert!(stderr.contains("shutting down (SIGTERM)"), "{stderr}");
     assert!(signalled.elapsed() >= Duration::from_secs(2), "stopped before the drain period");
+    // Drain (2 s) + grace (1 s), with room for a loaded machine.
+    assert!(signalled.elapsed() < Duration::from_secs(8), "stopped only after {:?}", signalled.elapsed());
     assert!(status("/healthz").await.is_err(), "stopped accepting");
 }
 

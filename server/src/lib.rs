@@ -57,11 +57,11 @@ pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", e
 /// a kept-alive connection: a slow or idle client cannot hold a connection open.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long in-flight requests get to finish after `shutdown`.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long in-flight requests get to finish after `shutdown`, by default.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `state` on a bound listener until `shutdown` completes (graceful: in-flight requests
-/// finish, within [`DRAIN`]). HTTP/1.1 (put a proxy in front for HTTP/2 and TLS); every
+/// finish, within [`SHUTDOWN_GRACE`]). HTTP/1.1 (put a proxy in front for HTTP/2 and TLS); every
 /// connection has a header-read deadline ([`HEADER_READ_TIMEOUT`]), which `axum::serve` does
 /// not set.
 pub async fn serve(
@@ -69,17 +69,19 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_draining(listener, state, shutdown, std::time::Duration::ZERO).await
+    serve_draining(listener, state, shutdown, std::time::Duration::ZERO, SHUTDOWN_GRACE).await
 }
 
 /// [`serve`], but once `shutdown` completes the server first drains for `drain`: `/readyz`
 /// answers 503 `draining` while requests are still served, so that a load balancer (a
-/// Kubernetes readiness probe) takes this replica out before it stops accepting.
+/// Kubernetes readiness probe) takes this replica out before it stops accepting; then in-flight
+/// requests get `grace` to finish.
 pub async fn serve_draining(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: std::time::Duration,
+    grace: std::time::Duration,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let flag = state.clone();
@@ -148,7 +150,7 @@ pub async fn serve_draining(
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || console.console.save()).await {
         tracing::warn!(error = %e, "saving the console's analytics");
     }
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }
     Ok(())
