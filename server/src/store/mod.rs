@@ -7,7 +7,9 @@
 //!
 //! An event older than every event of a full profile window is acknowledged as `too_late` and
 //! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
-//! The rules of de-duplication, caps and the inbox cap are written once ([`rules`]).
+//! The rules of de-duplication, caps, the inbox cap and how long event ids are remembered
+//! ([`SEEN_TTL_SECS`] from their first sighting, at most [`SEEN_CAP`] per subject: every backend
+//! stays bounded) are written once ([`rules`]).
 //!
 //! The store also keeps the audit log of operators' look-ups of personal data ([`AuditEntry`]):
 //! who looked at which subject, and when.
@@ -29,7 +31,7 @@ use crate::push::{Caps, InboxMessage, Preferences, Skip};
 pub use self::disk::DiskStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{redact, RedisStore};
-pub use self::rules::{AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_TTL_SECS, SENT_KEEP_SECS};
+pub use self::rules::{AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,13 +128,16 @@ pub trait Backend: Send + Sync {
     /// The subject's profile, if any.
     fn profile(&self, subject: &SubjectId) -> impl Future<Output = Result<Option<Profile>, StoreError>> + Send;
 
-    /// Applies the batches of several subjects, ignoring event ids seen before; `segments[i]`
-    /// is set on a new profile of `batches[i]`. Atomic per subject.
+    /// Applies the batches of several subjects, ignoring event ids seen within
+    /// [`SEEN_TTL_SECS`] before `now` (wall-clock Unix seconds, the time new ids are recorded
+    /// as first seen; at most [`rules::SEEN_CAP`] ids are kept per subject, the oldest go
+    /// first); `segments[i]` is set on a new profile of `batches[i]`. Atomic per subject.
     fn apply_many(
         &self,
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
 
     /// Stores a profile built offline unless the subject already has one (a restarted replica
@@ -270,19 +275,22 @@ impl Store {
         delegate!(self, b => b.profile(subject).await)
     }
 
-    /// Applies one subject's batch.
+    /// Applies one subject's batch at wall time.
     pub async fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Result<Applied, StoreError> {
-        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx).await?.swap_remove(0))
+        let now = (crate::clock::wall_ms() / 1000) as i64;
+        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx, now).await?.swap_remove(0))
     }
 
-    /// See [`Backend::apply_many`].
+    /// See [`Backend::apply_many`]; `now` is wall time (ingest passes the wall clock, not the
+    /// policy clock, as Redis expires on its own wall clock).
     pub async fn apply_many(
         &self,
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
-        delegate!(self, b => b.apply_many(batches, segments, ctx).await)
+        delegate!(self, b => b.apply_many(batches, segments, ctx, now).await)
     }
 
     pub async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {

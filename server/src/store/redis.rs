@@ -2,9 +2,12 @@
 //!
 //! Keys of one subject share a hash tag, so per-subject operations stay on one node of a
 //! Redis Cluster: `tb:{u:<id>}:p` (profile bytes), `tb:{u:<id>}:v` (version counter, never
-//! deleted, so a write prepared before an erasure cannot land after it), `tb:{u:<id>}:e` (event
-//! ids seen; the set expires `SEEN_TTL_SECS` after the subject's last write: while a subject
-//! stays active the set keeps growing, a known limit of this version). Pushes: `:prefs`
+//! deleted, so a write prepared before an erasure cannot land after it), `tb:{u:<id>}:ids`
+//! (event ids seen: a sorted set scored by the time each was first seen, trimmed as the embedded
+//! stores trim theirs, `SEEN_TTL_SECS` and `SEEN_CAP`; the key expires `SEEN_TTL_SECS` after
+//! the subject's last write). Migration: the first version kept a plain set `:e` that only
+//! expired as a whole; it is still read (never written) so that ids seen before an upgrade stay
+//! duplicates until it expires, at most `SEEN_TTL_SECS` later, and erasure deletes it. Pushes: `:prefs`
 //! (preferences JSON), `:msgs` (the inbox: a hash of push id to message JSON, capped at
 //! `INBOX_CAP`, expiring with its longest-lived message), `:read` (read marks), `:sent` and
 //! `:crit` (pushes reserved per lane, for de-duplication and caps), `:x` (the subject was
@@ -24,7 +27,7 @@ use redis::FromRedisValue;
 use tongban_features::domain::SubjectId;
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, SEEN_TTL_SECS, SENT_KEEP_SECS};
+use super::rules::{self, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS};
 use super::{
     apply_events, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
     SubjectData, AUDIT_KEEP,
@@ -77,6 +80,8 @@ struct Keys {
     profile: String,
     version: String,
     seen: String,
+    /// The first version's set of ids seen (read until it expires, see the module docs).
+    seen_v1: String,
     prefs: String,
     inbox: String,
     read: String,
@@ -174,7 +179,8 @@ impl RedisStore {
         Keys {
             profile: format!("{tag}:p"),
             version: format!("{tag}:v"),
-            seen: format!("{tag}:e"),
+            seen: format!("{tag}:ids"),
+            seen_v1: format!("{tag}:e"),
             prefs: format!("{tag}:prefs"),
             inbox: format!("{tag}:msgs"),
             read: format!("{tag}:read"),
@@ -191,6 +197,7 @@ impl RedisStore {
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
         pending: &[usize],
         results: &mut [Applied],
     ) -> Result<Vec<usize>, StoreError> {
@@ -198,16 +205,23 @@ impl RedisStore {
         let mut reads = redis::pipe();
         for &i in pending {
             let k = self.keys(batches[i].subject);
-            reads.cmd("GET").arg(k.profile).cmd("GET").arg(k.version).cmd("SMISMEMBER").arg(k.seen).arg(batches[i].ids);
+            reads.cmd("GET").arg(k.profile).cmd("GET").arg(k.version);
+            reads.cmd("ZMSCORE").arg(k.seen).arg(batches[i].ids).cmd("SMISMEMBER").arg(k.seen_v1).arg(batches[i].ids);
         }
         let values: Vec<redis::Value> = reads.query_async(&mut c).await?;
         let mut writes = redis::pipe();
         let mut written = Vec::new();
-        for (v, &i) in values.chunks(3).zip(pending) {
+        for (v, &i) in values.chunks(4).zip(pending) {
             let b = &batches[i];
             let bytes: Option<Vec<u8>> = FromRedisValue::from_redis_value(v[0].clone()).map_err(unexpected)?;
             let version: Option<String> = FromRedisValue::from_redis_value(v[1].clone()).map_err(unexpected)?;
-            let seen: Vec<bool> = FromRedisValue::from_redis_value(v[2].clone()).map_err(unexpected)?;
+            let first_seen: Vec<Option<f64>> = FromRedisValue::from_redis_value(v[2].clone()).map_err(unexpected)?;
+            let seen_v1: Vec<bool> = FromRedisValue::from_redis_value(v[3].clone()).map_err(unexpected)?;
+            let seen: Vec<bool> = first_seen
+                .iter()
+                .zip(&seen_v1)
+                .map(|(at, &old)| old || at.is_some_and(|at| rules::still_seen(at as i64, now)))
+                .collect();
             let mut profile = match bytes {
                 Some(x) => Profile::decode(&x)?,
                 None => Profile::new(segments[i]),
@@ -227,6 +241,8 @@ impl RedisStore {
                     .arg(version.as_deref().unwrap_or("0"))
                     .arg(profile.encode())
                     .arg(SEEN_TTL_SECS)
+                    .arg(now)
+                    .arg(SEEN_CAP)
                     .arg(&new_ids);
                 written.push(i);
             }
@@ -275,6 +291,7 @@ impl Backend for RedisStore {
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let mut results = vec![Applied::default(); batches.len()];
         let mut pending: Vec<usize> = (0..batches.len()).collect();
@@ -282,7 +299,7 @@ impl Backend for RedisStore {
             if pending.is_empty() {
                 return Ok(results);
             }
-            pending = self.apply_round(batches, segments, ctx, &pending, &mut results).await?;
+            pending = self.apply_round(batches, segments, ctx, now, &pending, &mut results).await?;
         }
         if pending.is_empty() {
             Ok(results)
@@ -313,6 +330,7 @@ impl Backend for RedisStore {
             .cmd("DEL")
             .arg(&k.profile)
             .arg(&k.seen)
+            .arg(&k.seen_v1)
             .arg(&[&k.prefs, &k.inbox, &k.read, &k.sent, &k.crit])
             .cmd("INCR")
             .arg(&k.version)

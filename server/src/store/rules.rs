@@ -13,9 +13,16 @@ pub const SENT_KEEP_SECS: i64 = 400 * DAY;
 /// Inbox messages kept per subject (the oldest go first).
 pub const INBOX_CAP: usize = 50;
 
-/// How long Redis remembers event ids for idempotency (the profile also ignores duplicates of
-/// its retained events).
+/// How long every backend remembers an event id for idempotency, from the time it was first
+/// seen (wall time): a sender retrying within this window gets `duplicate`. Beyond it the
+/// profile still ignores duplicates of the events it retains.
 pub const SEEN_TTL_SECS: i64 = 30 * DAY;
+
+/// Event ids remembered per subject at most (the oldest first seen go first), so that a subject
+/// that stays active does not grow its set without end. A profile retains 64 events by default
+/// and a citizen posts a few a month; a company posting more than this within
+/// [`SEEN_TTL_SECS`] has its oldest ids guarded by the profile alone.
+pub const SEEN_CAP: usize = 4096;
 
 /// Audit entries kept (the oldest go first).
 pub const AUDIT_KEEP: usize = 100_000;
@@ -48,6 +55,11 @@ pub fn cap_rules(caps: &Caps, critical: bool) -> Vec<CapRule> {
 /// The first rule that `reserved` (the lane's reservation times) has reached at `now`.
 pub fn first_reached(rules: &[CapRule], reserved: &[i64], now: i64) -> Option<Skip> {
     rules.iter().find(|r| reserved.iter().filter(|&&at| at > now - r.window_secs).count() >= r.limit).map(|r| r.skip)
+}
+
+/// Whether an event id first seen at `first_seen` still counts as seen at `now`.
+pub fn still_seen(first_seen: i64, now: i64) -> bool {
+    first_seen > now - SEEN_TTL_SECS
 }
 
 /// Inbox order: newest first (by creation, then id).
