@@ -11,9 +11,10 @@ use tongban_features::domain::{Channel, EventKind, SubjectId};
 use tongban_features::io::LogEvent;
 use tongban_features::profile::{BundleIndex, Profile, ProfileContext, ProfileParams};
 use tongban_features::time::Timestamp;
-use tongban_server::push::{Caps, InboxMessage, Outbound, Preferences, Skip, Trigger};
+use tongban_server::push::{Caps, InboxMessage, Job, Outbound, Preferences, Skip, Trigger};
 use tongban_server::store::{
-    AuditEntry, Batch, InboxItem, RedisStore, Store, StoreError, INBOX_CAP, SEEN_CAP, SEEN_TTL_SECS,
+    AuditEntry, Batch, Dedupe, InboxItem, Pending, RedisStore, Reservation, Store, StoreError, INBOX_CAP,
+    OUTBOX_GRACE_MS, SEEN_CAP, SEEN_TTL_SECS,
 };
 
 use support::RedisServer;
@@ -98,6 +99,9 @@ contract!(
     reservations_deduplicate_in_both_lanes_and_cap_each_lane,
     caps_count_only_their_window,
     released_reservations_can_be_made_again,
+    a_next_step_key_is_deduplicated_over_a_sliding_window,
+    a_reservation_keeps_its_push_in_the_outbox_until_cleared_and_recovery_takes_it_once_per_grace,
+    an_erased_subject_leaves_no_outbox_entry,
     pages_visit_every_subject_with_a_profile_once,
     concurrent_updates_of_one_subject_lose_nothing,
     batches_of_several_subjects_answer_in_order,
@@ -278,9 +282,97 @@ async fn released_reservations_can_be_made_again(h: Harness) {
     let s = sid("u-release");
     let caps = Caps::default();
     assert_eq!(h.store.reserve(&s, "TB-X", T0, &caps, true).await.unwrap(), Ok(()));
-    let res = [tongban_server::store::Reservation { subject: &s, id: "TB-X", critical: true }];
+    let res = [Reservation::by_id(&s, "TB-X", true)];
     h.store.release(&res).await.unwrap();
     assert_eq!(h.store.reserve(&s, "TB-X", T0, &caps, true).await.unwrap(), Ok(()));
+    // A release takes the outbox entry with it.
+    let p = pending(&s, "TB-Y", 1_000);
+    let with_outbox = [Reservation { outbox: Some(&p), ..Reservation::by_id(&s, "TB-Y", false) }];
+    assert_eq!(h.store.reserve_many(&with_outbox, T0, &caps).await.unwrap(), [Ok(())]);
+    h.store.release(&with_outbox).await.unwrap();
+    assert!(h.store.take_outbox(&[&s], 1_000 + OUTBOX_GRACE_MS).await.unwrap().is_empty());
+}
+
+/// An outbox entry of push `id` for `subject`, written at wall time `since_ms`.
+fn pending(subject: &SubjectId, id: &str, since_ms: u64) -> Pending {
+    let job = Job {
+        subject: subject.clone(),
+        message: message(id, T0),
+        critical: false,
+        done_after: 0,
+        reasons: vec!["next_in_bundle".into()],
+        decisions: vec!["consent:ok".into()],
+        attempts: 0,
+        last_error: None,
+    };
+    Pending { job, due_ms: since_ms, since_ms }
+}
+
+async fn a_next_step_key_is_deduplicated_over_a_sliding_window(h: Harness) {
+    let s = sid("u-sliding");
+    let caps = Caps { per_day: 10, per_week: 10, ..Caps::default() };
+    let week = 7 * DAY;
+    let r = |id: &'static str, at: i64| {
+        let (store, s) = (h.store.clone(), s.clone());
+        async move {
+            let it = Reservation {
+                dedupe: Dedupe { key: "TD-bundle", horizon_secs: week },
+                ..Reservation::by_id(&s, id, false)
+            };
+            store.reserve_many(&[it], at, &caps).await.unwrap().remove(0)
+        }
+    };
+    // Where the fixed window had a boundary (a multiple of the week).
+    let boundary = (T0 / week + 1) * week;
+    assert_eq!(r("TB-s1", boundary - 60).await, Ok(()));
+    assert_eq!(r("TB-s2", boundary + 60).await, Err(Skip::Duplicate), "a minute across the old boundary");
+    assert_eq!(r("TB-s3", boundary - 61 + week).await, Err(Skip::Duplicate), "still within the week");
+    assert_eq!(r("TB-s4", boundary - 60 + week).await, Ok(()), "a week after the first: a second push");
+    assert_eq!(r("TB-s4", boundary + 3 * week).await, Err(Skip::Duplicate), "a push id is reserved once");
+    // Keys are per subject and key: another key pushes at once.
+    let other = Reservation {
+        dedupe: Dedupe { key: "TD-other", horizon_secs: week },
+        ..Reservation::by_id(&s, "TB-s5", false)
+    };
+    assert_eq!(h.store.reserve_many(&[other], boundary + 120, &caps).await.unwrap(), [Ok(())]);
+}
+
+async fn a_reservation_keeps_its_push_in_the_outbox_until_cleared_and_recovery_takes_it_once_per_grace(h: Harness) {
+    let (s, t) = (sid("u-outbox"), sid("u-outbox-2"));
+    let since = 5_000_000;
+    let (lost, sent) = (pending(&s, "TB-lost", since), pending(&t, "TB-sent", since));
+    let items = [
+        Reservation { outbox: Some(&lost), ..Reservation::by_id(&s, "TB-lost", false) },
+        Reservation { outbox: Some(&sent), ..Reservation::by_id(&t, "TB-sent", false) },
+    ];
+    assert_eq!(h.store.reserve_many(&items, T0, &Caps::default()).await.unwrap(), [Ok(()), Ok(())]);
+    // The second was enqueued and cleared; the first's request was dropped before its enqueue.
+    h.store.clear_outbox(&[(&t, "TB-sent")]).await.unwrap();
+    let both = [&s, &t];
+    assert!(h.store.take_outbox(&both, since + OUTBOX_GRACE_MS - 1).await.unwrap().is_empty(), "within the grace");
+    let taken = h.store.take_outbox(&both, since + OUTBOX_GRACE_MS).await.unwrap();
+    assert_eq!(taken.len(), 1, "only the push never enqueued");
+    assert_eq!((&taken[0].job, taken[0].due_ms), (&lost.job, lost.due_ms), "the whole job, to enqueue as it was");
+    assert!(
+        h.store.take_outbox(&both, since + OUTBOX_GRACE_MS + 1).await.unwrap().is_empty(),
+        "taken: a second recovery pass within the grace leaves it"
+    );
+    h.store.clear_outbox(&[(&s, "TB-lost")]).await.unwrap();
+    assert!(h.store.take_outbox(&both, since + 10 * OUTBOX_GRACE_MS).await.unwrap().is_empty(), "cleared");
+    // A duplicate reservation writes no outbox entry.
+    let again = pending(&s, "TB-lost", since);
+    let dup = [Reservation { outbox: Some(&again), ..Reservation::by_id(&s, "TB-lost", false) }];
+    assert_eq!(h.store.reserve_many(&dup, T0, &Caps::default()).await.unwrap(), [Err(Skip::Duplicate)]);
+    assert!(h.store.take_outbox(&both, since + 20 * OUTBOX_GRACE_MS).await.unwrap().is_empty());
+}
+
+async fn an_erased_subject_leaves_no_outbox_entry(h: Harness) {
+    let s = sid("u-outbox-erased");
+    let p = pending(&s, "TB-e", 1_000);
+    let items = [Reservation { outbox: Some(&p), ..Reservation::by_id(&s, "TB-e", false) }];
+    assert_eq!(h.store.reserve_many(&items, T0, &Caps::default()).await.unwrap(), [Ok(())]);
+    assert!(h.store.erase(&s).await.unwrap(), "an outbox entry is something to erase");
+    assert!(h.store.take_outbox(&[&s], 1_000 + OUTBOX_GRACE_MS).await.unwrap().is_empty());
 }
 
 async fn pages_visit_every_subject_with_a_profile_once(h: Harness) {

@@ -7,7 +7,8 @@
 //! time first seen as value) with `seen_order` (the same by (subject, time, id), so that the
 //! oldest are one range to forget) and `seen_count` (ids per subject, for the cap), `prefs`
 //! (preferences JSON), `inbox` (the messages JSON, read marks in them), `sent` (reservations
-//! JSON) and `erased` (the subject was erased: a bulk import never brings it back; holds no data
+//! JSON), `outbox` (reserved pushes whose enqueue is not confirmed: JSON, written in the
+//! reservation's transaction) and `erased` (the subject was erased: a bulk import never brings it back; holds no data
 //! but the fact), and `audit` (the operators' audit log: sequence -> entry JSON, the newest
 //! [`super::AUDIT_KEEP`]; an erasure leaves it alone). The rules are the memory store's, run on the same data ([`super::rules`],
 //! [`super::apply_events`]).
@@ -40,7 +41,7 @@ use tongban_features::domain::SubjectId;
 use tongban_features::io::{fnv1a, LogEvent};
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, Sent};
+use super::rules::{self, Pending, Sent};
 use super::{
     apply_events, has_profile, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation,
     StoreError, SubjectData, AUDIT_KEEP,
@@ -59,6 +60,7 @@ const SEEN_V1: TableDefinition<(&str, &str), ()> = TableDefinition::new("seen");
 const PREFS: TableDefinition<&str, &str> = TableDefinition::new("prefs");
 const INBOX: TableDefinition<&str, &str> = TableDefinition::new("inbox");
 const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent");
+const OUTBOX: TableDefinition<&str, &str> = TableDefinition::new("outbox");
 const ERASED: TableDefinition<&str, ()> = TableDefinition::new("erased");
 const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
@@ -182,6 +184,50 @@ pub struct DiskStore {
     db: Arc<DbFile>,
 }
 
+/// One reservation, owned (it crosses to the blocking pool).
+struct OwnedReservation {
+    subject: SubjectId,
+    id: String,
+    critical: bool,
+    key: String,
+    horizon_secs: i64,
+    pending: Option<Pending>,
+}
+
+impl OwnedReservation {
+    fn of(it: &Reservation<'_>) -> OwnedReservation {
+        OwnedReservation {
+            subject: it.subject.clone(),
+            id: it.id.to_owned(),
+            critical: it.critical,
+            key: it.dedupe.key.to_owned(),
+            horizon_secs: it.dedupe.horizon_secs,
+            pending: it.outbox.cloned(),
+        }
+    }
+}
+
+/// Deletes outbox entries by (subject, push id); answers whether any was there.
+fn remove_from_outbox(txn: &WriteTransaction, items: &[(SubjectId, String)]) -> Result<bool, StoreError> {
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let mut changed = false;
+    for (s, id) in items {
+        let Some(mut pending) = get_json::<Vec<Pending>>(&outbox, "outbox", s.as_str())? else { continue };
+        let before = pending.len();
+        pending.retain(|p| &p.job.message.id != id);
+        if pending.len() == before {
+            continue;
+        }
+        changed = true;
+        if pending.is_empty() {
+            outbox.remove(s.as_str())?;
+        } else {
+            outbox.insert(s.as_str(), to_json(&pending).as_str())?;
+        }
+    }
+    Ok(changed)
+}
+
 /// One subject's batch, owned (it crosses to the blocking pool).
 struct OwnedBatch {
     subject: SubjectId,
@@ -202,6 +248,7 @@ impl DiskStore {
             txn.open_table(PREFS)?;
             txn.open_table(INBOX)?;
             txn.open_table(SENT)?;
+            txn.open_table(OUTBOX)?;
             txn.open_table(ERASED)?;
             txn.open_table(AUDIT)?;
             Ok(())
@@ -443,7 +490,7 @@ impl Backend for DiskStore {
                 existed |= profiles
                     .remove((page_of(s), s))?
                     .is_some_and(|v| Profile::decode(v.value()).map_or(true, |p| has_profile(&p)));
-                for def in [PREFS, INBOX, SENT] {
+                for def in [PREFS, INBOX, SENT, OUTBOX] {
                     existed |= txn.open_table(def)?.remove(s)?.is_some();
                 }
                 existed |= erase_seen(txn, s)?;
@@ -540,18 +587,31 @@ impl Backend for DiskStore {
         now: i64,
         caps: &Caps,
     ) -> Result<Vec<Result<(), Skip>>, StoreError> {
-        let owned: Vec<(SubjectId, String, bool)> =
-            items.iter().map(|it| (it.subject.clone(), it.id.to_owned(), it.critical)).collect();
+        let owned: Vec<OwnedReservation> = items.iter().map(OwnedReservation::of).collect();
         let caps = *caps;
         blocking(&self.db, move |db| {
             db.write_changed(|txn| {
                 let mut table = txn.open_table(SENT)?;
+                let mut outbox = txn.open_table(OUTBOX)?;
                 let mut out = Vec::with_capacity(owned.len());
-                for (s, id, critical) in &owned {
-                    let mut sent: Vec<Sent> = get_json(&table, "reservations", s.as_str())?.unwrap_or_default();
-                    let r = rules::reserve(&mut sent, id, *critical, now, &caps);
+                for o in &owned {
+                    let s = o.subject.as_str();
+                    let mut sent: Vec<Sent> = get_json(&table, "reservations", s)?.unwrap_or_default();
+                    let it = Reservation {
+                        subject: &o.subject,
+                        id: &o.id,
+                        critical: o.critical,
+                        dedupe: rules::Dedupe { key: &o.key, horizon_secs: o.horizon_secs },
+                        outbox: o.pending.as_ref(),
+                    };
+                    let r = rules::reserve(&mut sent, &it, now, &caps);
                     if r.is_ok() {
-                        table.insert(s.as_str(), to_json(&sent).as_str())?;
+                        table.insert(s, to_json(&sent).as_str())?;
+                        if let Some(p) = &o.pending {
+                            let mut pending: Vec<Pending> = get_json(&outbox, "outbox", s)?.unwrap_or_default();
+                            pending.push(p.clone());
+                            outbox.insert(s, to_json(&pending).as_str())?;
+                        }
                     }
                     out.push(r);
                 }
@@ -569,10 +629,38 @@ impl Backend for DiskStore {
                 let mut table = txn.open_table(SENT)?;
                 for (s, id) in &owned {
                     let Some(mut sent) = get_json::<Vec<Sent>>(&table, "reservations", s.as_str())? else { continue };
-                    sent.retain(|(x, _, _)| x != id);
+                    sent.retain(|x| &x.id != id);
                     table.insert(s.as_str(), to_json(&sent).as_str())?;
                 }
+                drop(table);
+                remove_from_outbox(txn, &owned)?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        let owned: Vec<(SubjectId, String)> = items.iter().map(|(s, id)| ((*s).clone(), (*id).to_owned())).collect();
+        blocking(&self.db, move |db| db.write_changed(|txn| Ok(((), remove_from_outbox(txn, &owned)?)))).await
+    }
+
+    async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        let owned: Vec<SubjectId> = subjects.iter().map(|s| (*s).clone()).collect();
+        blocking(&self.db, move |db| {
+            db.write_changed(|txn| {
+                let mut outbox = txn.open_table(OUTBOX)?;
+                let mut out = Vec::new();
+                for s in &owned {
+                    let Some(mut pending) = get_json::<Vec<Pending>>(&outbox, "outbox", s.as_str())? else { continue };
+                    let taken = rules::take_stale(&mut pending, now_ms);
+                    if !taken.is_empty() {
+                        outbox.insert(s.as_str(), to_json(&pending).as_str())?;
+                        out.extend(taken);
+                    }
+                }
+                let changed = !out.is_empty();
+                Ok((out, changed))
             })
         })
         .await

@@ -10,7 +10,7 @@ use tongban_features::domain::SubjectId;
 use tongban_features::io::fnv1a;
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, Sent};
+use super::rules::{self, Pending, Sent};
 use super::{
     apply_events, has_profile, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation,
     StoreError, SubjectData, AUDIT_KEEP,
@@ -62,6 +62,8 @@ struct Entry {
     inbox: Vec<InboxMessage>,
     /// Pushes reserved.
     sent: Vec<Sent>,
+    /// Reserved pushes whose enqueue is not confirmed yet.
+    outbox: Vec<Pending>,
     /// The subject was erased: a bulk import never brings it back.
     erased: bool,
 }
@@ -116,7 +118,10 @@ impl MemoryStore {
 
     fn reserve(&self, it: &Reservation<'_>, now: i64, caps: &Caps) -> Result<(), Skip> {
         let mut shard = self.shard(it.subject);
-        rules::reserve(&mut shard.entry(it.subject.clone()).or_default().sent, it.id, it.critical, now, caps)
+        let entry = shard.entry(it.subject.clone()).or_default();
+        rules::reserve(&mut entry.sent, it, now, caps)?;
+        entry.outbox.extend(it.outbox.cloned());
+        Ok(())
     }
 
     fn push_inbox(&self, item: &InboxItem<'_>) -> bool {
@@ -156,7 +161,12 @@ impl Backend for MemoryStore {
     async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
         let mut shard = self.shard(subject);
         let existed = shard.get(subject).is_some_and(|e| {
-            e.has_profile() || e.prefs.is_some() || !e.inbox.is_empty() || !e.sent.is_empty() || !e.seen.is_empty()
+            e.has_profile()
+                || e.prefs.is_some()
+                || !e.inbox.is_empty()
+                || !e.sent.is_empty()
+                || !e.seen.is_empty()
+                || !e.outbox.is_empty()
         });
         shard.insert(subject.clone(), Entry { erased: true, ..Entry::default() });
         Ok(existed)
@@ -211,10 +221,30 @@ impl Backend for MemoryStore {
     async fn release(&self, items: &[Reservation<'_>]) -> Result<(), StoreError> {
         for it in items {
             if let Some(e) = self.shard(it.subject).get_mut(it.subject) {
-                e.sent.retain(|(id, _, _)| id != it.id);
+                e.sent.retain(|x| x.id != it.id);
+                e.outbox.retain(|x| x.job.message.id != it.id);
             }
         }
         Ok(())
+    }
+
+    async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        for (subject, id) in items {
+            if let Some(e) = self.shard(subject).get_mut(*subject) {
+                e.outbox.retain(|x| x.job.message.id != *id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        let mut out = Vec::new();
+        for subject in subjects {
+            if let Some(e) = self.shard(subject).get_mut(*subject) {
+                out.extend(rules::take_stale(&mut e.outbox, now_ms));
+            }
+        }
+        Ok(out)
     }
 
     async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {

@@ -31,7 +31,9 @@ use crate::push::{Caps, InboxMessage, Preferences, Skip};
 pub use self::disk::DiskStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{redact, RedisStore};
-pub use self::rules::{AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS};
+pub use self::rules::{
+    Dedupe, Pending, AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, OUTBOX_GRACE_MS, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +92,25 @@ pub type SubjectData = (SubjectId, Profile, Option<Preferences>);
 /// A subject's profile and preferences, either possibly absent.
 pub type ProfileAndPrefs = (Option<Profile>, Option<Preferences>);
 
-/// One push to reserve.
+/// One push to reserve: its id, lane and de-duplication, and the outbox entry written with it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reservation<'a> {
     pub subject: &'a SubjectId,
     pub id: &'a str,
     pub critical: bool,
+    pub dedupe: Dedupe<'a>,
+    /// The push to keep in the subject's outbox until [`Backend::clear_outbox`]: what makes a
+    /// reservation recoverable when the enqueue after it never happens. `None` reserves only
+    /// (a caller that will not enqueue: the caps checks of tests and operators).
+    pub outbox: Option<&'a Pending>,
+}
+
+impl<'a> Reservation<'a> {
+    /// A reservation de-duplicated by its push id over [`SENT_KEEP_SECS`], with no outbox
+    /// entry.
+    pub fn by_id(subject: &'a SubjectId, id: &'a str, critical: bool) -> Reservation<'a> {
+        Reservation { subject, id, critical, dedupe: Dedupe { key: id, horizon_secs: SENT_KEEP_SECS }, outbox: None }
+    }
 }
 
 /// One message for a subject's inbox, and how long the inbox keeps it.
@@ -192,8 +207,9 @@ pub trait Backend: Send + Sync {
     /// Marks a message of the inbox read (the caller checked that it is there).
     fn mark_read(&self, subject: &SubjectId, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Reserves pushes, in order, atomically per push: not reserved before (within
-    /// [`SENT_KEEP_SECS`], in either lane) and within the caps of its lane ([`rules`]).
+    /// Reserves pushes, in order, atomically per push: not a duplicate in either lane
+    /// ([`Dedupe`]) and within the caps of its lane ([`rules`]); a reservation made also writes
+    /// its outbox entry, in the same atomic step, under the subject's own data.
     fn reserve_many(
         &self,
         items: &[Reservation<'_>],
@@ -201,8 +217,21 @@ pub trait Backend: Send + Sync {
         caps: &Caps,
     ) -> impl Future<Output = Result<Vec<Result<(), Skip>>, StoreError>> + Send;
 
-    /// Forgets reservations (an enqueue that failed after them).
+    /// Forgets reservations and their outbox entries (an operator's or a test's undo).
     fn release(&self, items: &[Reservation<'_>]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the outbox entries of pushes now in the queue, by (subject, push id). Missing
+    /// entries are no error (a recovery pass may have cleared them).
+    fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The outbox entries of `subjects` waiting at least [`OUTBOX_GRACE_MS`] at `now_ms`
+    /// (wall-clock milliseconds), each marked taken at `now_ms` atomically per subject
+    /// ([`rules::take_stale`]): the recovery pass enqueues them, then clears them.
+    fn take_outbox(
+        &self,
+        subjects: &[&SubjectId],
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Pending>, StoreError>> + Send;
 
     /// One page of subjects that have a profile. Start with cursor 0; the page returning
     /// cursor 0 is the last. A subject written during the scan may be missed or seen twice.
@@ -224,6 +253,9 @@ pub trait Backend: Send + Sync {
 }
 
 /// A store: one of the backends. Only delegates.
+// One store per process, behind an `Arc`: the size of the Redis variant (its scripts) costs
+// nothing, and boxing it would only add an indirection to every call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Store {
     Disk(DiskStore),
@@ -373,7 +405,7 @@ impl Store {
         caps: &Caps,
         critical: bool,
     ) -> Result<Result<(), Skip>, StoreError> {
-        Ok(self.reserve_many(&[Reservation { subject, id, critical }], now, caps).await?[0])
+        Ok(self.reserve_many(&[Reservation::by_id(subject, id, critical)], now, caps).await?[0])
     }
 
     pub async fn reserve_many(
@@ -393,6 +425,22 @@ impl Store {
             return Ok(());
         }
         delegate!(self, b => b.release(items).await)
+    }
+
+    /// See [`Backend::clear_outbox`].
+    pub async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        delegate!(self, b => b.clear_outbox(items).await)
+    }
+
+    /// See [`Backend::take_outbox`].
+    pub async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.take_outbox(subjects, now_ms).await)
     }
 
     pub async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {

@@ -10,7 +10,11 @@
 //! duplicates until it expires, at most `SEEN_TTL_SECS` later, and erasure deletes it. Pushes: `:prefs`
 //! (preferences JSON), `:msgs` (the inbox: a hash of push id to message JSON, capped at
 //! `INBOX_CAP`, expiring with its longest-lived message), `:read` (read marks), `:sent` and
-//! `:crit` (pushes reserved per lane, for de-duplication and caps), `:x` (the subject was
+//! `:crit` (push ids reserved per lane, scored by the time reserved, for de-duplication and
+//! caps), `:dk` (de-duplication keys that are not a push id, the next steps', scored by their
+//! last reservation: the sliding window), `:out` and `:outat` (the outbox: push id -> entry
+//! JSON, and push id -> since, written by the reservation's script, deleted after the enqueue;
+//! no expiry, a recovery pass clears what it enqueues), `:x` (the subject was
 //! erased: a bulk import never brings it back; never expires, holds no data but the fact).
 //! The operators' audit log is one list, `tb:audit` (entry JSON, newest at the head, trimmed to
 //! `AUDIT_KEEP`); an erasure leaves it alone.
@@ -27,7 +31,7 @@ use redis::FromRedisValue;
 use tongban_features::domain::SubjectId;
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS};
+use super::rules::{self, Pending, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS};
 use super::{
     apply_events, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
     SubjectData, AUDIT_KEEP,
@@ -38,6 +42,7 @@ const CAS: &str = include_str!("lua/cas.lua");
 const IMPORT: &str = include_str!("lua/import.lua");
 const RESERVE: &str = include_str!("lua/reserve.lua");
 const LEASE: &str = include_str!("lua/lease.lua");
+const OUTBOX: &str = include_str!("lua/outbox.lua");
 
 /// Rounds of compare-and-set conflicts before an update gives up with `Contention`.
 const CAS_ROUNDS: usize = 16;
@@ -51,6 +56,7 @@ pub struct RedisStore {
     import: redis::Script,
     reserve: redis::Script,
     lease: redis::Script,
+    outbox: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -87,6 +93,9 @@ struct Keys {
     read: String,
     sent: String,
     crit: String,
+    dedupe: String,
+    outbox: String,
+    outbox_at: String,
     erased: String,
 }
 
@@ -117,6 +126,7 @@ impl RedisStore {
             import: redis::Script::new(IMPORT),
             reserve: redis::Script::new(RESERVE),
             lease: redis::Script::new(LEASE),
+            outbox: redis::Script::new(OUTBOX),
         };
         let mut c = s.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
@@ -154,7 +164,7 @@ impl RedisStore {
 
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        for script in [CAS, IMPORT, RESERVE] {
+        for script in [CAS, IMPORT, RESERVE, OUTBOX] {
             let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(&mut c).await?;
         }
         Ok(())
@@ -186,6 +196,9 @@ impl RedisStore {
             read: format!("{tag}:read"),
             sent: format!("{tag}:sent"),
             crit: format!("{tag}:crit"),
+            dedupe: format!("{tag}:dk"),
+            outbox: format!("{tag}:out"),
+            outbox_at: format!("{tag}:outat"),
             erased: format!("{tag}:x"),
         }
     }
@@ -331,7 +344,7 @@ impl Backend for RedisStore {
             .arg(&k.profile)
             .arg(&k.seen)
             .arg(&k.seen_v1)
-            .arg(&[&k.prefs, &k.inbox, &k.read, &k.sent, &k.crit])
+            .arg(&[&k.prefs, &k.inbox, &k.read, &k.sent, &k.crit, &k.dedupe, &k.outbox, &k.outbox_at])
             .cmd("INCR")
             .arg(&k.version)
             .cmd("SET")
@@ -430,8 +443,14 @@ impl Backend for RedisStore {
         let mut pipe = redis::pipe();
         for it in items {
             let k = self.keys(it.subject);
-            pipe.cmd("EVALSHA").arg(self.reserve.get_hash()).arg(2).arg(k.sent).arg(k.crit);
+            pipe.cmd("EVALSHA").arg(self.reserve.get_hash()).arg(5);
+            pipe.arg(k.sent).arg(k.crit).arg(k.dedupe).arg(k.outbox).arg(k.outbox_at);
             pipe.arg(it.id).arg(now).arg(SENT_KEEP_SECS).arg(u8::from(it.critical));
+            pipe.arg(it.dedupe.key).arg(it.dedupe.horizon_secs);
+            match it.outbox {
+                Some(p) => pipe.arg(serde_json::to_string(p).expect("outbox entries serialise")).arg(p.since_ms),
+                None => pipe.arg("").arg(0),
+            };
             for r in rules::cap_rules(caps, it.critical) {
                 pipe.arg(r.window_secs).arg(r.limit).arg(r.skip.as_str());
             }
@@ -453,10 +472,46 @@ impl Backend for RedisStore {
         for it in items {
             let k = self.keys(it.subject);
             pipe.cmd("ZREM").arg(k.sent).arg(it.id).ignore().cmd("ZREM").arg(k.crit).arg(it.id).ignore();
+            if it.dedupe.key != it.id {
+                pipe.cmd("ZREM").arg(k.dedupe).arg(it.dedupe.key).ignore();
+            }
+            pipe.cmd("HDEL").arg(k.outbox).arg(it.id).ignore().cmd("ZREM").arg(k.outbox_at).arg(it.id).ignore();
         }
         let mut c = self.conn.clone();
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
+    }
+
+    /// Two commands per entry, in the subject's slot; if only the first lands, the recovery
+    /// script drops the orphaned time.
+    async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for (subject, id) in items {
+            let k = self.keys(subject);
+            pipe.cmd("HDEL").arg(k.outbox).arg(*id).ignore().cmd("ZREM").arg(k.outbox_at).arg(*id).ignore();
+        }
+        let mut c = self.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// One script per subject (each in its own slot), in one pipeline.
+    async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        let mut pipe = redis::pipe();
+        let cutoff = now_ms.saturating_sub(rules::OUTBOX_GRACE_MS);
+        for s in subjects {
+            let k = self.keys(s);
+            pipe.cmd("EVALSHA").arg(self.outbox.get_hash()).arg(2).arg(k.outbox).arg(k.outbox_at);
+            pipe.arg(cutoff).arg(now_ms);
+        }
+        let answers: Vec<Vec<String>> = self.query_scripts(&pipe).await?;
+        answers
+            .iter()
+            .flatten()
+            .map(|json| {
+                serde_json::from_str(json).map_err(|e| StoreError::Unavailable(format!("unreadable outbox entry: {e}")))
+            })
+            .collect()
     }
 
     /// `SCAN` over the profile keys.
