@@ -25,6 +25,10 @@
 //! when a subject's batch adds ids. A file written before `seen_at` existed has its `seen` table
 //! moved over at open, each id as first seen then (so it is remembered 30 more days).
 //!
+//! Reservations written by the first version (`[id, at, critical]` arrays) still read
+//! ([`rules::Sent`]); as on Redis, a next step pushed in the `dedup_days` before an upgrade may go
+//! once more after it, its old id having carried a fixed window.
+//!
 //! Known limit of this version, as in the memory store: inbox messages leave by the cap, not by
 //! their time to live.
 

@@ -16,6 +16,11 @@
 //! JSON, and push id -> since, written by the reservation's script, deleted after the enqueue;
 //! no expiry, a recovery pass clears what it enqueues), `:x` (the subject was
 //! erased: a bulk import never brings it back; never expires, holds no data but the fact).
+//! Migration of the reservations: `:sent` and `:crit` keep their first-version format and are
+//! read as before (a push id is its own de-duplication key); `:dk`, `:out` and `:outat` are new
+//! and start empty. First-version next-step ids carried a fixed window, which the new
+//! de-duplication key does not match, so a next step pushed in the `dedup_days` before the
+//! upgrade may go once more after it (one per subject and bundle, once).
 //! The operators' audit log is one list, `tb:audit` (entry JSON, newest at the head, trimmed to
 //! `AUDIT_KEEP`); an erasure leaves it alone.
 //!
