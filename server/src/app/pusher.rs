@@ -109,9 +109,10 @@ impl Pusher {
     /// reservation: the reservation writes the push into the subject's outbox in the same
     /// atomic step, the outbox entry is cleared only once the queue holds the push, and the
     /// periodic scan's recovery pass ([`Pusher::recover`]) enqueues entries older than
-    /// [`OUTBOX_GRACE_MS`](crate::store::OUTBOX_GRACE_MS). A failed enqueue therefore keeps its reservations (the recovery
-    /// enqueues them later) instead of releasing them, and a failed clear only costs a second
-    /// enqueue of the same push id, which the inbox refuses and webhook receivers de-duplicate.
+    /// [`OUTBOX_GRACE_MS`](crate::store::OUTBOX_GRACE_MS). A failed enqueue therefore keeps its
+    /// reservations (the recovery enqueues them later) instead of releasing them, and a failed
+    /// clear only costs a second enqueue of the same push id, which the inbox refuses and
+    /// webhook receivers de-duplicate.
     pub async fn offer_many(&self, offers: &[Offer<'_>], model: &str) -> Result<Offered, StoreError> {
         let reserved = self.reserve_offers(offers, model).await?;
         self.enqueue_reserved(reserved).await
@@ -186,7 +187,7 @@ impl Pusher {
         let done: Vec<(&SubjectId, &str)> =
             items.iter().map(|it| (&it.job.subject, it.job.message.id.as_str())).collect();
         if let Err(e) = self.store.clear_outbox(&done).await {
-            tracing::warn!(pushes = done.len(), error = %e, "outbox not cleared: the recovery pass enqueues them again");
+            tracing::warn!(pushes = done.len(), error = %e, "outbox not cleared: recovery will enqueue them again");
         }
         // Skip records are for operators; losing them loses no push.
         if let Err(e) = self.queue.skipped(&skipped).await {
@@ -196,7 +197,8 @@ impl Pusher {
     }
 
     /// The recovery pass over some subjects (a page of the scan): enqueues their outbox entries
-    /// older than [`OUTBOX_GRACE_MS`](crate::store::OUTBOX_GRACE_MS) at `now_ms` (wall clock), then clears them. Returns how
+    /// older than [`OUTBOX_GRACE_MS`](crate::store::OUTBOX_GRACE_MS) at `now_ms` (wall clock),
+    /// then clears them. Returns how
     /// many it enqueued. A push enqueued twice (its first enqueue landed, the clear did not) is
     /// delivered once to the inbox, which refuses a push id it holds.
     pub async fn recover(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<usize, StoreError> {

@@ -236,7 +236,8 @@ mod tests {
         let job: Job = serde_json::from_value(serde_json::json!({
             "subject": "p1", "critical": false, "done_after": 0, "reasons": [], "decisions": [],
             "message": { "id": "TB-1", "trigger": "next_step", "bundle": null, "services": [], "title": "t",
-                "body": "b", "sms": "s", "created_at": 0, "deliver_at": 0, "expires_at": 9, "read": false, "model": "m" }
+                "body": "b", "sms": "s", "created_at": 0, "deliver_at": 0, "expires_at": 9, "read": false,
+                "model": "m" }
         }))
         .unwrap();
         let mut outbox = vec![Pending { job, due_ms: 5, since_ms: 1_000 }];
