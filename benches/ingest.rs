@@ -61,7 +61,10 @@ async fn ingest(store: &Store, batches: &[Vec<Group>], ctx: &ProfileContext) -> 
     for groups in batches {
         let b: Vec<Batch> =
             groups.iter().map(|g| Batch { subject: &g.subject, events: &g.events, ids: &g.ids }).collect();
-        let done = store.apply_many(&b, &segments, ctx).await.expect("apply");
+        let done = store
+            .apply_many(&b, &segments, ctx, (tongban_server::clock::wall_ms() / 1000) as i64)
+            .await
+            .expect("apply");
         assert_eq!(done.iter().map(|a| a.accepted).sum::<usize>(), PER_BATCH);
     }
     let secs = started.elapsed().as_secs_f64();

@@ -445,7 +445,7 @@ async fn with_a_push_id_key_push_ids_are_keyed_hmacs() {
     complete(&app, "co-keyed", "e.entry.registration", None).await;
     let inbox = app.wait_inbox("co-keyed", 1).await;
     let id = inbox["messages"][0]["id"].as_str().unwrap().to_owned();
-    let window = fixture().now.div_euclid(Caps::default().dedup_days * 86_400);
+    let window = fixture().now;
     let keyed = tongban_server::push::IdKey::new(Some(key)).unwrap();
     assert_eq!(id, keyed.id(&sid("co-keyed"), "b.e.open", Trigger::NextStep, window));
     assert_ne!(id, push_id(&sid("co-keyed"), "b.e.open", Trigger::NextStep, window), "not the plain hash");
@@ -849,9 +849,7 @@ async fn push_flow(backend: Backend) {
     assert_eq!(r["pushed"], 1, "{r}");
     let (_, inbox) = app.get("/v1/users/co-quiet/inbox").await;
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 0, "deferred by quiet hours: {inbox}");
-    let f = fixture();
-    let window = f.now.div_euclid(Caps::default().dedup_days * 86_400);
-    let quiet_id = push_id(&sid("co-quiet"), "b.e.open", Trigger::NextStep, window);
+    let quiet_id = next_step_id("co-quiet", "b.e.open");
     let rec = app.wait_status(&quiet_id, "deferred").await;
     assert!(rec["decisions"].to_string().contains("quiet_hours:deferred_to"), "{rec}");
     assert_eq!(rec["trigger"], "next_step");
@@ -978,7 +976,8 @@ async fn drain(w: &Worker) {
 }
 
 fn next_step_id(subject: &str, bundle: &str) -> String {
-    push_id(&sid(subject), bundle, Trigger::NextStep, fixture().now.div_euclid(Caps::default().dedup_days * 86_400))
+    // A next step's id carries the time proposed (the pinned clock); its de-duplication slides.
+    push_id(&sid(subject), bundle, Trigger::NextStep, fixture().now)
 }
 
 async fn policy_is_rechecked_at_delivery(backend: Backend) {
@@ -1016,6 +1015,7 @@ async fn policy_is_rechecked_at_delivery(backend: Backend) {
         },
         key: "e.tax.invoice".into(),
         window: 1,
+        sliding_secs: None,
         critical: true,
         expires_at: fixture().now,
         done_after: 0,
@@ -1037,6 +1037,82 @@ async fn policy_is_rechecked_at_delivery(backend: Backend) {
     assert!(text.contains("tongban_pushes_total{status=\"skipped\",trigger=\"next_step\"}"), "{text}");
     assert!(text.contains("tongban_push_queue{state=\"ready\"} 0"), "{text}");
 }
+
+/// A request dropped between its reservation and its enqueue: the outbox keeps the push, the
+/// scan's recovery pass enqueues it once its grace is over, and the worker delivers it once.
+async fn outbox_recovery(backend: Backend) {
+    let (app, _redis) = start_opts(backend, ApiKeys::default(), Opts::default()).await;
+    let w = test_worker(&app.state, None, 3);
+    let p = app.state.pusher.clone().unwrap();
+    no_quiet_hours(&app, "co-dropped", &[]).await;
+    let e = json!({ "event_id": "co-dropped-1", "subject": "co-dropped", "service": "e.entry.registration", "kind": "applied" });
+    assert_eq!(app.post("/v1/events", &e.to_string()).await.0, 200);
+    let (profile, prefs) = app.state.store.profile_and_prefs(&sid("co-dropped")).await.unwrap();
+    let (profile, prefs) = (profile.unwrap(), prefs.unwrap());
+    let svc = p.catalogue.lookup("e.tax.invoice").unwrap();
+    let cand = tongban_server::push::Candidate {
+        trigger: Trigger::NextStep,
+        kind: tongban_server::push::Kind::NextStep,
+        content: tongban_server::push::Content { services: vec![svc], ..Default::default() },
+        key: "b.e.open".into(),
+        window: fixture().now,
+        sliding_secs: Some(7 * 86_400),
+        critical: false,
+        expires_at: fixture().now + 30 * 86_400,
+        done_after: 0,
+        reasons: vec!["next_in_bundle"],
+        stage: p.catalogue.service(svc).category,
+    };
+    let offer = tongban_server::app::Offer {
+        subject: &sid("co-dropped"),
+        profile: &profile,
+        prefs: &prefs,
+        candidates: std::slice::from_ref(&cand),
+    };
+    let reserved = p.reserve_offers(&[offer], "test").await.unwrap();
+    let id = reserved.offered().ids[0].clone();
+    // The request is dropped here: reserved, never enqueued.
+    drop(reserved);
+    drain(&w).await;
+    assert_eq!(app.get("/v1/users/co-dropped/inbox").await.1["messages"].as_array().unwrap().len(), 0);
+    let again = p.offer(&sid("co-dropped"), &profile, &prefs, std::slice::from_ref(&cand), "test").await.unwrap();
+    assert_eq!(again.skipped.len(), 1, "the reservation stands: a new offer is a duplicate, {again:?}");
+
+    let grace = tongban_server::store::OUTBOX_GRACE_MS;
+    let now_ms = tongban_server::clock::wall_ms();
+    assert_eq!(p.scan_at(now_ms).await.unwrap().recovered, 0, "within its grace the request may still enqueue it");
+    assert_eq!(p.scan_at(now_ms + grace).await.unwrap().recovered, 1);
+    assert_eq!(p.scan_at(now_ms + grace + 1).await.unwrap().recovered, 0, "enqueued once");
+    drain(&w).await;
+    let inbox = app.wait_inbox("co-dropped", 1).await;
+    assert_eq!(inbox["messages"][0]["id"], id.as_str(), "{inbox}");
+    assert_eq!(app.wait_status(&id, "delivered").await["id"], id.as_str());
+    assert_eq!(p.scan_at(now_ms + 10 * grace).await.unwrap().recovered, 0, "cleared after its enqueue");
+
+    // Enqueued twice (a clear that failed after the first enqueue): still one message.
+    let twice = tongban_server::push::job(
+        &p.catalogue,
+        &p.templates,
+        &prefs,
+        &sid("co-dropped"),
+        &cand,
+        p.now(),
+        &p.portal,
+        "test",
+        &p.ids,
+    );
+    assert_eq!(twice.message.id, id, "the same push");
+    let item = tongban_server::queue::Enqueue {
+        job: twice,
+        due_ms: tongban_server::clock::wall_ms(),
+        status: tongban_server::queue::Status::Queued,
+    };
+    app.state.queue.enqueue(std::slice::from_ref(&item)).await.unwrap();
+    drain(&w).await;
+    assert_eq!(app.get("/v1/users/co-dropped/inbox").await.1["messages"].as_array().unwrap().len(), 1);
+}
+
+on_both_backends!(outbox_recovery: a_push_reserved_by_a_dropped_request_is_recovered_and_delivered_once_memory, a_push_reserved_by_a_dropped_request_is_recovered_and_delivered_once_redis);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_steps_below_the_confidence_threshold_are_left_out() {

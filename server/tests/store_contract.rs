@@ -11,8 +11,11 @@ use tongban_features::domain::{Channel, EventKind, SubjectId};
 use tongban_features::io::LogEvent;
 use tongban_features::profile::{BundleIndex, Profile, ProfileContext, ProfileParams};
 use tongban_features::time::Timestamp;
-use tongban_server::push::{Caps, InboxMessage, Outbound, Preferences, Skip, Trigger};
-use tongban_server::store::{AuditEntry, Batch, InboxItem, RedisStore, Store, StoreError, INBOX_CAP};
+use tongban_server::push::{Caps, InboxMessage, Job, Outbound, Preferences, Skip, Trigger};
+use tongban_server::store::{
+    AuditEntry, Batch, Dedupe, InboxItem, Pending, RedisStore, Reservation, Store, StoreError, INBOX_CAP,
+    OUTBOX_GRACE_MS, SEEN_CAP, SEEN_TTL_SECS,
+};
 
 use support::RedisServer;
 
@@ -85,6 +88,7 @@ async fn apply(
 
 contract!(
     events_are_idempotent_by_id_within_and_across_requests,
+    event_ids_are_duplicates_within_their_ttl_then_forgotten_and_bounded_per_subject,
     an_event_older_than_a_full_window_is_too_late_not_a_duplicate,
     a_new_profile_takes_its_segment_and_a_missing_one_is_none,
     import_never_overwrites_a_profile_and_keeps_preferences,
@@ -95,6 +99,9 @@ contract!(
     reservations_deduplicate_in_both_lanes_and_cap_each_lane,
     caps_count_only_their_window,
     released_reservations_can_be_made_again,
+    a_next_step_key_is_deduplicated_over_a_sliding_window,
+    a_reservation_keeps_its_push_in_the_outbox_until_cleared_and_recovery_takes_it_once_per_grace,
+    an_erased_subject_leaves_no_outbox_entry,
     pages_visit_every_subject_with_a_profile_once,
     concurrent_updates_of_one_subject_lose_nothing,
     batches_of_several_subjects_answer_in_order,
@@ -112,6 +119,52 @@ async fn events_are_idempotent_by_id_within_and_across_requests(h: Harness) {
     assert_eq!((again.accepted, again.duplicates), (0, 2));
     let p = h.store.profile(&s).await.unwrap().expect("a profile");
     assert_eq!(p.events(), 2);
+}
+
+/// Applies events with ids at wall time `now` (the clock the stores record ids with).
+async fn apply_at(store: &Store, subject: &SubjectId, events: &[LogEvent], ids: &[String], now: i64) -> (usize, usize) {
+    let out = store.apply_many(&[Batch { subject, events, ids }], &[0], &ctx(64), now).await.unwrap().remove(0);
+    (out.accepted, out.duplicates)
+}
+
+async fn event_ids_are_duplicates_within_their_ttl_then_forgotten_and_bounded_per_subject(h: Harness) {
+    let s = sid("u-seen-ttl");
+    let id = |x: &str| vec![x.to_owned()];
+    // A replayed id is a duplicate, whatever event it carries, until its time to live ends
+    // (another event each time, so that the profile's own duplicate check does not answer).
+    assert_eq!(apply_at(&h.store, &s, &[event(1, T0, EventKind::Applied)], &id("r1"), T0).await, (1, 0));
+    let later = [event(2, T0 + 10, EventKind::Applied)];
+    assert_eq!(apply_at(&h.store, &s, &later, &id("r1"), T0 + SEEN_TTL_SECS - 1).await, (0, 1), "within the ttl");
+    assert_eq!(apply_at(&h.store, &s, &later, &id("r1"), T0 + SEEN_TTL_SECS).await, (1, 0), "forgotten after it");
+    // The ttl runs from the first sighting: a replay does not extend it.
+    assert_eq!(
+        apply_at(&h.store, &s, &[event(3, T0 + 20, EventKind::Applied)], &id("r1"), T0 + SEEN_TTL_SECS + 5).await,
+        (0, 1),
+        "seen again at the ttl: a duplicate of that sighting"
+    );
+
+    // Bounded: the oldest ids beyond the cap are forgotten first.
+    let b = sid("u-seen-cap");
+    let ten: Vec<String> = (0..10).map(|i| format!("old-{i}")).collect();
+    let evs: Vec<LogEvent> = (0..10).map(|i| event(1, T0 + i, EventKind::Applied)).collect();
+    assert_eq!(apply_at(&h.store, &b, &evs, &ten, T0).await, (10, 0));
+    let many: Vec<String> = (0..SEEN_CAP).map(|i| format!("new-{i:05}")).collect();
+    let evs: Vec<LogEvent> = (0..SEEN_CAP as i64).map(|i| event(2, T0 + 100 + i, EventKind::Applied)).collect();
+    assert_eq!(apply_at(&h.store, &b, &evs, &many, T0 + 1).await, (SEEN_CAP, 0));
+    let replay = |ids: &[String], base: i64| -> Vec<LogEvent> {
+        (0..ids.len() as i64).map(|i| event(3, base + i, EventKind::Applied)).collect()
+    };
+    let base = T0 + 100 + SEEN_CAP as i64;
+    assert_eq!(
+        apply_at(&h.store, &b, &replay(&many[..5], base), &many[..5], T0 + 2).await,
+        (0, 5),
+        "the newest are kept"
+    );
+    assert_eq!(
+        apply_at(&h.store, &b, &replay(&ten, base + 10), &ten, T0 + 2).await,
+        (10, 0),
+        "the ten oldest were forgotten to keep the cap"
+    );
 }
 
 async fn an_event_older_than_a_full_window_is_too_late_not_a_duplicate(h: Harness) {
@@ -229,9 +282,97 @@ async fn released_reservations_can_be_made_again(h: Harness) {
     let s = sid("u-release");
     let caps = Caps::default();
     assert_eq!(h.store.reserve(&s, "TB-X", T0, &caps, true).await.unwrap(), Ok(()));
-    let res = [tongban_server::store::Reservation { subject: &s, id: "TB-X", critical: true }];
+    let res = [Reservation::by_id(&s, "TB-X", true)];
     h.store.release(&res).await.unwrap();
     assert_eq!(h.store.reserve(&s, "TB-X", T0, &caps, true).await.unwrap(), Ok(()));
+    // A release takes the outbox entry with it.
+    let p = pending(&s, "TB-Y", 1_000);
+    let with_outbox = [Reservation { outbox: Some(&p), ..Reservation::by_id(&s, "TB-Y", false) }];
+    assert_eq!(h.store.reserve_many(&with_outbox, T0, &caps).await.unwrap(), [Ok(())]);
+    h.store.release(&with_outbox).await.unwrap();
+    assert!(h.store.take_outbox(&[&s], 1_000 + OUTBOX_GRACE_MS).await.unwrap().is_empty());
+}
+
+/// An outbox entry of push `id` for `subject`, written at wall time `since_ms`.
+fn pending(subject: &SubjectId, id: &str, since_ms: u64) -> Pending {
+    let job = Job {
+        subject: subject.clone(),
+        message: message(id, T0),
+        critical: false,
+        done_after: 0,
+        reasons: vec!["next_in_bundle".into()],
+        decisions: vec!["consent:ok".into()],
+        attempts: 0,
+        last_error: None,
+    };
+    Pending { job, due_ms: since_ms, since_ms }
+}
+
+async fn a_next_step_key_is_deduplicated_over_a_sliding_window(h: Harness) {
+    let s = sid("u-sliding");
+    let caps = Caps { per_day: 10, per_week: 10, ..Caps::default() };
+    let week = 7 * DAY;
+    let r = |id: &'static str, at: i64| {
+        let (store, s) = (h.store.clone(), s.clone());
+        async move {
+            let it = Reservation {
+                dedupe: Dedupe { key: "TD-bundle", horizon_secs: week },
+                ..Reservation::by_id(&s, id, false)
+            };
+            store.reserve_many(&[it], at, &caps).await.unwrap().remove(0)
+        }
+    };
+    // Where the fixed window had a boundary (a multiple of the week).
+    let boundary = (T0 / week + 1) * week;
+    assert_eq!(r("TB-s1", boundary - 60).await, Ok(()));
+    assert_eq!(r("TB-s2", boundary + 60).await, Err(Skip::Duplicate), "a minute across the old boundary");
+    assert_eq!(r("TB-s3", boundary - 61 + week).await, Err(Skip::Duplicate), "still within the week");
+    assert_eq!(r("TB-s4", boundary - 60 + week).await, Ok(()), "a week after the first: a second push");
+    assert_eq!(r("TB-s4", boundary + 3 * week).await, Err(Skip::Duplicate), "a push id is reserved once");
+    // Keys are per subject and key: another key pushes at once.
+    let other = Reservation {
+        dedupe: Dedupe { key: "TD-other", horizon_secs: week },
+        ..Reservation::by_id(&s, "TB-s5", false)
+    };
+    assert_eq!(h.store.reserve_many(&[other], boundary + 120, &caps).await.unwrap(), [Ok(())]);
+}
+
+async fn a_reservation_keeps_its_push_in_the_outbox_until_cleared_and_recovery_takes_it_once_per_grace(h: Harness) {
+    let (s, t) = (sid("u-outbox"), sid("u-outbox-2"));
+    let since = 5_000_000;
+    let (lost, sent) = (pending(&s, "TB-lost", since), pending(&t, "TB-sent", since));
+    let items = [
+        Reservation { outbox: Some(&lost), ..Reservation::by_id(&s, "TB-lost", false) },
+        Reservation { outbox: Some(&sent), ..Reservation::by_id(&t, "TB-sent", false) },
+    ];
+    assert_eq!(h.store.reserve_many(&items, T0, &Caps::default()).await.unwrap(), [Ok(()), Ok(())]);
+    // The second was enqueued and cleared; the first's request was dropped before its enqueue.
+    h.store.clear_outbox(&[(&t, "TB-sent")]).await.unwrap();
+    let both = [&s, &t];
+    assert!(h.store.take_outbox(&both, since + OUTBOX_GRACE_MS - 1).await.unwrap().is_empty(), "within the grace");
+    let taken = h.store.take_outbox(&both, since + OUTBOX_GRACE_MS).await.unwrap();
+    assert_eq!(taken.len(), 1, "only the push never enqueued");
+    assert_eq!((&taken[0].job, taken[0].due_ms), (&lost.job, lost.due_ms), "the whole job, to enqueue as it was");
+    assert!(
+        h.store.take_outbox(&both, since + OUTBOX_GRACE_MS + 1).await.unwrap().is_empty(),
+        "taken: a second recovery pass within the grace leaves it"
+    );
+    h.store.clear_outbox(&[(&s, "TB-lost")]).await.unwrap();
+    assert!(h.store.take_outbox(&both, since + 10 * OUTBOX_GRACE_MS).await.unwrap().is_empty(), "cleared");
+    // A duplicate reservation writes no outbox entry.
+    let again = pending(&s, "TB-lost", since);
+    let dup = [Reservation { outbox: Some(&again), ..Reservation::by_id(&s, "TB-lost", false) }];
+    assert_eq!(h.store.reserve_many(&dup, T0, &Caps::default()).await.unwrap(), [Err(Skip::Duplicate)]);
+    assert!(h.store.take_outbox(&both, since + 20 * OUTBOX_GRACE_MS).await.unwrap().is_empty());
+}
+
+async fn an_erased_subject_leaves_no_outbox_entry(h: Harness) {
+    let s = sid("u-outbox-erased");
+    let p = pending(&s, "TB-e", 1_000);
+    let items = [Reservation { outbox: Some(&p), ..Reservation::by_id(&s, "TB-e", false) }];
+    assert_eq!(h.store.reserve_many(&items, T0, &Caps::default()).await.unwrap(), [Ok(())]);
+    assert!(h.store.erase(&s).await.unwrap(), "an outbox entry is something to erase");
+    assert!(h.store.take_outbox(&[&s], 1_000 + OUTBOX_GRACE_MS).await.unwrap().is_empty());
 }
 
 async fn pages_visit_every_subject_with_a_profile_once(h: Harness) {
@@ -284,7 +425,7 @@ async fn batches_of_several_subjects_answer_in_order(h: Harness) {
     let eb = [event(1, T0, EventKind::Applied), event(2, T0 + 1, EventKind::Completed)];
     let (ia, ib) = (vec!["x".to_owned()], vec!["x".to_owned(), "y".to_owned()]);
     let batches = [Batch { subject: &a, events: &ea, ids: &ia }, Batch { subject: &b, events: &eb, ids: &ib }];
-    let out = h.store.apply_many(&batches, &[0, 0], &ctx(64)).await.unwrap();
+    let out = h.store.apply_many(&batches, &[0, 0], &ctx(64), T0).await.unwrap();
     assert_eq!((out[0].accepted, out[0].duplicates), (0, 1));
     assert_eq!(out[1].accepted, 2, "ids are per subject");
     let got = h.store.profiles_and_prefs(&[&b, &a]).await.unwrap();
@@ -407,6 +548,29 @@ async fn disk_an_import_of_many_profiles_is_one_answer_per_profile() {
     assert_eq!(h.store.import_profiles(&[(&b, &offline)]).await.unwrap(), [false], "a second import keeps it");
 }
 
+#[tokio::test]
+async fn disk_ids_of_a_first_version_file_stay_duplicates_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // The first version's table: (subject, id) -> (), no times.
+        let db = redb::Database::create(dir.path().join(tongban_server::store::disk::STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let old: redb::TableDefinition<(&str, &str), ()> = redb::TableDefinition::new("seen");
+        txn.open_table(old).unwrap().insert(("u-v1", "e-old"), ()).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::disk(dir.path()).unwrap();
+    let now = (tongban_server::clock::wall_ms() / 1000) as i64;
+    let s = sid("u-v1");
+    let ids = ["e-old".to_owned()];
+    assert_eq!(apply_at(&store, &s, &[event(1, T0, EventKind::Applied)], &ids, now).await, (0, 1), "migrated");
+    assert_eq!(
+        apply_at(&store, &s, &[event(1, T0, EventKind::Applied)], &ids, now + SEEN_TTL_SECS).await,
+        (1, 0),
+        "as first seen at the upgrade"
+    );
+}
+
 #[test]
 fn disk_a_directory_that_cannot_be_created_is_named_in_the_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -452,6 +616,18 @@ async fn redis_a_restart_that_forgot_the_scripts_is_recovered_alone() {
     assert_eq!(a.accepted, 1, "the compare-and-set script is loaded again");
     let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     assert_eq!(h.store.reserve(&s, "TB-1", T0, &Caps::default(), false).await.unwrap(), Ok(()));
+}
+
+#[tokio::test]
+async fn redis_ids_in_a_first_version_set_stay_duplicates() {
+    let h = Harness::redis().await;
+    let mut raw = support::raw(&h.redis.as_ref().unwrap().url()).await;
+    let _: () = ::redis::cmd("SADD").arg("contract:tb:{u:u-v1}:e").arg("e-old").query_async(&mut raw).await.unwrap();
+    let ids = ["e-old".to_owned()];
+    assert_eq!(apply_at(&h.store, &sid("u-v1"), &[event(1, T0, EventKind::Applied)], &ids, T0).await, (0, 1));
+    assert!(h.store.erase(&sid("u-v1")).await.unwrap(), "the old set is erased too");
+    let n: i64 = ::redis::cmd("EXISTS").arg("contract:tb:{u:u-v1}:e").query_async(&mut raw).await.unwrap();
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]

@@ -98,6 +98,7 @@ impl Pusher {
                     content: push::Content { services: vec![service], why, ..push::Content::default() },
                     key: format!("{}|{}", c.id, svc.id),
                     window: 0,
+                    sliding_secs: None,
                     critical: false,
                     expires_at: now + self.caps.ttl_days * 86_400,
                     // A repeatable service done within the last year counts as done.

@@ -48,7 +48,11 @@ pub async fn ingest(state: &AppState, served: &Served, events: &[NewEvent]) -> R
     let ctx = served.model.profile_context();
     let batches: Vec<Batch> = by_subject.iter().map(|(subject, events, ids)| Batch { subject, events, ids }).collect();
     let segments: Vec<u16> = by_subject.iter().map(|(s, _, _)| state.segment(s.as_str())).collect();
-    let done = state.store.apply_many(&batches, &segments, &ctx).await.inspect_err(|_| state.metrics.store_error())?;
+    // Event ids are remembered from wall time, as Redis expires on its own clock: a pinned
+    // policy clock (tests, the demo) must not keep them forever.
+    let wall = (crate::clock::wall_ms() / 1000) as i64;
+    let done =
+        state.store.apply_many(&batches, &segments, &ctx, wall).await.inspect_err(|_| state.metrics.store_error())?;
     let mut out = Ingested {
         accepted: done.iter().map(|d| d.accepted).sum(),
         duplicates: done.iter().map(|d| d.duplicates).sum(),

@@ -22,7 +22,7 @@ use crate::templates::Templates;
 
 pub use self::campaign::{CampaignIn, CampaignReport};
 pub use self::ingest::{Ingested, NewEvent};
-pub use self::pusher::{Offer, Offered, Pusher};
+pub use self::pusher::{Offer, Offered, Pusher, Reserved};
 pub use self::scan::ScanReport;
 
 /// Shared state of the server.

@@ -12,7 +12,7 @@ use tongban_model::Model;
 use crate::clock::{wall_ms, Clock};
 use crate::push::{self, Candidate, Caps, Job, Preferences, Skip, Templates, Trigger};
 use crate::queue::{Enqueue, Queue, Status};
-use crate::store::{Reservation, Store, StoreError};
+use crate::store::{Dedupe, Pending, Reservation, Store, StoreError, SENT_KEEP_SECS};
 
 /// Policy and enqueue, shared by the API, the worker's scan and `tongban scan`.
 #[derive(Debug)]
@@ -36,6 +36,39 @@ pub struct Offer<'a> {
     pub profile: &'a Profile,
     pub prefs: &'a Preferences,
     pub candidates: &'a [Candidate],
+}
+
+/// A candidate's push before its reservation.
+struct Proposed {
+    pending: Pending,
+    critical: bool,
+    /// De-duplication key and horizon ([`Dedupe`]).
+    key: String,
+    horizon_secs: i64,
+    /// The policy's answer before the store's.
+    verdict: Result<(), Skip>,
+}
+
+/// The enqueue of an outbox entry at wall time `now_ms`: deferred while it is not due.
+fn enqueue_of(p: Pending, now_ms: u64) -> Enqueue {
+    let status = if p.due_ms > now_ms { Status::Deferred } else { Status::Queued };
+    Enqueue { job: p.job, due_ms: p.due_ms, status }
+}
+
+/// Pushes reserved (with their outbox entries) and not yet enqueued: the state between the two
+/// steps of an offer.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    offered: Offered,
+    items: Vec<Enqueue>,
+    skipped: Vec<(Job, Skip)>,
+}
+
+impl Reserved {
+    /// What the offer answers once enqueued.
+    pub fn offered(&self) -> &Offered {
+        &self.offered
+    }
 }
 
 /// What an offer of candidates did.
@@ -69,11 +102,29 @@ impl Pusher {
         self.offer_many(&[Offer { subject, profile, prefs, candidates }], model).await
     }
 
-    /// [`Pusher::offer`] for several subjects: one round trip to reserve, one to enqueue.
+    /// [`Pusher::offer`] for several subjects: one round trip to reserve (with the outbox
+    /// entries), one to enqueue, one to clear the outbox.
+    ///
+    /// Nothing reserved is lost to a request dropped (or a process killed) after the
+    /// reservation: the reservation writes the push into the subject's outbox in the same
+    /// atomic step, the outbox entry is cleared only once the queue holds the push, and the
+    /// periodic scan's recovery pass ([`Pusher::recover`]) enqueues entries older than
+    /// [`OUTBOX_GRACE_MS`](crate::store::OUTBOX_GRACE_MS). A failed enqueue therefore keeps its
+    /// reservations (the recovery enqueues them later) instead of releasing them, and a failed
+    /// clear only costs a second enqueue of the same push id, which the inbox refuses and
+    /// webhook receivers de-duplicate.
     pub async fn offer_many(&self, offers: &[Offer<'_>], model: &str) -> Result<Offered, StoreError> {
+        let reserved = self.reserve_offers(offers, model).await?;
+        self.enqueue_reserved(reserved).await
+    }
+
+    /// The first step of [`Pusher::offer_many`]: the policy and the reservations, each with its
+    /// outbox entry. What a request dropped after its reservation leaves behind (tests stop
+    /// here to show the recovery pass).
+    pub async fn reserve_offers(&self, offers: &[Offer<'_>], model: &str) -> Result<Reserved, StoreError> {
         let now = self.now();
         let wall = wall_ms();
-        let mut jobs: Vec<(Job, bool, Result<(), Skip>)> = Vec::new();
+        let mut jobs: Vec<Proposed> = Vec::new();
         for o in offers {
             for c in o.candidates {
                 let job = push::job(
@@ -87,51 +138,81 @@ impl Pusher {
                     model,
                     &self.ids,
                 );
-                jobs.push((job, c.critical, push::decide(o.prefs, o.profile, c)));
+                let (key, horizon_secs) = match c.sliding_secs {
+                    Some(secs) => (self.ids.dedupe_key(o.subject, &c.key, c.trigger), secs),
+                    None => (job.message.id.clone(), SENT_KEEP_SECS),
+                };
+                let wait = (job.message.deliver_at - now).max(0) as u64;
+                let verdict = push::decide(o.prefs, o.profile, c);
+                let pending = Pending { job, due_ms: wall + wait * 1000, since_ms: wall };
+                jobs.push(Proposed { pending, critical: c.critical, key, horizon_secs, verdict });
             }
         }
         let reservations: Vec<Reservation<'_>> = jobs
             .iter()
-            .filter(|(_, _, v)| v.is_ok())
-            .map(|(job, critical, _)| Reservation { subject: &job.subject, id: &job.message.id, critical: *critical })
+            .filter(|p| p.verdict.is_ok())
+            .map(|p| Reservation {
+                subject: &p.pending.job.subject,
+                id: &p.pending.job.message.id,
+                critical: p.critical,
+                dedupe: Dedupe { key: &p.key, horizon_secs: p.horizon_secs },
+                outbox: Some(&p.pending),
+            })
             .collect();
         let mut answers = self.store.reserve_many(&reservations, now, &self.caps).await?.into_iter();
-        let mut out = Offered::default();
-        let mut items = Vec::new();
-        let mut skipped = Vec::new();
-        for (job, _, verdict) in jobs {
-            let verdict = match verdict {
+        let mut r = Reserved::default();
+        for p in jobs {
+            let verdict = match p.verdict {
                 Ok(()) => answers.next().expect("one answer per reservation"),
                 Err(skip) => Err(skip),
             };
             if let Err(skip) = verdict {
-                out.skipped.push((job.message.id.clone(), skip));
-                skipped.push((job, skip));
+                r.offered.skipped.push((p.pending.job.message.id.clone(), skip));
+                r.skipped.push((p.pending.job, skip));
                 continue;
             }
-            let wait = (job.message.deliver_at - now).max(0) as u64;
-            let status = if wait > 0 { Status::Deferred } else { Status::Queued };
-            out.ids.push(job.message.id.clone());
-            items.push(Enqueue { job, due_ms: wall + wait * 1000, status });
+            r.offered.ids.push(p.pending.job.message.id.clone());
+            r.items.push(enqueue_of(p.pending, wall));
         }
-        out.queued = items.len();
-        // Enqueue first: if it fails, the reservations are given back, so that nothing is held
-        // that was never queued (a request dropped between the two round trips still can).
-        if let Err(e) = self.queue.enqueue(&items).await {
-            let held: Vec<Reservation<'_>> = items
-                .iter()
-                .map(|it| Reservation { subject: &it.job.subject, id: &it.job.message.id, critical: it.job.critical })
-                .collect();
-            if let Err(e2) = self.store.release(&held).await {
-                tracing::warn!(reservations = held.len(), error = %e2, "reservations not released after a failed enqueue");
-            }
-            return Err(e);
+        r.offered.queued = r.items.len();
+        Ok(r)
+    }
+
+    /// The second step of [`Pusher::offer_many`]: enqueues what was reserved, then clears its
+    /// outbox entries and writes the skip records.
+    pub async fn enqueue_reserved(&self, reserved: Reserved) -> Result<Offered, StoreError> {
+        let Reserved { offered, items, skipped } = reserved;
+        // A failed enqueue leaves the outbox entries to the recovery pass (see `offer_many`).
+        self.queue.enqueue(&items).await?;
+        let done: Vec<(&SubjectId, &str)> =
+            items.iter().map(|it| (&it.job.subject, it.job.message.id.as_str())).collect();
+        if let Err(e) = self.store.clear_outbox(&done).await {
+            tracing::warn!(pushes = done.len(), error = %e, "outbox not cleared: recovery will enqueue them again");
         }
         // Skip records are for operators; losing them loses no push.
         if let Err(e) = self.queue.skipped(&skipped).await {
             tracing::warn!(records = skipped.len(), error = %e, "skip records not written");
         }
-        Ok(out)
+        Ok(offered)
+    }
+
+    /// The recovery pass over some subjects (a page of the scan): enqueues their outbox entries
+    /// older than [`OUTBOX_GRACE_MS`](crate::store::OUTBOX_GRACE_MS) at `now_ms` (wall clock),
+    /// then clears them. Returns how
+    /// many it enqueued. A push enqueued twice (its first enqueue landed, the clear did not) is
+    /// delivered once to the inbox, which refuses a push id it holds.
+    pub async fn recover(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<usize, StoreError> {
+        let stale = self.store.take_outbox(subjects, now_ms).await?;
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<Enqueue> = stale.into_iter().map(|p| enqueue_of(p, now_ms)).collect();
+        self.queue.enqueue(&items).await?;
+        let done: Vec<(&SubjectId, &str)> =
+            items.iter().map(|it| (&it.job.subject, it.job.message.id.as_str())).collect();
+        self.store.clear_outbox(&done).await?;
+        tracing::info!(pushes = items.len(), "outbox: pushes whose enqueue was never confirmed enqueued again");
+        Ok(items.len())
     }
 
     /// The next-step trigger after a subject completed `completed` (one proposal per bundle).

@@ -175,7 +175,8 @@ impl Worker {
                 // One scanner among many workers: the lease outlives a period, so its holder
                 // renews it each time and a dead holder's passes to another worker within two
                 // periods. A scan longer than that may overlap another's: harmless (the
-                // reservations de-duplicate pushes), only wasted work.
+                // reservations de-duplicate pushes, and the outbox gives each entry to one
+                // recovery pass per grace), only wasted work.
                 if tokio::time::Instant::now() >= at {
                     let ttl = u64::try_from(every.as_millis().saturating_mul(2)).unwrap_or(u64::MAX);
                     match self.pusher.store.lease("scan", &self.cfg.consumer, ttl).await {

@@ -13,8 +13,8 @@ use crate::templates::Templates;
 /// One message of the portal inbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InboxMessage {
-    /// Push id: stable for the same (subject, bundle, trigger, window), so receivers and the
-    /// store de-duplicate by it. Contains no personal data.
+    /// Push id: one per push, stable for the same (subject, bundle, trigger, window), so
+    /// receivers and the inbox de-duplicate by it. Contains no personal data.
     pub id: String,
     #[schema(schema_with = crate::openapi::trigger)]
     pub trigger: Trigger,
@@ -66,9 +66,19 @@ impl IdKey {
     }
 
     pub fn id(&self, subject: &SubjectId, key: &str, trigger: Trigger, window: i64) -> String {
-        let text = format!("{subject}|{key}|{}|{window}", trigger.as_str());
+        self.hash("TB", &format!("{subject}|{key}|{}|{window}", trigger.as_str()))
+    }
+
+    /// The de-duplication key of the pushes of (subject, key, trigger) in any window (a sliding
+    /// window de-duplicates by it): keyed as push ids are, with its own prefix, and from a text
+    /// no push id hashes (no window number).
+    pub fn dedupe_key(&self, subject: &SubjectId, key: &str, trigger: Trigger) -> String {
+        self.hash("TD", &format!("{subject}|{key}|{}|sliding", trigger.as_str()))
+    }
+
+    fn hash(&self, prefix: &str, text: &str) -> String {
         match &self.0 {
-            None => format!("TB-{:016X}", fnv1a(text.as_bytes())),
+            None => format!("{prefix}-{:016X}", fnv1a(text.as_bytes())),
             Some(secret) => {
                 use hmac::Mac as _;
                 let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
@@ -76,7 +86,7 @@ impl IdKey {
                 let tag = mac.finalize().into_bytes();
                 let mut first = [0u8; 8];
                 first.copy_from_slice(&tag[..8]);
-                format!("TB-{:016X}", u64::from_be_bytes(first))
+                format!("{prefix}-{:016X}", u64::from_be_bytes(first))
             }
         }
     }
@@ -167,6 +177,9 @@ mod tests {
         assert!(IdKey::new(Some(b"short")).is_err());
         assert!(!IdKey::new(Some(b"")).unwrap().is_set());
         assert!(!format!("{k1:?}").contains("0123"), "the key is never printed");
+        let d = k1.dedupe_key(&p1, "b.birth", Trigger::NextStep);
+        assert!(d.starts_with("TD-") && d != k2.dedupe_key(&p1, "b.birth", Trigger::NextStep));
+        assert_ne!(d, IdKey::default().dedupe_key(&p1, "b.birth", Trigger::NextStep));
     }
 
     #[test]

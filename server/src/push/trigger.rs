@@ -61,8 +61,14 @@ pub struct Candidate {
     pub content: Content,
     /// What it is about, for de-duplication: a bundle or service id (with the campaign id).
     pub key: String,
-    /// The de-duplication window number (one push per key, trigger and window).
+    /// The window number of the push id. Where the trigger has a natural window (a renewal's
+    /// expiry, a year, a bundle instance, a campaign) it de-duplicates: one push per key,
+    /// trigger and window. A next step has none: its window is the time proposed, so each push
+    /// has its own id, and `sliding_secs` de-duplicates it.
     pub window: i64,
+    /// De-duplicated by (subject, key, trigger) over the last this many seconds (next steps:
+    /// `dedup_days`), instead of by push id.
+    pub sliding_secs: Option<i64>,
     pub critical: bool,
     pub expires_at: i64,
     /// A service counts as done when completed at or after this time.
@@ -114,10 +120,12 @@ pub fn propose(cat: &Catalogue, profile: &Profile, done: u32, now: i64, caps: &C
             })
             .filter(|&d| d > now)
             .min();
-        let (trigger, kind, window) = if bundle.sensitive {
-            (Trigger::Sensitive, Kind::Sensitive, started.div_euclid(DAY))
+        // A fixed window (`now / dedup_days`) let two triggers a minute apart across its
+        // boundary both push: next steps slide instead (see `store::rules::Dedupe`).
+        let (trigger, kind, window, sliding_secs) = if bundle.sensitive {
+            (Trigger::Sensitive, Kind::Sensitive, started.div_euclid(DAY), None)
         } else {
-            (Trigger::NextStep, Kind::NextStep, now.div_euclid(caps.dedup_days.max(1) * DAY))
+            (Trigger::NextStep, Kind::NextStep, now, Some(caps.dedup_days.max(1) * DAY))
         };
         out.push(Candidate {
             trigger,
@@ -125,6 +133,7 @@ pub fn propose(cat: &Catalogue, profile: &Profile, done: u32, now: i64, caps: &C
             content: Content { bundle: Some(b), done: Some(done), services: steps, deadline, why: None },
             key: bundle.id.clone(),
             window,
+            sliding_secs,
             critical: false,
             expires_at: now + caps.ttl_days * DAY,
             done_after: 0,
@@ -243,6 +252,7 @@ fn due_candidate(
         content: Content { bundle: None, done: None, services: vec![s], deadline: Some(deadline), why: Some(why) },
         key: svc.id.clone(),
         window,
+        sliding_secs: None,
         critical,
         expires_at: deadline,
         done_after,

@@ -3,9 +3,12 @@
 //! opt-out above all) survives a restart and a crash.
 //!
 //! Tables mirror the Redis keys: `profiles` (profile bytes, keyed by (page, subject) so that
-//! [`Backend::page`] reads one range), `seen` (event ids seen, keyed by (subject, id)), `prefs`
+//! [`Backend::page`] reads one range), `seen_at` (event ids seen, keyed by (subject, id), the
+//! time first seen as value) with `seen_order` (the same by (subject, time, id), so that the
+//! oldest are one range to forget) and `seen_count` (ids per subject, for the cap), `prefs`
 //! (preferences JSON), `inbox` (the messages JSON, read marks in them), `sent` (reservations
-//! JSON) and `erased` (the subject was erased: a bulk import never brings it back; holds no data
+//! JSON), `outbox` (reserved pushes whose enqueue is not confirmed: JSON, written in the
+//! reservation's transaction) and `erased` (the subject was erased: a bulk import never brings it back; holds no data
 //! but the fact), and `audit` (the operators' audit log: sequence -> entry JSON, the newest
 //! [`super::AUDIT_KEEP`]; an erasure leaves it alone). The rules are the memory store's, run on the same data ([`super::rules`],
 //! [`super::apply_events`]).
@@ -17,16 +20,24 @@
 //! makes every operation atomic per subject with no compare-and-set. The blocking work runs on
 //! tokio's blocking pool, never on the async workers.
 //!
-//! Known limits of this version, as in the memory store: event ids seen are kept until the
-//! subject is erased (Redis forgets a subject's set `SEEN_TTL_SECS` after its last write), and
-//! inbox messages leave by the cap, not by their time to live.
+//! Event ids are forgotten [`super::SEEN_TTL_SECS`] after they were first seen and beyond
+//! [`super::SEEN_CAP`] per subject (the oldest first), as in every backend; the forgetting runs
+//! when a subject's batch adds ids. A file written before `seen_at` existed has its `seen` table
+//! moved over at open, each id as first seen then (so it is remembered 30 more days).
+//!
+//! Reservations written by the first version (`[id, at, critical]` arrays) still read
+//! ([`rules::Sent`]); as on Redis, a next step pushed in the `dedup_days` before an upgrade may go
+//! once more after it, its old id having carried a fixed window.
+//!
+//! Known limit of this version, as in the memory store: inbox messages leave by the cap, not by
+//! their time to live.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    TableHandle, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,7 +45,7 @@ use tongban_features::domain::SubjectId;
 use tongban_features::io::{fnv1a, LogEvent};
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, Sent};
+use super::rules::{self, Pending, Sent};
 use super::{
     apply_events, has_profile, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation,
     StoreError, SubjectData, AUDIT_KEEP,
@@ -42,10 +53,18 @@ use super::{
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
 const PROFILES: TableDefinition<(u16, &str), &[u8]> = TableDefinition::new("profiles");
-const SEEN: TableDefinition<(&str, &str), ()> = TableDefinition::new("seen");
+/// (subject, event id) -> first seen (wall-clock Unix seconds).
+const SEEN: TableDefinition<(&str, &str), i64> = TableDefinition::new("seen_at");
+/// (subject, first seen, event id): the order in which ids are forgotten.
+const SEEN_ORDER: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("seen_order");
+/// subject -> how many ids `seen_at` holds for it.
+const SEEN_COUNT: TableDefinition<&str, u64> = TableDefinition::new("seen_count");
+/// The first version's table of ids seen, with no times: migrated at open.
+const SEEN_V1: TableDefinition<(&str, &str), ()> = TableDefinition::new("seen");
 const PREFS: TableDefinition<&str, &str> = TableDefinition::new("prefs");
 const INBOX: TableDefinition<&str, &str> = TableDefinition::new("inbox");
 const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent");
+const OUTBOX: TableDefinition<&str, &str> = TableDefinition::new("outbox");
 const ERASED: TableDefinition<&str, ()> = TableDefinition::new("erased");
 const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
@@ -169,6 +188,50 @@ pub struct DiskStore {
     db: Arc<DbFile>,
 }
 
+/// One reservation, owned (it crosses to the blocking pool).
+struct OwnedReservation {
+    subject: SubjectId,
+    id: String,
+    critical: bool,
+    key: String,
+    horizon_secs: i64,
+    pending: Option<Pending>,
+}
+
+impl OwnedReservation {
+    fn of(it: &Reservation<'_>) -> OwnedReservation {
+        OwnedReservation {
+            subject: it.subject.clone(),
+            id: it.id.to_owned(),
+            critical: it.critical,
+            key: it.dedupe.key.to_owned(),
+            horizon_secs: it.dedupe.horizon_secs,
+            pending: it.outbox.cloned(),
+        }
+    }
+}
+
+/// Deletes outbox entries by (subject, push id); answers whether any was there.
+fn remove_from_outbox(txn: &WriteTransaction, items: &[(SubjectId, String)]) -> Result<bool, StoreError> {
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let mut changed = false;
+    for (s, id) in items {
+        let Some(mut pending) = get_json::<Vec<Pending>>(&outbox, "outbox", s.as_str())? else { continue };
+        let before = pending.len();
+        pending.retain(|p| &p.job.message.id != id);
+        if pending.len() == before {
+            continue;
+        }
+        changed = true;
+        if pending.is_empty() {
+            outbox.remove(s.as_str())?;
+        } else {
+            outbox.insert(s.as_str(), to_json(&pending).as_str())?;
+        }
+    }
+    Ok(changed)
+}
+
 /// One subject's batch, owned (it crosses to the blocking pool).
 struct OwnedBatch {
     subject: SubjectId,
@@ -184,13 +247,17 @@ impl DiskStore {
         let db = DbFile::open(dir, STORE_FILE, |txn| {
             txn.open_table(PROFILES)?;
             txn.open_table(SEEN)?;
+            txn.open_table(SEEN_ORDER)?;
+            txn.open_table(SEEN_COUNT)?;
             txn.open_table(PREFS)?;
             txn.open_table(INBOX)?;
             txn.open_table(SENT)?;
+            txn.open_table(OUTBOX)?;
             txn.open_table(ERASED)?;
             txn.open_table(AUDIT)?;
             Ok(())
         })?;
+        db.write(|txn| migrate_seen_v1(txn, (crate::clock::wall_ms() / 1000) as i64))?;
         Ok(DiskStore { db: Arc::new(db) })
     }
 
@@ -198,6 +265,97 @@ impl DiskStore {
     pub fn path(&self) -> &Path {
         &self.db.path
     }
+}
+
+/// Moves the ids of a first-version `seen` table (no times) to `seen_at`, as first seen at
+/// `now`, and drops it; nothing to do on a file without one.
+fn migrate_seen_v1(txn: &WriteTransaction, now: i64) -> Result<(), StoreError> {
+    if !txn.list_tables()?.any(|t| t.name() == SEEN_V1.name()) {
+        return Ok(());
+    }
+    let old: Vec<(String, String)> = txn
+        .open_table(SEEN_V1)?
+        .iter()?
+        .map(|kv| {
+            let (k, _) = kv?;
+            let (s, id) = k.value();
+            Ok((s.to_owned(), id.to_owned()))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let mut seen = txn.open_table(SEEN)?;
+    let mut order = txn.open_table(SEEN_ORDER)?;
+    let mut counts = txn.open_table(SEEN_COUNT)?;
+    for (s, id) in &old {
+        if seen.insert((s.as_str(), id.as_str()), now)?.is_none() {
+            order.insert((s.as_str(), now, id.as_str()), ())?;
+            let n = counts.get(s.as_str())?.map_or(0, |v| v.value());
+            counts.insert(s.as_str(), n + 1)?;
+        }
+    }
+    drop((seen, order, counts));
+    txn.delete_table(SEEN_V1)?;
+    Ok(())
+}
+
+/// Records `ids` of subject `s` as first seen at `now`, then forgets its ids expired at `now`
+/// and the oldest beyond [`rules::SEEN_CAP`] (one range read from the oldest, stopping at the
+/// first id kept).
+fn remember_seen(
+    seen: &mut redb::Table<(&'static str, &'static str), i64>,
+    order: &mut redb::Table<(&'static str, i64, &'static str), ()>,
+    counts: &mut redb::Table<&'static str, u64>,
+    s: &str,
+    ids: &[&str],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut n = counts.get(s)?.map_or(0, |v| v.value());
+    for &id in ids {
+        let before = seen.insert((s, id), now)?.map(|v| v.value());
+        match before {
+            Some(at) => {
+                order.remove((s, at, id))?;
+            }
+            None => n += 1,
+        }
+        order.insert((s, now, id), ())?;
+    }
+    let mut forget: Vec<(i64, String)> = Vec::new();
+    for kv in order.range((s, i64::MIN, "")..)? {
+        let (k, _) = kv?;
+        let (owner, at, id) = k.value();
+        let left = n - forget.len() as u64;
+        if owner != s || (rules::still_seen(at, now) && left <= rules::SEEN_CAP as u64) {
+            break;
+        }
+        forget.push((at, id.to_owned()));
+    }
+    for (at, id) in &forget {
+        order.remove((s, *at, id.as_str()))?;
+        seen.remove((s, id.as_str()))?;
+    }
+    counts.insert(s, n - forget.len() as u64)?;
+    Ok(())
+}
+
+/// Deletes every id seen of subject `s`; answers whether there was any.
+fn erase_seen(txn: &WriteTransaction, s: &str) -> Result<bool, StoreError> {
+    let mut order = txn.open_table(SEEN_ORDER)?;
+    let mut ids: Vec<(i64, String)> = Vec::new();
+    for kv in order.range((s, i64::MIN, "")..)? {
+        let (k, _) = kv?;
+        let (owner, at, id) = k.value();
+        if owner != s {
+            break;
+        }
+        ids.push((at, id.to_owned()));
+    }
+    let mut seen = txn.open_table(SEEN)?;
+    for (at, id) in &ids {
+        order.remove((s, *at, id.as_str()))?;
+        seen.remove((s, id.as_str()))?;
+    }
+    txn.open_table(SEEN_COUNT)?.remove(s)?;
+    Ok(!ids.is_empty())
 }
 
 /// The stored profile of `subject` (an empty one counts as none).
@@ -235,6 +393,7 @@ impl Backend for DiskStore {
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let owned: Vec<OwnedBatch> = batches
             .iter()
@@ -251,6 +410,8 @@ impl Backend for DiskStore {
             db.write_changed(|txn| {
                 let mut profiles = txn.open_table(PROFILES)?;
                 let mut seen = txn.open_table(SEEN)?;
+                let mut order = txn.open_table(SEEN_ORDER)?;
+                let mut counts = txn.open_table(SEEN_COUNT)?;
                 let mut out = Vec::with_capacity(owned.len());
                 let mut changed = false;
                 for b in &owned {
@@ -260,20 +421,18 @@ impl Backend for DiskStore {
                         Some(v) => Profile::decode(v.value())?,
                         None => Profile::new(b.segment),
                     };
-                    let was = b.ids.iter().map(|id| Ok(seen.get((s, id.as_str()))?.is_some())).collect::<Result<
-                        Vec<bool>,
-                        StoreError,
-                    >>(
-                    )?;
+                    let was = b
+                        .ids
+                        .iter()
+                        .map(|id| Ok(seen.get((s, id.as_str()))?.is_some_and(|at| rules::still_seen(at.value(), now))))
+                        .collect::<Result<Vec<bool>, StoreError>>()?;
                     let batch = Batch { subject: &b.subject, events: &b.events, ids: &b.ids };
                     let (applied, new_ids) = apply_events(&mut profile, &batch, &was, &ctx);
                     // As on Redis: only an accepted event changes what is stored.
                     if applied.accepted > 0 {
                         changed = true;
                         profiles.insert(key, profile.encode().as_slice())?;
-                        for id in new_ids {
-                            seen.insert((s, id), ())?;
-                        }
+                        remember_seen(&mut seen, &mut order, &mut counts, s, &new_ids, now)?;
                     }
                     out.push(applied);
                 }
@@ -335,23 +494,10 @@ impl Backend for DiskStore {
                 existed |= profiles
                     .remove((page_of(s), s))?
                     .is_some_and(|v| Profile::decode(v.value()).map_or(true, |p| has_profile(&p)));
-                for def in [PREFS, INBOX, SENT] {
+                for def in [PREFS, INBOX, SENT, OUTBOX] {
                     existed |= txn.open_table(def)?.remove(s)?.is_some();
                 }
-                let mut seen = txn.open_table(SEEN)?;
-                let mut ids = Vec::new();
-                for kv in seen.range((s, "")..)? {
-                    let (k, _) = kv?;
-                    let (owner, id) = k.value();
-                    if owner != s {
-                        break;
-                    }
-                    ids.push(id.to_owned());
-                }
-                existed |= !ids.is_empty();
-                for id in &ids {
-                    seen.remove((s, id.as_str()))?;
-                }
+                existed |= erase_seen(txn, s)?;
                 txn.open_table(ERASED)?.insert(s, ())?;
                 Ok(existed)
             })
@@ -445,18 +591,31 @@ impl Backend for DiskStore {
         now: i64,
         caps: &Caps,
     ) -> Result<Vec<Result<(), Skip>>, StoreError> {
-        let owned: Vec<(SubjectId, String, bool)> =
-            items.iter().map(|it| (it.subject.clone(), it.id.to_owned(), it.critical)).collect();
+        let owned: Vec<OwnedReservation> = items.iter().map(OwnedReservation::of).collect();
         let caps = *caps;
         blocking(&self.db, move |db| {
             db.write_changed(|txn| {
                 let mut table = txn.open_table(SENT)?;
+                let mut outbox = txn.open_table(OUTBOX)?;
                 let mut out = Vec::with_capacity(owned.len());
-                for (s, id, critical) in &owned {
-                    let mut sent: Vec<Sent> = get_json(&table, "reservations", s.as_str())?.unwrap_or_default();
-                    let r = rules::reserve(&mut sent, id, *critical, now, &caps);
+                for o in &owned {
+                    let s = o.subject.as_str();
+                    let mut sent: Vec<Sent> = get_json(&table, "reservations", s)?.unwrap_or_default();
+                    let it = Reservation {
+                        subject: &o.subject,
+                        id: &o.id,
+                        critical: o.critical,
+                        dedupe: rules::Dedupe { key: &o.key, horizon_secs: o.horizon_secs },
+                        outbox: o.pending.as_ref(),
+                    };
+                    let r = rules::reserve(&mut sent, &it, now, &caps);
                     if r.is_ok() {
-                        table.insert(s.as_str(), to_json(&sent).as_str())?;
+                        table.insert(s, to_json(&sent).as_str())?;
+                        if let Some(p) = &o.pending {
+                            let mut pending: Vec<Pending> = get_json(&outbox, "outbox", s)?.unwrap_or_default();
+                            pending.push(p.clone());
+                            outbox.insert(s, to_json(&pending).as_str())?;
+                        }
                     }
                     out.push(r);
                 }
@@ -474,10 +633,38 @@ impl Backend for DiskStore {
                 let mut table = txn.open_table(SENT)?;
                 for (s, id) in &owned {
                     let Some(mut sent) = get_json::<Vec<Sent>>(&table, "reservations", s.as_str())? else { continue };
-                    sent.retain(|(x, _, _)| x != id);
+                    sent.retain(|x| &x.id != id);
                     table.insert(s.as_str(), to_json(&sent).as_str())?;
                 }
+                drop(table);
+                remove_from_outbox(txn, &owned)?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        let owned: Vec<(SubjectId, String)> = items.iter().map(|(s, id)| ((*s).clone(), (*id).to_owned())).collect();
+        blocking(&self.db, move |db| db.write_changed(|txn| Ok(((), remove_from_outbox(txn, &owned)?)))).await
+    }
+
+    async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        let owned: Vec<SubjectId> = subjects.iter().map(|s| (*s).clone()).collect();
+        blocking(&self.db, move |db| {
+            db.write_changed(|txn| {
+                let mut outbox = txn.open_table(OUTBOX)?;
+                let mut out = Vec::new();
+                for s in &owned {
+                    let Some(mut pending) = get_json::<Vec<Pending>>(&outbox, "outbox", s.as_str())? else { continue };
+                    let taken = rules::take_stale(&mut pending, now_ms);
+                    if !taken.is_empty() {
+                        outbox.insert(s.as_str(), to_json(&pending).as_str())?;
+                        out.extend(taken);
+                    }
+                }
+                let changed = !out.is_empty();
+                Ok((out, changed))
             })
         })
         .await

@@ -1,29 +1,69 @@
 //! The volatile store: sharded mutexes over hash maps, in process memory, lost on exit (tests,
 //! benchmarks, `serve --memory`). Every operation on one subject runs under its shard's lock, so
-//! each is atomic per subject as on Redis.
+//! each is atomic per subject as on Redis. Event ids seen are forgotten by the same rules as on
+//! the other backends (time to live and cap, [`rules`]), so a long-running process stays bounded.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use tongban_features::domain::SubjectId;
 use tongban_features::io::fnv1a;
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, Sent};
+use super::rules::{self, Pending, Sent};
 use super::{
     apply_events, has_profile, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation,
     StoreError, SubjectData, AUDIT_KEEP,
 };
 use crate::push::{Caps, InboxMessage, Preferences, Skip};
 
+/// Event ids seen with the time each was first seen, in two orders: by id for look-ups, by
+/// time for forgetting the oldest ([`rules::SEEN_TTL_SECS`], [`rules::SEEN_CAP`]).
+#[derive(Debug, Default)]
+struct Seen {
+    at: HashMap<String, i64>,
+    by_time: BTreeSet<(i64, String)>,
+}
+
+impl Seen {
+    fn contains(&self, id: &str, now: i64) -> bool {
+        self.at.get(id).is_some_and(|&t| rules::still_seen(t, now))
+    }
+
+    /// Records `id` as first seen at `now` (an expired id seen again starts over).
+    fn add(&mut self, id: &str, now: i64) {
+        if let Some(old) = self.at.insert(id.to_owned(), now) {
+            self.by_time.remove(&(old, id.to_owned()));
+        }
+        self.by_time.insert((now, id.to_owned()));
+    }
+
+    /// Forgets the ids expired at `now`, then the oldest beyond the cap.
+    fn forget(&mut self, now: i64) {
+        while let Some((t, id)) = self.by_time.first() {
+            if rules::still_seen(*t, now) && self.at.len() <= rules::SEEN_CAP {
+                break;
+            }
+            self.at.remove(id);
+            self.by_time.pop_first();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     profile: Profile,
-    seen: HashSet<String>,
+    seen: Seen,
     prefs: Option<Preferences>,
     inbox: Vec<InboxMessage>,
     /// Pushes reserved.
     sent: Vec<Sent>,
+    /// Reserved pushes whose enqueue is not confirmed yet.
+    outbox: Vec<Pending>,
     /// The subject was erased: a bulk import never brings it back.
     erased: bool,
 }
@@ -62,20 +102,26 @@ impl MemoryStore {
         self.shards[(h % self.shards.len() as u64) as usize].lock().expect("no panics while holding the lock")
     }
 
-    fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Applied {
+    fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16, now: i64) -> Applied {
         let mut shard = self.shard(batch.subject);
         let entry = shard
             .entry(batch.subject.clone())
             .or_insert_with(|| Entry { profile: Profile::new(segment), ..Entry::default() });
-        let seen: Vec<bool> = batch.ids.iter().map(|id| entry.seen.contains(id)).collect();
+        let seen: Vec<bool> = batch.ids.iter().map(|id| entry.seen.contains(id, now)).collect();
         let (out, new_ids) = apply_events(&mut entry.profile, batch, &seen, ctx);
-        entry.seen.extend(new_ids.into_iter().map(str::to_owned));
+        for id in new_ids {
+            entry.seen.add(id, now);
+        }
+        entry.seen.forget(now);
         out
     }
 
     fn reserve(&self, it: &Reservation<'_>, now: i64, caps: &Caps) -> Result<(), Skip> {
         let mut shard = self.shard(it.subject);
-        rules::reserve(&mut shard.entry(it.subject.clone()).or_default().sent, it.id, it.critical, now, caps)
+        let entry = shard.entry(it.subject.clone()).or_default();
+        rules::reserve(&mut entry.sent, it, now, caps)?;
+        entry.outbox.extend(it.outbox.cloned());
+        Ok(())
     }
 
     fn push_inbox(&self, item: &InboxItem<'_>) -> bool {
@@ -98,8 +144,9 @@ impl Backend for MemoryStore {
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
-        Ok(batches.iter().zip(segments).map(|(b, &seg)| self.apply(b, ctx, seg)).collect())
+        Ok(batches.iter().zip(segments).map(|(b, &seg)| self.apply(b, ctx, seg, now)).collect())
     }
 
     async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
@@ -114,7 +161,12 @@ impl Backend for MemoryStore {
     async fn erase(&self, subject: &SubjectId) -> Result<bool, StoreError> {
         let mut shard = self.shard(subject);
         let existed = shard.get(subject).is_some_and(|e| {
-            e.has_profile() || e.prefs.is_some() || !e.inbox.is_empty() || !e.sent.is_empty() || !e.seen.is_empty()
+            e.has_profile()
+                || e.prefs.is_some()
+                || !e.inbox.is_empty()
+                || !e.sent.is_empty()
+                || !e.seen.is_empty()
+                || !e.outbox.is_empty()
         });
         shard.insert(subject.clone(), Entry { erased: true, ..Entry::default() });
         Ok(existed)
@@ -169,10 +221,30 @@ impl Backend for MemoryStore {
     async fn release(&self, items: &[Reservation<'_>]) -> Result<(), StoreError> {
         for it in items {
             if let Some(e) = self.shard(it.subject).get_mut(it.subject) {
-                e.sent.retain(|(id, _, _)| id != it.id);
+                e.sent.retain(|x| x.id != it.id);
+                e.outbox.retain(|x| x.job.message.id != it.id);
             }
         }
         Ok(())
+    }
+
+    async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        for (subject, id) in items {
+            if let Some(e) = self.shard(subject).get_mut(*subject) {
+                e.outbox.retain(|x| x.job.message.id != *id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        let mut out = Vec::new();
+        for subject in subjects {
+            if let Some(e) = self.shard(subject).get_mut(*subject) {
+                out.extend(rules::take_stale(&mut e.outbox, now_ms));
+            }
+        }
+        Ok(out)
     }
 
     async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {

@@ -7,7 +7,9 @@
 //!
 //! An event older than every event of a full profile window is acknowledged as `too_late` and
 //! changes nothing (see `features::profile`); it is reported as such, never as a duplicate.
-//! The rules of de-duplication, caps and the inbox cap are written once ([`rules`]).
+//! The rules of de-duplication, caps, the inbox cap and how long event ids are remembered
+//! ([`SEEN_TTL_SECS`] from their first sighting, at most [`SEEN_CAP`] per subject: every backend
+//! stays bounded) are written once ([`rules`]).
 //!
 //! The store also keeps the audit log of operators' look-ups of personal data ([`AuditEntry`]):
 //! who looked at which subject, and when.
@@ -29,7 +31,9 @@ use crate::push::{Caps, InboxMessage, Preferences, Skip};
 pub use self::disk::DiskStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{redact, RedisStore};
-pub use self::rules::{AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, SEEN_TTL_SECS, SENT_KEEP_SECS};
+pub use self::rules::{
+    Dedupe, Pending, AUDIT_KEEP, INBOX_CAP, MAX_IDS_PER_WRITE, OUTBOX_GRACE_MS, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +92,25 @@ pub type SubjectData = (SubjectId, Profile, Option<Preferences>);
 /// A subject's profile and preferences, either possibly absent.
 pub type ProfileAndPrefs = (Option<Profile>, Option<Preferences>);
 
-/// One push to reserve.
+/// One push to reserve: its id, lane and de-duplication, and the outbox entry written with it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reservation<'a> {
     pub subject: &'a SubjectId,
     pub id: &'a str,
     pub critical: bool,
+    pub dedupe: Dedupe<'a>,
+    /// The push to keep in the subject's outbox until [`Backend::clear_outbox`]: what makes a
+    /// reservation recoverable when the enqueue after it never happens. `None` reserves only
+    /// (a caller that will not enqueue: the caps checks of tests and operators).
+    pub outbox: Option<&'a Pending>,
+}
+
+impl<'a> Reservation<'a> {
+    /// A reservation de-duplicated by its push id over [`SENT_KEEP_SECS`], with no outbox
+    /// entry.
+    pub fn by_id(subject: &'a SubjectId, id: &'a str, critical: bool) -> Reservation<'a> {
+        Reservation { subject, id, critical, dedupe: Dedupe { key: id, horizon_secs: SENT_KEEP_SECS }, outbox: None }
+    }
 }
 
 /// One message for a subject's inbox, and how long the inbox keeps it.
@@ -126,13 +143,16 @@ pub trait Backend: Send + Sync {
     /// The subject's profile, if any.
     fn profile(&self, subject: &SubjectId) -> impl Future<Output = Result<Option<Profile>, StoreError>> + Send;
 
-    /// Applies the batches of several subjects, ignoring event ids seen before; `segments[i]`
-    /// is set on a new profile of `batches[i]`. Atomic per subject.
+    /// Applies the batches of several subjects, ignoring event ids seen within
+    /// [`SEEN_TTL_SECS`] before `now` (wall-clock Unix seconds, the time new ids are recorded
+    /// as first seen; at most [`rules::SEEN_CAP`] ids are kept per subject, the oldest go
+    /// first); `segments[i]` is set on a new profile of `batches[i]`. Atomic per subject.
     fn apply_many(
         &self,
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
 
     /// Stores a profile built offline unless the subject already has one (a restarted replica
@@ -187,8 +207,9 @@ pub trait Backend: Send + Sync {
     /// Marks a message of the inbox read (the caller checked that it is there).
     fn mark_read(&self, subject: &SubjectId, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Reserves pushes, in order, atomically per push: not reserved before (within
-    /// [`SENT_KEEP_SECS`], in either lane) and within the caps of its lane ([`rules`]).
+    /// Reserves pushes, in order, atomically per push: not a duplicate in either lane
+    /// ([`Dedupe`]) and within the caps of its lane ([`rules`]); a reservation made also writes
+    /// its outbox entry, in the same atomic step, under the subject's own data.
     fn reserve_many(
         &self,
         items: &[Reservation<'_>],
@@ -196,8 +217,21 @@ pub trait Backend: Send + Sync {
         caps: &Caps,
     ) -> impl Future<Output = Result<Vec<Result<(), Skip>>, StoreError>> + Send;
 
-    /// Forgets reservations (an enqueue that failed after them).
+    /// Forgets reservations and their outbox entries (an operator's or a test's undo).
     fn release(&self, items: &[Reservation<'_>]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the outbox entries of pushes now in the queue, by (subject, push id). Missing
+    /// entries are no error (a recovery pass may have cleared them).
+    fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The outbox entries of `subjects` waiting at least [`OUTBOX_GRACE_MS`] at `now_ms`
+    /// (wall-clock milliseconds), each marked taken at `now_ms` atomically per subject
+    /// ([`rules::take_stale`]): the recovery pass enqueues them, then clears them.
+    fn take_outbox(
+        &self,
+        subjects: &[&SubjectId],
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Pending>, StoreError>> + Send;
 
     /// One page of subjects that have a profile. Start with cursor 0; the page returning
     /// cursor 0 is the last. A subject written during the scan may be missed or seen twice.
@@ -219,6 +253,9 @@ pub trait Backend: Send + Sync {
 }
 
 /// A store: one of the backends. Only delegates.
+// One store per process, behind an `Arc`: the size of the Redis variant (its scripts) costs
+// nothing, and boxing it would only add an indirection to every call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Store {
     Disk(DiskStore),
@@ -270,19 +307,22 @@ impl Store {
         delegate!(self, b => b.profile(subject).await)
     }
 
-    /// Applies one subject's batch.
+    /// Applies one subject's batch at wall time.
     pub async fn apply(&self, batch: &Batch<'_>, ctx: &ProfileContext, segment: u16) -> Result<Applied, StoreError> {
-        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx).await?.swap_remove(0))
+        let now = (crate::clock::wall_ms() / 1000) as i64;
+        Ok(self.apply_many(std::slice::from_ref(batch), &[segment], ctx, now).await?.swap_remove(0))
     }
 
-    /// See [`Backend::apply_many`].
+    /// See [`Backend::apply_many`]; `now` is wall time (ingest passes the wall clock, not the
+    /// policy clock, as Redis expires on its own wall clock).
     pub async fn apply_many(
         &self,
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
-        delegate!(self, b => b.apply_many(batches, segments, ctx).await)
+        delegate!(self, b => b.apply_many(batches, segments, ctx, now).await)
     }
 
     pub async fn import_profile(&self, subject: &SubjectId, profile: &Profile) -> Result<bool, StoreError> {
@@ -365,7 +405,7 @@ impl Store {
         caps: &Caps,
         critical: bool,
     ) -> Result<Result<(), Skip>, StoreError> {
-        Ok(self.reserve_many(&[Reservation { subject, id, critical }], now, caps).await?[0])
+        Ok(self.reserve_many(&[Reservation::by_id(subject, id, critical)], now, caps).await?[0])
     }
 
     pub async fn reserve_many(
@@ -385,6 +425,22 @@ impl Store {
             return Ok(());
         }
         delegate!(self, b => b.release(items).await)
+    }
+
+    /// See [`Backend::clear_outbox`].
+    pub async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        delegate!(self, b => b.clear_outbox(items).await)
+    }
+
+    /// See [`Backend::take_outbox`].
+    pub async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        delegate!(self, b => b.take_outbox(subjects, now_ms).await)
     }
 
     pub async fn page(&self, cursor: u64) -> Result<(u64, Vec<SubjectData>), StoreError> {

@@ -2,13 +2,25 @@
 //!
 //! Keys of one subject share a hash tag, so per-subject operations stay on one node of a
 //! Redis Cluster: `tb:{u:<id>}:p` (profile bytes), `tb:{u:<id>}:v` (version counter, never
-//! deleted, so a write prepared before an erasure cannot land after it), `tb:{u:<id>}:e` (event
-//! ids seen; the set expires `SEEN_TTL_SECS` after the subject's last write: while a subject
-//! stays active the set keeps growing, a known limit of this version). Pushes: `:prefs`
+//! deleted, so a write prepared before an erasure cannot land after it), `tb:{u:<id>}:ids`
+//! (event ids seen: a sorted set scored by the time each was first seen, trimmed as the embedded
+//! stores trim theirs, `SEEN_TTL_SECS` and `SEEN_CAP`; the key expires `SEEN_TTL_SECS` after
+//! the subject's last write). Migration: the first version kept a plain set `:e` that only
+//! expired as a whole; it is still read (never written) so that ids seen before an upgrade stay
+//! duplicates until it expires, at most `SEEN_TTL_SECS` later, and erasure deletes it. Pushes: `:prefs`
 //! (preferences JSON), `:msgs` (the inbox: a hash of push id to message JSON, capped at
 //! `INBOX_CAP`, expiring with its longest-lived message), `:read` (read marks), `:sent` and
-//! `:crit` (pushes reserved per lane, for de-duplication and caps), `:x` (the subject was
+//! `:crit` (push ids reserved per lane, scored by the time reserved, for de-duplication and
+//! caps), `:dk` (de-duplication keys that are not a push id, the next steps', scored by their
+//! last reservation: the sliding window), `:out` and `:outat` (the outbox: push id -> entry
+//! JSON, and push id -> since, written by the reservation's script, deleted after the enqueue;
+//! no expiry, a recovery pass clears what it enqueues), `:x` (the subject was
 //! erased: a bulk import never brings it back; never expires, holds no data but the fact).
+//! Migration of the reservations: `:sent` and `:crit` keep their first-version format and are
+//! read as before (a push id is its own de-duplication key); `:dk`, `:out` and `:outat` are new
+//! and start empty. First-version next-step ids carried a fixed window, which the new
+//! de-duplication key does not match, so a next step pushed in the `dedup_days` before the
+//! upgrade may go once more after it (one per subject and bundle, once).
 //! The operators' audit log is one list, `tb:audit` (entry JSON, newest at the head, trimmed to
 //! `AUDIT_KEEP`); an erasure leaves it alone.
 //!
@@ -24,7 +36,7 @@ use redis::FromRedisValue;
 use tongban_features::domain::SubjectId;
 use tongban_features::profile::{Profile, ProfileContext};
 
-use super::rules::{self, SEEN_TTL_SECS, SENT_KEEP_SECS};
+use super::rules::{self, Pending, SEEN_CAP, SEEN_TTL_SECS, SENT_KEEP_SECS};
 use super::{
     apply_events, Applied, AuditEntry, Backend, Batch, InboxItem, ProfileAndPrefs, Reservation, StoreError,
     SubjectData, AUDIT_KEEP,
@@ -35,6 +47,7 @@ const CAS: &str = include_str!("lua/cas.lua");
 const IMPORT: &str = include_str!("lua/import.lua");
 const RESERVE: &str = include_str!("lua/reserve.lua");
 const LEASE: &str = include_str!("lua/lease.lua");
+const OUTBOX: &str = include_str!("lua/outbox.lua");
 
 /// Rounds of compare-and-set conflicts before an update gives up with `Contention`.
 const CAS_ROUNDS: usize = 16;
@@ -48,6 +61,7 @@ pub struct RedisStore {
     import: redis::Script,
     reserve: redis::Script,
     lease: redis::Script,
+    outbox: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -77,11 +91,16 @@ struct Keys {
     profile: String,
     version: String,
     seen: String,
+    /// The first version's set of ids seen (read until it expires, see the module docs).
+    seen_v1: String,
     prefs: String,
     inbox: String,
     read: String,
     sent: String,
     crit: String,
+    dedupe: String,
+    outbox: String,
+    outbox_at: String,
     erased: String,
 }
 
@@ -112,6 +131,7 @@ impl RedisStore {
             import: redis::Script::new(IMPORT),
             reserve: redis::Script::new(RESERVE),
             lease: redis::Script::new(LEASE),
+            outbox: redis::Script::new(OUTBOX),
         };
         let mut c = s.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
@@ -149,7 +169,7 @@ impl RedisStore {
 
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        for script in [CAS, IMPORT, RESERVE] {
+        for script in [CAS, IMPORT, RESERVE, OUTBOX] {
             let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(&mut c).await?;
         }
         Ok(())
@@ -174,12 +194,16 @@ impl RedisStore {
         Keys {
             profile: format!("{tag}:p"),
             version: format!("{tag}:v"),
-            seen: format!("{tag}:e"),
+            seen: format!("{tag}:ids"),
+            seen_v1: format!("{tag}:e"),
             prefs: format!("{tag}:prefs"),
             inbox: format!("{tag}:msgs"),
             read: format!("{tag}:read"),
             sent: format!("{tag}:sent"),
             crit: format!("{tag}:crit"),
+            dedupe: format!("{tag}:dk"),
+            outbox: format!("{tag}:out"),
+            outbox_at: format!("{tag}:outat"),
             erased: format!("{tag}:x"),
         }
     }
@@ -191,6 +215,7 @@ impl RedisStore {
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
         pending: &[usize],
         results: &mut [Applied],
     ) -> Result<Vec<usize>, StoreError> {
@@ -198,16 +223,23 @@ impl RedisStore {
         let mut reads = redis::pipe();
         for &i in pending {
             let k = self.keys(batches[i].subject);
-            reads.cmd("GET").arg(k.profile).cmd("GET").arg(k.version).cmd("SMISMEMBER").arg(k.seen).arg(batches[i].ids);
+            reads.cmd("GET").arg(k.profile).cmd("GET").arg(k.version);
+            reads.cmd("ZMSCORE").arg(k.seen).arg(batches[i].ids).cmd("SMISMEMBER").arg(k.seen_v1).arg(batches[i].ids);
         }
         let values: Vec<redis::Value> = reads.query_async(&mut c).await?;
         let mut writes = redis::pipe();
         let mut written = Vec::new();
-        for (v, &i) in values.chunks(3).zip(pending) {
+        for (v, &i) in values.chunks(4).zip(pending) {
             let b = &batches[i];
             let bytes: Option<Vec<u8>> = FromRedisValue::from_redis_value(v[0].clone()).map_err(unexpected)?;
             let version: Option<String> = FromRedisValue::from_redis_value(v[1].clone()).map_err(unexpected)?;
-            let seen: Vec<bool> = FromRedisValue::from_redis_value(v[2].clone()).map_err(unexpected)?;
+            let first_seen: Vec<Option<f64>> = FromRedisValue::from_redis_value(v[2].clone()).map_err(unexpected)?;
+            let seen_v1: Vec<bool> = FromRedisValue::from_redis_value(v[3].clone()).map_err(unexpected)?;
+            let seen: Vec<bool> = first_seen
+                .iter()
+                .zip(&seen_v1)
+                .map(|(at, &old)| old || at.is_some_and(|at| rules::still_seen(at as i64, now)))
+                .collect();
             let mut profile = match bytes {
                 Some(x) => Profile::decode(&x)?,
                 None => Profile::new(segments[i]),
@@ -227,6 +259,8 @@ impl RedisStore {
                     .arg(version.as_deref().unwrap_or("0"))
                     .arg(profile.encode())
                     .arg(SEEN_TTL_SECS)
+                    .arg(now)
+                    .arg(SEEN_CAP)
                     .arg(&new_ids);
                 written.push(i);
             }
@@ -275,6 +309,7 @@ impl Backend for RedisStore {
         batches: &[Batch<'_>],
         segments: &[u16],
         ctx: &ProfileContext,
+        now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let mut results = vec![Applied::default(); batches.len()];
         let mut pending: Vec<usize> = (0..batches.len()).collect();
@@ -282,7 +317,7 @@ impl Backend for RedisStore {
             if pending.is_empty() {
                 return Ok(results);
             }
-            pending = self.apply_round(batches, segments, ctx, &pending, &mut results).await?;
+            pending = self.apply_round(batches, segments, ctx, now, &pending, &mut results).await?;
         }
         if pending.is_empty() {
             Ok(results)
@@ -313,7 +348,8 @@ impl Backend for RedisStore {
             .cmd("DEL")
             .arg(&k.profile)
             .arg(&k.seen)
-            .arg(&[&k.prefs, &k.inbox, &k.read, &k.sent, &k.crit])
+            .arg(&k.seen_v1)
+            .arg(&[&k.prefs, &k.inbox, &k.read, &k.sent, &k.crit, &k.dedupe, &k.outbox, &k.outbox_at])
             .cmd("INCR")
             .arg(&k.version)
             .cmd("SET")
@@ -412,8 +448,14 @@ impl Backend for RedisStore {
         let mut pipe = redis::pipe();
         for it in items {
             let k = self.keys(it.subject);
-            pipe.cmd("EVALSHA").arg(self.reserve.get_hash()).arg(2).arg(k.sent).arg(k.crit);
+            pipe.cmd("EVALSHA").arg(self.reserve.get_hash()).arg(5);
+            pipe.arg(k.sent).arg(k.crit).arg(k.dedupe).arg(k.outbox).arg(k.outbox_at);
             pipe.arg(it.id).arg(now).arg(SENT_KEEP_SECS).arg(u8::from(it.critical));
+            pipe.arg(it.dedupe.key).arg(it.dedupe.horizon_secs);
+            match it.outbox {
+                Some(p) => pipe.arg(serde_json::to_string(p).expect("outbox entries serialise")).arg(p.since_ms),
+                None => pipe.arg("").arg(0),
+            };
             for r in rules::cap_rules(caps, it.critical) {
                 pipe.arg(r.window_secs).arg(r.limit).arg(r.skip.as_str());
             }
@@ -435,10 +477,46 @@ impl Backend for RedisStore {
         for it in items {
             let k = self.keys(it.subject);
             pipe.cmd("ZREM").arg(k.sent).arg(it.id).ignore().cmd("ZREM").arg(k.crit).arg(it.id).ignore();
+            if it.dedupe.key != it.id {
+                pipe.cmd("ZREM").arg(k.dedupe).arg(it.dedupe.key).ignore();
+            }
+            pipe.cmd("HDEL").arg(k.outbox).arg(it.id).ignore().cmd("ZREM").arg(k.outbox_at).arg(it.id).ignore();
         }
         let mut c = self.conn.clone();
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
+    }
+
+    /// Two commands per entry, in the subject's slot; if only the first lands, the recovery
+    /// script drops the orphaned time.
+    async fn clear_outbox(&self, items: &[(&SubjectId, &str)]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for (subject, id) in items {
+            let k = self.keys(subject);
+            pipe.cmd("HDEL").arg(k.outbox).arg(*id).ignore().cmd("ZREM").arg(k.outbox_at).arg(*id).ignore();
+        }
+        let mut c = self.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// One script per subject (each in its own slot), in one pipeline.
+    async fn take_outbox(&self, subjects: &[&SubjectId], now_ms: u64) -> Result<Vec<Pending>, StoreError> {
+        let mut pipe = redis::pipe();
+        let cutoff = now_ms.saturating_sub(rules::OUTBOX_GRACE_MS);
+        for s in subjects {
+            let k = self.keys(s);
+            pipe.cmd("EVALSHA").arg(self.outbox.get_hash()).arg(2).arg(k.outbox).arg(k.outbox_at);
+            pipe.arg(cutoff).arg(now_ms);
+        }
+        let answers: Vec<Vec<String>> = self.query_scripts(&pipe).await?;
+        answers
+            .iter()
+            .flatten()
+            .map(|json| {
+                serde_json::from_str(json).map_err(|e| StoreError::Unavailable(format!("unreadable outbox entry: {e}")))
+            })
+            .collect()
     }
 
     /// `SCAN` over the profile keys.
