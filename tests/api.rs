@@ -857,7 +857,18 @@ async fn push_flow(backend: Backend) {
     // Without quiet hours the guidance is in the inbox at once, in zh-CN, naming the bundle,
     // its next steps and their materials.
     assert_eq!(app.put("/v1/users/co-open/preferences", &json!({ "quiet_hours": null }).to_string()).await, 200);
-    let (_, r) = app.post("/v1/events", &opening("co-open", "o")).await;
+    let r: Value = app
+        .client
+        .post(format!("{}/v1/events", app.base))
+        .header("content-type", "application/json")
+        .header("x-request-id", "portal-ingest-7")
+        .body(opening("co-open", "o"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["pushed"], 1, "{r}");
     let inbox = app.wait_inbox("co-open", 1).await;
     let msgs = inbox["messages"].as_array().unwrap();
@@ -872,6 +883,8 @@ async fn push_flow(backend: Backend) {
     let rec = app.wait_status(m["id"].as_str().unwrap(), "delivered").await;
     assert_eq!((rec["detail"].as_str(), rec["model"].as_str()), (Some("inbox"), m["model"].as_str()), "{rec}");
     assert!(!rec.to_string().contains("co-open"), "records name no subject: {rec}");
+    // The record leads back to the request that made the push.
+    assert_eq!(rec["request_id"], "portal-ingest-7", "{rec}");
 
     // Another step of the same bundle in the same window: de-duplicated, not a second message.
     let seal = json!({ "event_id": "o-seal", "subject": "co-open", "service": "e.entry.seal", "kind": "completed" });
@@ -1374,6 +1387,7 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
                 decisions: Vec::new(),
                 attempts: 0,
                 last_error: None,
+                request_id: None,
             },
             due_ms: 0,
             status: Status::Queued,

@@ -84,6 +84,7 @@ async fn queued(redis: &RedisServer, subjects: usize, n: usize) -> Queue {
                 decisions: Vec::new(),
                 attempts: 0,
                 last_error: None,
+                request_id: None,
             },
             due_ms: 0,
             status: Status::Queued,

@@ -63,6 +63,7 @@ fn job(id: &str, subject: &str, trigger: Trigger) -> Job {
         decisions: vec![],
         attempts: 0,
         last_error: None,
+        request_id: None,
     }
 }
 

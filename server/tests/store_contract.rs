@@ -304,6 +304,7 @@ fn pending(subject: &SubjectId, id: &str, since_ms: u64) -> Pending {
         decisions: vec!["consent:ok".into()],
         attempts: 0,
         last_error: None,
+        request_id: None,
     };
     Pending { job, due_ms: since_ms, since_ms }
 }

@@ -61,3 +61,14 @@ impl AppState {
         self.segments.get(subject).copied().unwrap_or(0)
     }
 }
+
+tokio::task_local! {
+    /// The `x-request-id` of the API request being handled (set by the router's outer layer),
+    /// so that problem bodies and the pushes a request makes carry it, whichever layer answers.
+    pub static REQUEST_ID: Option<String>;
+}
+
+/// The id of the API request this task is handling, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok().flatten()
+}

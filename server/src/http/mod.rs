@@ -86,7 +86,7 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
 /// so that every problem body carries it, whichever layer answers.
 async fn with_request_id(req: Request, next: Next) -> Response {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    problem::REQUEST_ID.scope(id, next.run(req)).await
+    crate::app::REQUEST_ID.scope(id, next.run(req)).await
 }
 
 /// The route table: every API route, its handler and its documentation, by group. The groups'

@@ -144,12 +144,6 @@ pub struct Problem {
     pub request_id: Option<String>,
 }
 
-tokio::task_local! {
-    /// The `x-request-id` of the request being answered (set by the router's outer layer), so
-    /// that every problem body carries it, whichever layer answers.
-    pub static REQUEST_ID: Option<String>;
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
@@ -163,7 +157,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             code,
             detail: self.detail,
-            request_id: REQUEST_ID.try_with(Clone::clone).ok().flatten(),
+            request_id: crate::app::request_id(),
         };
         let mut r = (status, Json(body)).into_response();
         r.headers_mut().insert("content-type", HeaderValue::from_static("application/problem+json"));

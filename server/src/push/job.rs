@@ -107,6 +107,10 @@ pub struct Job {
     pub attempts: u32,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The `x-request-id` of the API request that made the push (none for scans), so an audit
+    /// record leads back to the request in the logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Builds the job of a candidate that passed the policy.
@@ -155,6 +159,7 @@ pub fn job(
         decisions,
         attempts: 0,
         last_error: None,
+        request_id: crate::app::request_id(),
     }
 }
 

@@ -92,6 +92,10 @@ pub struct PushRecord {
     pub status: Status,
     /// The skip reason, the last error or the channels it was delivered to.
     pub detail: Option<String>,
+    /// The `x-request-id` of the API request that made it (none for scans and campaigns run
+    /// by the worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl PushRecord {
@@ -112,6 +116,7 @@ impl PushRecord {
             attempts: job.attempts,
             status,
             detail,
+            request_id: job.request_id.clone(),
         }
     }
 }
