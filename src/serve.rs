@@ -667,7 +667,11 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     eprintln!("tongban serving model {version} with the {} store on http://{}", state.store.kind(), args.addr);
     if let Some(b) = banner {
-        println!("{b}");
+        // A reader that went away (`| head`, a closed pipe) must not take the server down:
+        // the banner is a courtesy, so a failed write is ignored.
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{b}").and_then(|()| out.flush());
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if worker.is_none() && state.pusher.is_some() {

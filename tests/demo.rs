@@ -64,9 +64,12 @@ async fn the_demo_walk_through_does_what_it_prints() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _demo = Killed(child);
-    let banner = tokio::task::spawn_blocking(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the banner, then keeps reading (the pipe stays open for whatever comes later).
+    std::thread::spawn(move || {
         let mut text = String::new();
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             let line = line.unwrap();
             text.push_str(&line);
             text.push('\n');
@@ -74,8 +77,10 @@ async fn the_demo_walk_through_does_what_it_prints() {
                 break;
             }
         }
-        text
+        let _ = tx.send(text);
+        for _ in lines {}
     });
+    let banner = tokio::task::spawn_blocking(move || rx.recv().unwrap_or_default());
     let banner = tokio::time::timeout(Duration::from_secs(900), banner)
         .await
         .unwrap_or_else(|_| {
