@@ -323,9 +323,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Bars only for people: on a terminal, and never when the output is JSON for a program.
     progress::init(std::io::stderr().is_terminal() && !cli.command.json());
-    // Progress of long steps (training epochs) on stderr; RUST_LOG overrides the level. The
-    // lines are written with the bars suspended.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tongban_model=info".into());
+    // Warnings, progress of long steps (training epochs) and the server's lines (start-up, one
+    // access line per request: target `tongban_server::access`) on stderr; RUST_LOG overrides
+    // the levels (`RUST_LOG=warn` turns the access log off). The lines are written with the
+    // bars suspended.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,tongban_model=info,tongban_server=info".into());
     let logs = tracing_subscriber::fmt().with_writer(progress::LogWriter).with_env_filter(filter);
     match cli.log_format {
         LogStyle::Text => {

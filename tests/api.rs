@@ -1571,7 +1571,7 @@ async fn sigterm_drains_with_readyz_503_then_exits_cleanly() {
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_tongban"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--drain-secs", "2", "--shutdown-grace-secs", "1"])
-        .arg("--model")
+        .args(["--log-format", "json", "--model"])
         .arg(f.model_file.path())
         .current_dir(dir.path())
         .stdout(Stdio::null())
@@ -1588,6 +1588,14 @@ async fn sigterm_drains_with_readyz_503_then_exits_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(60), "serve did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // One request whose path holds a subject id, with the caller's request id.
+    let r = client
+        .get(format!("{base}/v1/users/u-secret-77/recommendations?k=3"))
+        .header("x-request-id", "req-json-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(term.success());
     let signalled = std::time::Instant::now();
@@ -1610,6 +1618,23 @@ async fn sigterm_drains_with_readyz_503_then_exits_cleanly() {
     let stderr = String::from_utf8_lossy(&exit.stderr);
     assert!(exit.status.success(), "exit {:?}: {stderr}", exit.status);
     assert!(stderr.contains("shutting down (SIGTERM)"), "{stderr}");
+    // `--log-format json`: every log line is a JSON object, one access line per request with
+    // the route template, status, latency and request id, and the subject id nowhere.
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access: Vec<&Value> = lines.iter().filter(|l| l["target"] == "tongban_server::access").collect();
+    let rec = access
+        .iter()
+        .find(|l| l["fields"]["request_id"] == "req-json-1")
+        .unwrap_or_else(|| panic!("no access line for the request: {stderr}"));
+    assert_eq!(rec["fields"]["route"], "/v1/users/{id}/recommendations", "{rec}");
+    assert_eq!(rec["fields"]["status"], 200, "{rec}");
+    assert!(rec["fields"]["micros"].as_u64().is_some(), "{rec}");
+    assert!(access.len() >= 3, "one line per request: {}", access.len());
+    assert!(!stderr.contains("u-secret-77"), "the subject id reached the log: {stderr}");
     assert!(signalled.elapsed() >= Duration::from_secs(2), "stopped before the drain period");
     // Drain (2 s) + grace (1 s), with room for a loaded machine.
     assert!(signalled.elapsed() < Duration::from_secs(8), "stopped only after {:?}", signalled.elapsed());

@@ -60,7 +60,7 @@ async fn bare_errors(res: Response) -> Response {
 }
 
 /// Counts requests and latency by route template, and writes the access log line (target
-/// `tongban_server::access`, level info: `RUST_LOG=tongban_server::access=info` turns it on).
+/// `tongban_server::access`, level info: on by default, `RUST_LOG=warn` turns it off).
 /// Both name the route template, never the raw path: ids in paths are personal data.
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
