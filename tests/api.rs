@@ -69,6 +69,13 @@ enum Backend {
     Redis,
 }
 
+/// The durable backends of the restart tests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kept {
+    Disk,
+    Redis,
+}
+
 /// Options of a test app.
 #[derive(Clone, Debug, Default)]
 struct Opts {
@@ -1685,7 +1692,53 @@ async fn a_slow_client_is_cut_off_at_the_header_deadline() {
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
-/// `tongban serve` as a process of this test, on the durable embedded store; SIGKILLed on drop.
+/// Where a test's `tongban serve` keeps its state: the durable embedded store's directory, or a
+/// durable Redis (AOF, fsync always).
+#[derive(Clone, Copy)]
+enum Durable<'a> {
+    Disk(&'a Path),
+    Redis(&'a str),
+}
+
+/// The durable backends of the restart tests: a directory, or a Redis of the test's own in one
+/// (killed and restarted with `restart`).
+struct DurableBackend {
+    dir: tempfile::TempDir,
+    redis: Option<(RedisServer, String)>,
+}
+
+impl DurableBackend {
+    fn new(backend: Kept) -> DurableBackend {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = (backend == Kept::Redis).then(|| {
+            let r = RedisServer::start_durable(&dir.path().join("redis"));
+            let url = r.url();
+            (r, url)
+        });
+        DurableBackend { dir, redis }
+    }
+
+    fn state(&self) -> Durable<'_> {
+        match &self.redis {
+            Some((_, url)) => Durable::Redis(url),
+            None => Durable::Disk(self.dir.path()),
+        }
+    }
+
+    /// After the server's SIGKILL: a Redis is SIGKILLed too and started again on its files
+    /// (the whole deployment lost power); a directory has nothing to restart.
+    fn crash_and_restart_store(&mut self) {
+        if let Some((r, _)) = &mut self.redis {
+            r.restart(&self.dir.path().join("redis"));
+        }
+    }
+
+    fn log(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// `tongban serve` as a process of this test, on a durable store; SIGKILLed on drop.
 struct ServeProcess {
     child: std::process::Child,
     base: String,
@@ -1705,26 +1758,28 @@ impl Drop for ServeProcess {
     }
 }
 
-/// The `tongban serve` command line of these tests on the data directory `data`, at `addr`.
-fn serve_command(data: &Path, addr: &str, extra: &[&std::ffi::OsStr]) -> Command {
+/// The `tongban serve` command line of these tests on `data`, at `addr`.
+fn serve_command(data: Durable<'_>, addr: &str, extra: &[&std::ffi::OsStr]) -> Command {
     let f = fixture();
     let now = tongban_features::time::Timestamp(f.now).to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tongban"));
     cmd.args(["serve", "--catalogue", "catalogue", "--scan-every-secs", "0", "--now", &now, "--addr", addr])
         .arg("--model")
         .arg(f.model_file.path())
-        .arg("--data")
-        .arg(data)
         .args(extra)
         .env_remove("TONGBAN_REDIS_URL")
         .env_remove("TONGBAN_MEMORY")
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match data {
+        Durable::Disk(dir) => cmd.arg("--data").arg(dir.join("data")),
+        Durable::Redis(url) => cmd.args(["--redis", url, "--with-worker"]),
+    };
     cmd
 }
 
 /// Starts `tongban serve` on `data` on a free port and waits until it answers; its standard
 /// error goes to `log` (shown if it does not come up).
-async fn serve_process(data: &Path, log: &Path, extra: &[&std::ffi::OsStr]) -> ServeProcess {
+async fn serve_process(data: Durable<'_>, log: &Path, extra: &[&std::ffi::OsStr]) -> ServeProcess {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let child = serve_command(data, &addr, extra)
@@ -1743,14 +1798,14 @@ async fn serve_process(data: &Path, log: &Path, extra: &[&std::ffi::OsStr]) -> S
     panic!("tongban serve did not come up in 30 s: {}", std::fs::read_to_string(log).unwrap_or_default());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_killed_mid_ingest_on_the_disk_store_loses_no_acknowledged_write() {
+/// SIGKILL `serve` (and, on Redis, the Redis too) in the middle of 10,000 ingested events and
+/// 1,000 preference writes, restart, count what was acknowledged and is not there.
+async fn killed_mid_ingest(backend: Kept) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let f = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut first = serve_process(&data, &dir.path().join("first.log"), &[]).await;
+    let mut store = DurableBackend::new(backend);
+    let mut first = serve_process(store.state(), &store.log("first.log"), &[]).await;
     let (n_events, per_batch, n_prefs, subjects) = (10_000usize, 100usize, 1_000usize, 500usize);
     // Distinct times, so that every event is new to its profile: a re-sent one can only be
     // recognised by its id.
@@ -1826,7 +1881,8 @@ async fn a_server_killed_mid_ingest_on_the_disk_store_loses_no_acknowledged_writ
     let acked_prefs = acked_prefs.lock().unwrap().clone();
     assert!(acked_batches.len() < batches.len(), "the kill came mid-ingest");
 
-    let second = serve_process(&data, &dir.path().join("second.log"), &[]).await;
+    store.crash_and_restart_store();
+    let second = serve_process(store.state(), &store.log("second.log"), &[]).await;
     let app = Http { base: second.base.clone(), client };
     let mut lost_events = 0;
     for &b in &acked_batches {
@@ -1843,12 +1899,22 @@ async fn a_server_killed_mid_ingest_on_the_disk_store_loses_no_acknowledged_writ
         }
     }
     eprintln!(
-        "SIGKILL/restart test: acknowledged {} events, {} prefs, lost {}",
+        "SIGKILL/restart test ({backend:?}): acknowledged {} events, {} prefs, lost {}",
         acked_batches.len() * per_batch,
         acked_prefs.len(),
         lost_events + lost_prefs
     );
     assert_eq!((lost_events, lost_prefs), (0, 0), "every acknowledged write survives a SIGKILL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_ingest_loses_no_acknowledged_write_disk() {
+    killed_mid_ingest(Kept::Disk).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_ingest_loses_no_acknowledged_write_redis() {
+    killed_mid_ingest(Kept::Redis).await
 }
 
 /// Whether the server has a history for the subject.
@@ -1858,11 +1924,10 @@ async fn history(app: &Http, subject: &str) -> bool {
     v["fallback"] != "no_history"
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_erased_subject_stays_erased_across_a_restart_with_the_same_import() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let log = dir.path().join("events.csv");
+/// Erasure is final: SIGKILL and restart (the Redis too), with the same import.
+async fn erased_across_restart(backend: Kept) {
+    let mut store = DurableBackend::new(backend);
+    let log = store.log("events.csv");
     let mut csv = format!("{}\n", tongban_features::io::NATIVE_HEADER);
     for (i, subject) in ["er-gone", "er-kept"].iter().enumerate() {
         for (j, service) in ["e.entry.registration", "e.entry.seal"].iter().enumerate() {
@@ -1871,23 +1936,37 @@ async fn an_erased_subject_stays_erased_across_a_restart_with_the_same_import() 
     }
     std::fs::write(&log, csv).unwrap();
     let import: [&std::ffi::OsStr; 2] = ["--import".as_ref(), log.as_os_str()];
-    let mut first = serve_process(&data, &dir.path().join("first.log"), &import).await;
+    let mut first = serve_process(store.state(), &store.log("first.log"), &import).await;
     let app = Http { base: first.base.clone(), client: reqwest::Client::new() };
     assert!(history(&app, "er-gone").await && history(&app, "er-kept").await, "both imported");
 
-    // One process owns the directory: a second one is refused, naming it.
-    let out = serve_command(&data, "127.0.0.1:0", &[]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("is in use by another tongban process") && err.contains(data.to_str().unwrap()), "{err}");
+    if let Durable::Disk(dir) = store.state() {
+        // One process owns the directory: a second one is refused, naming it.
+        let out = serve_command(store.state(), "127.0.0.1:0", &[]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let data = dir.join("data");
+        assert!(err.contains("is in use by another tongban process") && err.contains(data.to_str().unwrap()), "{err}");
+    }
 
     let r = app.client.delete(format!("{}/v1/users/er-gone", app.base)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 204);
     assert!(!history(&app, "er-gone").await);
     first.kill();
+    store.crash_and_restart_store();
 
-    let second = serve_process(&data, &dir.path().join("second.log"), &import).await;
+    let second = serve_process(store.state(), &store.log("second.log"), &import).await;
     let app = Http { base: second.base.clone(), client: reqwest::Client::new() };
     assert!(!history(&app, "er-gone").await, "the import did not bring the erased subject back");
     assert!(history(&app, "er-kept").await, "the other subject's profile is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subject_stays_erased_across_a_restart_with_the_same_import_disk() {
+    erased_across_restart(Kept::Disk).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subject_stays_erased_across_a_restart_with_the_same_import_redis() {
+    erased_across_restart(Kept::Redis).await
 }

@@ -49,6 +49,16 @@ const RESERVE: &str = include_str!("lua/reserve.lua");
 const LEASE: &str = include_str!("lua/lease.lua");
 const OUTBOX: &str = include_str!("lua/outbox.lua");
 
+/// How long start-up waits for a Redis that is loading its data (a large AOF takes a while).
+const LOADING_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether a failed connection attempt met a Redis still loading its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy {
+    Loading,
+    No,
+}
+
 /// Rounds of compare-and-set conflicts before an update gives up with `Contention`.
 const CAS_ROUNDS: usize = 16;
 
@@ -117,13 +127,39 @@ impl RedisStore {
     /// Connects (and checks the connection with PING). `prefix` namespaces keys (tests use one
     /// per test).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {}: {}", redact(url), e.category())))?;
+        // A Redis that is loading its data after a restart answers LOADING: it will be ready,
+        // so wait (a deployment restarting after a power cut starts tongban and Redis at once)
+        // instead of failing the start-up.
+        let started = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            match Self::connect_once(url, prefix).await {
+                Err((Busy::Loading, e)) if started.elapsed() < LOADING_WAIT => {
+                    if !told {
+                        tracing::warn!(url = %redact(url), error = %e, "Redis is loading its data; waiting up to {} s", LOADING_WAIT.as_secs());
+                        told = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err((_, e)) => return Err(e),
+                Ok(s) => return Ok(s),
+            }
+        }
+    }
+
+    async fn connect_once(url: &str, prefix: &str) -> Result<RedisStore, (Busy, StoreError)> {
+        let loading = |e: redis::RedisError| {
+            let busy = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading);
+            (if busy { Busy::Loading } else { Busy::No }, StoreError::from(e))
+        };
+        let client = redis::Client::open(url).map_err(|e| {
+            (Busy::No, StoreError::Unavailable(format!("bad Redis URL {}: {}", redact(url), e.category())))
+        })?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
             .set_response_timeout(Some(std::time::Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let conn = ConnectionManager::new_with_config(client, cfg).await.map_err(loading)?;
         let s = RedisStore {
             conn,
             prefix: prefix.to_owned(),
@@ -134,12 +170,17 @@ impl RedisStore {
             outbox: redis::Script::new(OUTBOX),
         };
         let mut c = s.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(loading)?;
         // The marker: set by the first tongban that used this Redis; if it is ever missing
         // later, Redis lost its data under us and `ping` (so `/readyz`) says so.
-        let _: Option<String> =
-            redis::cmd("SET").arg(s.marker()).arg(crate::clock::wall_ms() / 1000).arg("NX").query_async(&mut c).await?;
-        s.load_scripts().await?;
+        let _: Option<String> = redis::cmd("SET")
+            .arg(s.marker())
+            .arg(crate::clock::wall_ms() / 1000)
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(loading)?;
+        s.load_scripts().await.map_err(|e| (Busy::No, e))?;
         Ok(s)
     }
 

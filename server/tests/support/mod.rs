@@ -40,6 +40,51 @@ impl RedisServer {
         panic!("redis-server did not start on port {port}");
     }
 
+    /// Starts one that keeps its data in `dir` (AOF, fsync at every write: what the README
+    /// asks of a production Redis), restartable on the same port with [`RedisServer::restart`].
+    pub fn start_durable(dir: &std::path::Path) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::durable_on(dir, port)
+    }
+
+    fn durable_on(dir: &std::path::Path, port: u16) -> RedisServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (Debian: `apt-get install redis-server`)")
+            });
+        let server = RedisServer { child, port };
+        for _ in 0..300 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    /// SIGKILLs a durable server and starts it again on the same port and directory.
+    pub fn restart(&mut self, dir: &std::path::Path) {
+        self.kill();
+        let port = self.port;
+        // The port was just freed: retry while the kernel lets it go.
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let fresh = Self::durable_on(dir, port);
+        let old = std::mem::replace(self, fresh);
+        std::mem::forget(old); // already killed and waited for
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
