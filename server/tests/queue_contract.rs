@@ -82,7 +82,25 @@ contract!(
     many_jobs_over_partitions_are_all_delivered,
     a_dead_letter_is_redelivered_once_with_its_attempts_reset,
     concurrent_redeliveries_queue_the_job_once,
+    erasure_removes_the_subjects_dead_letters_and_only_them,
 );
+
+async fn erasure_removes_the_subjects_dead_letters_and_only_them(h: Harness) {
+    let q = &h.queue;
+    for (id, subject) in [("TB-E1", "u-gone"), ("TB-E2", "u-kept"), ("TB-E3", "u-gone")] {
+        q.enqueue(&[ready(job(id, subject, Trigger::Campaign))]).await.unwrap();
+        finish_one(q, id, Outcome::Dead { reason: "gateway refused".into() }).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let gone = tongban_features::domain::SubjectId::parse("u-gone").unwrap();
+    assert_eq!(q.forget_subject(&gone).await.unwrap(), 2);
+    let dead = q.dead_letters(10).await.unwrap();
+    let left: Vec<&str> = dead.iter().map(|(j, _)| j.as_ref().unwrap().message.id.as_str()).collect();
+    assert_eq!(left, ["TB-E2"]);
+    assert_eq!(q.forget_subject(&gone).await.unwrap(), 0, "nothing left to forget");
+    // The audit records stay: they name no subject.
+    assert_eq!(q.record("TB-E1").await.unwrap().unwrap().status, Status::Dead);
+}
 
 async fn a_job_is_claimed_once_and_finished_with_its_record(h: Harness) {
     let q = &h.queue;

@@ -16,7 +16,7 @@ use crate::locale::Locale;
 use crate::push::{InboxMessage, Outbound, Preferences};
 
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "ingest",
-    summary = "Erase a subject's profile, preferences, inbox and push records (right to erasure)",
+    summary = "Erase a subject's profile, preferences, inbox and dead letters (right to erasure)",
     description = "Final: a later import or replay never brings the subject back; live events after it start anew.",
     params(SubjectPath),
     responses(
@@ -29,6 +29,7 @@ pub(super) async fn erase(
 ) -> Result<StatusCode, ApiError> {
     let subject = extract::subject(&id)?;
     state.store.erase(&subject).await?;
+    state.queue.forget_subject(&subject).await?;
     state.console.forget(subject.as_str());
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tongban_features::domain::SubjectId;
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -184,6 +185,27 @@ impl Ledger for Books<'_> {
         Ok(hits.pop().map(|(_, job)| job))
     }
 
+    fn drop_dead_of(&mut self, subject: &SubjectId) -> Result<usize, StoreError> {
+        // The subject as it appears in the JSON: most letters are passed over unparsed.
+        let needle = to_json(&subject.as_str());
+        let mut hits = Vec::new();
+        for kv in self.dead.iter()? {
+            let (k, v) = kv?;
+            if !v.value().contains(&needle) {
+                continue;
+            }
+            if let Ok(DeadLetter { job: Some(job), .. }) = serde_json::from_str(v.value()) {
+                if &job.subject == subject {
+                    hits.push(k.value());
+                }
+            }
+        }
+        for k in &hits {
+            self.dead.remove(*k)?;
+        }
+        Ok(hits.len())
+    }
+
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self.records.get(id)?.is_some())
     }
@@ -353,6 +375,11 @@ impl Backend for DiskQueue {
             })
         })
         .await
+    }
+
+    async fn forget_subject(&self, subject: &SubjectId) -> Result<usize, StoreError> {
+        let subject = subject.clone();
+        self.books(move |b| b.drop_dead_of(&subject)).await
     }
 
     async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {

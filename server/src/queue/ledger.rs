@@ -7,6 +7,7 @@
 use super::{redelivered, settle, Claimed, Enqueue, Outcome, PushRecord, Status};
 use crate::push::{Job, Skip, Trigger};
 use crate::store::StoreError;
+use tongban_features::domain::SubjectId;
 
 /// The books of an embedded queue. Sequence numbers order the ready jobs and name the entries.
 pub(crate) trait Ledger {
@@ -27,6 +28,8 @@ pub(crate) trait Ledger {
     /// Removes every readable dead letter of push `id` and returns the newest one's job. There
     /// may be more than one: a reclaimed job can die at two workers (delivery is at least once).
     fn take_dead(&mut self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// Removes every dead letter of `subject` (erasure); returns how many.
+    fn drop_dead_of(&mut self, subject: &SubjectId) -> Result<usize, StoreError>;
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Writes a push's record over any earlier one, dropping the oldest beyond [`RECORDS_KEEP`].
     fn put_record(&mut self, record: &PushRecord) -> Result<(), StoreError>;

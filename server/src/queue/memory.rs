@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use tongban_features::domain::SubjectId;
 
 use super::ledger::{self, Ledger, RECORDS_KEEP};
 use super::{wall_ms, Backend, Claimed, Count, Depth, Enqueue, Outcome, PushRecord, Status, DEAD_KEEP};
@@ -88,6 +89,12 @@ impl Ledger for Mem {
         Ok(newest)
     }
 
+    fn drop_dead_of(&mut self, subject: &SubjectId) -> Result<usize, StoreError> {
+        let before = self.dead.len();
+        self.dead.retain(|(job, _)| &job.subject != subject);
+        Ok(before - self.dead.len())
+    }
+
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self.records.contains_key(id))
     }
@@ -161,6 +168,10 @@ impl Backend for MemQueue {
 
     async fn dead_letters(&self, n: usize) -> Result<Vec<(Option<Job>, String)>, StoreError> {
         Ok(self.lock().dead.iter().rev().take(n).map(|(j, r)| (Some(j.clone()), r.clone())).collect())
+    }
+
+    async fn forget_subject(&self, subject: &SubjectId) -> Result<usize, StoreError> {
+        self.lock().drop_dead_of(subject)
     }
 
     async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {

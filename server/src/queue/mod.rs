@@ -18,6 +18,7 @@ pub mod memory;
 pub mod redis;
 
 use std::future::Future;
+use tongban_features::domain::SubjectId;
 
 use serde::{Deserialize, Serialize};
 
@@ -233,6 +234,11 @@ pub trait Backend: Send + Sync {
     /// with that id (an unknown id, one redelivered already, or an entry that was never a
     /// readable job), so a second call redelivers nothing.
     fn redeliver(&self, id: &str, now_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Erasure: removes the subject's dead letters (they hold its id and rendered messages);
+    /// returns how many. Jobs still queued are skipped as `erased` at delivery; records name
+    /// no subject.
+    fn forget_subject(&self, subject: &SubjectId) -> impl Future<Output = Result<usize, StoreError>> + Send;
 }
 
 /// The queue: one of the backends. Only delegates.
@@ -329,6 +335,10 @@ impl Queue {
     /// See [`Backend::redeliver`].
     pub async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         delegate!(self, b => b.redeliver(id, now_ms).await)
+    }
+
+    pub async fn forget_subject(&self, subject: &SubjectId) -> Result<usize, StoreError> {
+        delegate!(self, b => b.forget_subject(subject).await)
     }
 }
 

@@ -14,6 +14,7 @@
 //! trigger are the hash `tb:stats:push` (fields `status|trigger`).
 
 use std::collections::BTreeMap;
+use tongban_features::domain::SubjectId;
 
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -265,6 +266,50 @@ impl Backend for RedisQueue {
     /// partition count changed since the job died) are only deleted. The record, under the
     /// push's own hash tag, is written after the move: a crash in between leaves it `dead`
     /// while the job is queued, and the job's next outcome writes it again.
+    /// The subject's dead letters are in its own partition's stream (a changed partition
+    /// count is why the others are read too), read in pages; entries are tested for the
+    /// subject's id as text before they are parsed. An operator's erasure, not a hot path.
+    async fn forget_subject(&self, subject: &SubjectId) -> Result<usize, StoreError> {
+        let needle = serde_json::to_string(subject.as_str()).expect("strings serialise");
+        let mut c = self.conn.clone();
+        let mut removed = 0;
+        let own = partition_of(subject.as_str(), self.partitions);
+        let order = std::iter::once(own).chain((0..self.partitions).filter(|&p| p != own));
+        for p in order {
+            let [_, _, dead] = self.keys(p);
+            let mut start = "-".to_owned();
+            loop {
+                let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&dead)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut c)
+                    .await?;
+                let Some(last) = reply.ids.last() else { break };
+                start = format!("({}", last.id);
+                let hits: Vec<&str> = reply
+                    .ids
+                    .iter()
+                    .filter(|e| {
+                        let raw: Option<String> = e.get("job");
+                        raw.is_some_and(|r| r.contains(&needle)) && entry_job(e).is_ok_and(|j| &j.subject == subject)
+                    })
+                    .map(|e| e.id.as_str())
+                    .collect();
+                if !hits.is_empty() {
+                    let n: usize = redis::cmd("XDEL").arg(&dead).arg(&hits).query_async(&mut c).await?;
+                    removed += n;
+                }
+                if reply.ids.len() < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     async fn redeliver(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         let needle = serde_json::to_string(id).expect("strings serialise");
         let mut c = self.conn.clone();
