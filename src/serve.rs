@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// Kubernetes' terminationGracePeriodSeconds).
     #[arg(long, env = "TONGBAN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// How far ahead of this server's clock an event's time may be, in seconds; later ones are
+    /// refused with 422 `event_in_future` (one far ahead would hold a place in the profile
+    /// window that real events could never take back).
+    #[arg(long, env = "TONGBAN_MAX_FUTURE_SECS", default_value_t = 86_400)]
+    pub max_future_secs: i64,
     /// A browser origin allowed to call the API directly (CORS), e.g. https://zwfw.dl.gov.cn;
     /// repeat for several. CORS is off without it: API keys belong on the portal's backend,
     /// never in browsers.
@@ -589,10 +594,11 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         caps: args.push.caps(),
         push_ids,
         cors_origins: args.cors_origins.clone(),
+        max_future_secs: args.max_future_secs,
     };
-    settings
-        .check()
-        .map_err(|e| anyhow::anyhow!("serve settings (--max-body-bytes, --max-batch, --portal-url): {e}"))?;
+    settings.check().map_err(|e| {
+        anyhow::anyhow!("serve settings (--max-body-bytes, --max-batch, --portal-url, --max-future-secs): {e}")
+    })?;
     if let Some(log_path) = &args.import {
         let started = std::time::Instant::now();
         let base = catalogue.as_deref().map_or_else(EventLog::default, EventLog::for_catalogue);
@@ -877,6 +883,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         with_worker: true,
         drain_secs: 0,
         shutdown_grace_secs: 10,
+        max_future_secs: 86_400,
         cors_origins: Vec::new(),
         push: PushArgs::defaults(),
     };

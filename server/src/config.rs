@@ -21,6 +21,8 @@ pub struct Settings {
     pub push_ids: crate::push::IdKey,
     /// Browser origins allowed by CORS (`--cors-origin`); empty: CORS off.
     pub cors_origins: Vec<Origin>,
+    /// How far ahead of the server's clock an event's time may be (`--max-future-secs`).
+    pub max_future_secs: i64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -49,6 +51,7 @@ impl Default for Settings {
             rate_per_key: 0,
             push_ids: crate::push::IdKey::default(),
             cors_origins: Vec::new(),
+            max_future_secs: 86_400,
         }
     }
 }
@@ -65,6 +68,9 @@ impl Settings {
                 crate::store::MAX_IDS_PER_WRITE,
                 self.max_batch
             ));
+        }
+        if !(0..=31 * 86_400).contains(&self.max_future_secs) {
+            return Err(format!("max_future_secs: expected 0 to 2678400 (31 days), got {}", self.max_future_secs));
         }
         if self.max_k == 0 || self.max_k > 1000 {
             return Err(format!("max_k: expected 1 to 1000, got {}", self.max_k));

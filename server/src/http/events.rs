@@ -14,9 +14,6 @@ use super::extract::JsonBody;
 use super::problem::{ApiError, Problem, ProblemCode};
 use crate::app::{ingest, AppState, Ingested, NewEvent};
 
-/// How far ahead of the server's clock an event's time may be.
-const MAX_AHEAD_SECS: i64 = 86_400;
-
 // Strings here, checked in `validate`, so that a bad value is named in a `bad_event` problem
 // (`events[3].kind: ...`) rather than a parser's message.
 /// One event.
@@ -77,8 +74,18 @@ fn validate(state: &AppState, model: &tongban_model::Model, i: usize, e: &EventI
     };
     // A clock ahead by a little is tolerated; an event far in the future would hold a place in
     // the profile window that every real event after it could never take back.
-    if at.0 > state.now() + MAX_AHEAD_SECS {
-        return Err(bad("at", format!("{} is more than a day ahead of the server's clock", Timestamp(at.0))));
+    let skew = state.settings.max_future_secs;
+    if at.0 > state.now() + skew {
+        return Err(ApiError::new(
+            ProblemCode::EventInFuture,
+            format!(
+                "events[{i}].at: {} is more than {} s ahead of the server's clock ({}); events older than a \
+                 subject's retained window are acknowledged as too_late",
+                Timestamp(at.0),
+                skew,
+                Timestamp(state.now())
+            ),
+        ));
     }
     let channel = Channel::parse(e.channel.as_deref().unwrap_or("web")).map_err(|x| bad("channel", x.to_string()))?;
     let event = LogEvent { id: fnv1a(id.as_str().as_bytes()), subject: 0, service, kind, rating, channel, at };
@@ -113,8 +120,8 @@ pub(super) async fn ingest_wire(state: &AppState, events: Vec<EventIn>) -> Resul
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the server's limit", body = Problem,
             content_type = "application/problem+json"),
-        (status = 422, description = "A service is not in the catalogue", body = Problem,
-            content_type = "application/problem+json"),
+        (status = 422, description = "A service is not in the catalogue, or an event is further ahead of the \
+            server's clock than it allows (`event_in_future`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(super) async fn post_events(
     State(state): State<Arc<AppState>>,

@@ -59,6 +59,7 @@ problem_codes! {
     MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
     TooLarge = "too_large", PAYLOAD_TOO_LARGE;
     UnknownService = "unknown_service", UNPROCESSABLE_ENTITY;
+    EventInFuture = "event_in_future", UNPROCESSABLE_ENTITY;
     BadModel = "bad_model", UNPROCESSABLE_ENTITY;
     NoPrevious = "no_previous", UNPROCESSABLE_ENTITY;
     NoPushes = "no_pushes", UNPROCESSABLE_ENTITY;
