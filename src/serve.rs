@@ -91,6 +91,13 @@ pub struct ServeArgs {
     /// Kubernetes' terminationGracePeriodSeconds).
     #[arg(long, env = "TONGBAN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// The only directory `POST /admin/models` and the console activate model files from
+    /// [default: the directory of --model].
+    #[arg(long, env = "TONGBAN_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "TONGBAN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// How far ahead of this server's clock an event's time may be, in seconds; later ones are
     /// refused with 422 `event_in_future` (one far ahead would hold a place in the profile
     /// window that real events could never take back).
@@ -556,6 +563,23 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     rt.block_on(run(args, None))
 }
 
+/// The models directory: `--models-dir`, else the directory of `--model`.
+fn models_dir(args: &ServeArgs) -> Result<PathBuf> {
+    let dir = match &args.models_dir {
+        Some(d) => d.clone(),
+        None => args
+            .model
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| ".".into()),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("--models-dir {}: not a directory", dir.display());
+    }
+    Ok(dir)
+}
+
 /// Starts the server; `banner` is printed once it listens.
 async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
     let fixed_now = parse_now(&args.now)?;
@@ -595,6 +619,8 @@ async fn run(args: &ServeArgs, banner: Option<String>) -> Result<ExitCode> {
         push_ids,
         cors_origins: args.cors_origins.clone(),
         max_future_secs: args.max_future_secs,
+        models_dir: Some(models_dir(args)?),
+        max_connections: args.max_connections,
     };
     settings.check().map_err(|e| {
         anyhow::anyhow!("serve settings (--max-body-bytes, --max-batch, --portal-url, --max-future-secs): {e}")
@@ -884,6 +910,8 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         drain_secs: 0,
         shutdown_grace_secs: 10,
         max_future_secs: 86_400,
+        models_dir: None,
+        max_connections: 10_000,
         cors_origins: Vec::new(),
         push: PushArgs::defaults(),
     };

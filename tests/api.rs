@@ -90,6 +90,10 @@ struct Opts {
     push_key: Option<&'static [u8]>,
     /// Browser origins allowed by CORS.
     cors: Vec<&'static str>,
+    /// The models directory (default: none, any path).
+    models_dir: Option<std::path::PathBuf>,
+    /// Connections served at once (0: the default).
+    max_connections: usize,
 }
 
 /// Starts the app on a free port with the fixture's profiles imported, and the push worker.
@@ -142,6 +146,8 @@ async fn start_opts(backend: Backend, keys: ApiKeys, opts: Opts) -> (App, Option
         caps: opts.caps.unwrap_or_default(),
         push_ids: tongban_server::push::IdKey::new(opts.push_key).unwrap(),
         cors_origins: opts.cors.iter().map(|o| Settings::parse_origin(o).unwrap()).collect(),
+        models_dir: opts.models_dir.clone(),
+        max_connections: if opts.max_connections == 0 { 10_000 } else { opts.max_connections },
         ..Settings::default()
     };
     let served = Served::new(model, header, f.model_file.path().to_owned());
@@ -664,6 +670,63 @@ async fn catalogue_answers_are_cacheable_and_follow_accept_language() {
     assert_eq!(locale_of(&r), "en");
     let name = r["suggestions"][0]["service"]["name"].as_str().unwrap();
     assert!(name.is_ascii(), "an English name: {name}");
+}
+
+/// With a models directory, only files inside it are activated; outside (or escaping it with
+/// `..` or a link) answers as an unreadable path would, telling nothing about the file system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_activated_only_from_the_models_directory() {
+    let f = fixture();
+    let models = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(f.model_file.path(), models.path().join("v2.tbm")).unwrap();
+    std::fs::copy(f.model_file.path(), elsewhere.path().join("v3.tbm")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("v3.tbm"), models.path().join("link.tbm")).unwrap();
+    let opts = Opts { models_dir: Some(models.path().to_owned()), ..Opts::default() };
+    let (app, _) = start_opts(Backend::Memory, ApiKeys::default(), opts).await;
+    let activate = |path: String| {
+        let app = &app;
+        async move { app.post("/admin/models", &json!({ "path": path }).to_string()).await }
+    };
+    let (status, r) = activate("v2.tbm".into()).await;
+    assert_eq!(status, 200, "a file of the directory, by name: {r}");
+    let (status, r) = activate(models.path().join("v2.tbm").display().to_string()).await;
+    assert_eq!(status, 200, "and by its absolute path: {r}");
+    let outside = elsewhere.path().join("v3.tbm").display().to_string();
+    let escape = format!("../{}/v3.tbm", elsewhere.path().file_name().unwrap().to_str().unwrap());
+    for path in [outside, escape, "link.tbm".into(), "/etc/passwd".into(), "missing.tbm".into()] {
+        let (status, r) = activate(path.clone()).await;
+        assert_eq!((status, r["code"].as_str()), (422, Some("bad_model")), "{path}: {r}");
+        assert!(r["detail"].as_str().unwrap().ends_with("no readable model file there"), "{path}: {r}");
+    }
+}
+
+/// Past the connection cap the server stops accepting: a new client waits until one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let (app, _) =
+        start_opts(Backend::Memory, ApiKeys::default(), Opts { max_connections: 2, ..Opts::default() }).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let idle: Vec<tokio::net::TcpStream> =
+        connect_all(vec![tokio::net::TcpStream::connect(&addr), tokio::net::TcpStream::connect(&addr)]).await;
+    let waiting = tokio::time::timeout(Duration::from_millis(700), app.get("/healthz")).await;
+    assert!(waiting.is_err(), "a third connection is not served while two are open");
+    drop(idle);
+    let (status, _) =
+        tokio::time::timeout(Duration::from_secs(5), app.get("/healthz")).await.expect("served once a slot is free");
+    assert_eq!(status, 200);
+}
+
+async fn connect_all<F: std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>>(
+    fs: Vec<F>,
+) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for f in fs {
+        out.push(f.await.unwrap());
+    }
+    // Let the server accept both before the test goes on.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    out
 }
 
 /// CORS is off unless origins are named; a named origin gets its preflight answered.

@@ -23,6 +23,10 @@ pub struct Settings {
     pub cors_origins: Vec<Origin>,
     /// How far ahead of the server's clock an event's time may be (`--max-future-secs`).
     pub max_future_secs: i64,
+    /// The only directory models are activated from (`--models-dir`); `None`: any path (tests).
+    pub models_dir: Option<std::path::PathBuf>,
+    /// Connections served at once (`--max-connections`); more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for Settings {
@@ -52,6 +56,8 @@ impl Default for Settings {
             push_ids: crate::push::IdKey::default(),
             cors_origins: Vec::new(),
             max_future_secs: 86_400,
+            models_dir: None,
+            max_connections: 10_000,
         }
     }
 }
@@ -71,6 +77,9 @@ impl Settings {
         }
         if !(0..=31 * 86_400).contains(&self.max_future_secs) {
             return Err(format!("max_future_secs: expected 0 to 2678400 (31 days), got {}", self.max_future_secs));
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections: expected at least 1".into());
         }
         if self.max_k == 0 || self.max_k > 1000 {
             return Err(format!("max_k: expected 1 to 1000, got {}", self.max_k));

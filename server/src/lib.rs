@@ -123,7 +123,14 @@ pub async fn serve_draining(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
+    // A cap on connections served at once: past it the server stops accepting, and new ones
+    // wait in the kernel's backlog (no memory per waiting client here).
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.settings.max_connections));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -142,6 +149,7 @@ pub async fn serve_draining(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);

@@ -24,7 +24,8 @@ pub(super) async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList
 #[serde(deny_unknown_fields)]
 #[schema(as = Activate)]
 pub(super) struct ActivateIn {
-    /// The file's path on the server.
+    /// The file's path on the server: inside the models directory (`--models-dir`), relative
+    /// to it or absolute.
     #[schema(min_length = 1)]
     path: String,
 }
@@ -38,13 +39,25 @@ pub(super) struct Active {
 /// The largest model file accepted (today's are a few MB; a city's with 12,000 services about 50).
 const MAX_MODEL_BYTES: u64 = 2 << 30;
 
-/// Loads and activates a model file off the async runtime. Only regular files are read (a FIFO
-/// or a device would block or never end), and an unreadable path is answered the same way
-/// whatever the reason, so the route tells nothing about the server's file system. Shared by
-/// the API and the console.
+/// Loads and activates a model file off the async runtime. Only regular files inside the
+/// models directory (`--models-dir`, when set) are read: a FIFO or a device would block or never
+/// end, and the route must not read whatever the server can. An unreadable or refused path is
+/// answered the same way whatever the reason, so the route tells nothing about the server's
+/// file system. Shared by the API and the console.
 pub(crate) async fn activate_file(state: Arc<AppState>, path_text: &str) -> Result<String, ApiError> {
-    let path = std::path::PathBuf::from(path_text);
     let unreadable = || ApiError::new(ProblemCode::BadModel, format!("{path_text}: no readable model file there"));
+    let path = match &state.settings.models_dir {
+        Some(dir) => {
+            let wanted = dir.join(path_text);
+            // Inside the directory once links and `..` are resolved.
+            let real = std::fs::canonicalize(&wanted).ok();
+            match (real, std::fs::canonicalize(dir).ok()) {
+                (Some(real), Some(root)) if real.starts_with(&root) => real,
+                _ => return Err(unreadable()),
+            }
+        }
+        None => std::path::PathBuf::from(path_text),
+    };
     let loaded = tokio::task::spawn_blocking(move || {
         let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file() && m.len() <= MAX_MODEL_BYTES);
         meta.map(|_| state.models.load_and_activate(&path))
