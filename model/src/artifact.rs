@@ -173,6 +173,11 @@ fn split<'b>(bytes: &'b [u8], path: &str) -> Result<(Header, &'b [u8]), Artifact
         return Err(corrupt("checksum mismatch"));
     }
     let header: Header = serde_json::from_slice(head).map_err(|e| corrupt(&format!("header: {e}")))?;
+    // The header repeats the format version for `tongban models show`; a file whose two copies
+    // disagree was not written by `save` (found by the `model_artifact` fuzz target).
+    if header.format_version != version {
+        return Err(corrupt(&format!("the header says format version {}, the file {version}", header.format_version)));
+    }
     Ok((header, body))
 }
 
@@ -333,6 +338,17 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Regression (fuzz/fuzz_targets/model_artifact.rs, a resealed file whose header JSON said
+    /// `"format_version":1`): a well-sealed file whose header contradicts its version field.
+    #[test]
+    fn a_header_that_contradicts_the_format_version_is_refused() {
+        let m = model();
+        let mut h = header(&m);
+        h.format_version = 1;
+        let err = from_bytes(&to_bytes(&m, &h), "m", None).unwrap_err().to_string();
+        assert!(err.contains("truncated or corrupt") && err.contains("format version 1"), "{err}");
     }
 
     #[test]

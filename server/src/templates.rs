@@ -299,11 +299,22 @@ impl Templates {
     /// Loads `zh-CN.toml` and `en.toml` from a folder, checking every placeholder, and that
     /// every SMS the catalogue can produce fits one segment.
     pub fn load(dir: &Path, cat: &Catalogue) -> Result<Templates, String> {
-        let mut files = Vec::new();
+        let mut texts = Vec::new();
         for locale in Locale::ALL {
             let path = dir.join(format!("{}.toml", locale.tag()));
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            files.push(parse_file(&text, &path.display().to_string())?);
+            texts.push(std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+        Templates::from_texts(dir, [&texts[0], &texts[1]], cat)
+    }
+
+    /// [`Templates::load`] of files already read, in the order of [`Locale::ALL`]; `dir` only
+    /// names them in messages. The fuzz target (`fuzz/fuzz_targets/templates.rs`) calls this
+    /// to test the parser and checks without a file system round trip per input.
+    pub fn from_texts(dir: &Path, texts: [&str; 2], cat: &Catalogue) -> Result<Templates, String> {
+        let mut files = Vec::new();
+        for (locale, text) in Locale::ALL.into_iter().zip(texts) {
+            let path = dir.join(format!("{}.toml", locale.tag()));
+            files.push(parse_file(text, &path.display().to_string())?);
         }
         let en = files.pop().expect("two locales");
         let zh = files.pop().expect("two locales");
