@@ -14,17 +14,25 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TONGBAN_GIT_COMMIT");
     let commit = std::env::var("TONGBAN_GIT_COMMIT").ok().filter(|c| !c.is_empty());
     let commit = commit.or_else(|| git(&["rev-parse", "--short=12", "HEAD"])).unwrap_or_else(|| "unknown".into());
-    // Rebuild when HEAD moves (a commit, a checkout): HEAD and the ref it points to.
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{r}");
+    // Rebuild when HEAD moves (a commit, a checkout): HEAD and the ref it points to, in the
+    // worktree's own git folder and in the common one. Only files that exist are named: cargo
+    // counts a missing one as changed, which would rebuild the crate at every command.
+    let watch = |path: String| {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
         }
-        if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]) {
-            println!("cargo:rerun-if-changed={common}/packed-refs");
-            if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                println!("cargo:rerun-if-changed={common}/{r}");
-            }
+    };
+    let head_ref = git(&["symbolic-ref", "-q", "HEAD"]);
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        watch(format!("{dir}/HEAD"));
+        if let Some(r) = &head_ref {
+            watch(format!("{dir}/{r}"));
+        }
+    }
+    if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]) {
+        watch(format!("{common}/packed-refs"));
+        if let Some(r) = &head_ref {
+            watch(format!("{common}/{r}"));
         }
     }
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
