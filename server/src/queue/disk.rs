@@ -85,6 +85,28 @@ impl<'t> Books<'t> {
         Ok(n)
     }
 
+    /// Removes the dead letters whose job satisfies `hit`, oldest first, and returns their
+    /// jobs. `needle` (a value as it appears in the JSON) passes most letters over unparsed; a
+    /// letter that does not parse is left alone (it cannot be redelivered, and holds no job).
+    fn remove_dead(&mut self, needle: &str, hit: impl Fn(&Job) -> bool) -> Result<Vec<Job>, StoreError> {
+        let mut found = Vec::new();
+        for kv in self.dead.iter()? {
+            let (k, v) = kv?;
+            if !v.value().contains(needle) {
+                continue;
+            }
+            if let Ok(DeadLetter { job: Some(job), .. }) = serde_json::from_str(v.value()) {
+                if hit(&job) {
+                    found.push((k.value(), job));
+                }
+            }
+        }
+        for (k, _) in &found {
+            self.dead.remove(*k)?;
+        }
+        Ok(found.into_iter().map(|(_, job)| job).collect())
+    }
+
     fn add_dead(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
         let seq = self.bump("dead_seq")?;
         self.dead.insert(seq, to_json(letter).as_str())?;
@@ -163,47 +185,13 @@ impl Ledger for Books<'_> {
     }
 
     fn take_dead(&mut self, id: &str) -> Result<Option<Job>, StoreError> {
-        // The id as it appears in the JSON: most letters are passed over without parsing them.
-        let needle = to_json(&id);
-        let mut hits = Vec::new();
-        for kv in self.dead.iter()? {
-            let (k, v) = kv?;
-            if !v.value().contains(&needle) {
-                continue;
-            }
-            // A letter that does not parse cannot be this job (nor redelivered): left alone.
-            if let Ok(DeadLetter { job: Some(job), .. }) = serde_json::from_str(v.value()) {
-                if job.message.id == id {
-                    hits.push((k.value(), job));
-                }
-            }
-        }
-        for (k, _) in &hits {
-            self.dead.remove(*k)?;
-        }
+        let mut hits = self.remove_dead(&to_json(&id), |job| job.message.id == id)?;
         // Keys grow with time: the last hit is the newest letter.
-        Ok(hits.pop().map(|(_, job)| job))
+        Ok(hits.pop())
     }
 
     fn drop_dead_of(&mut self, subject: &SubjectId) -> Result<usize, StoreError> {
-        // The subject as it appears in the JSON: most letters are passed over unparsed.
-        let needle = to_json(&subject.as_str());
-        let mut hits = Vec::new();
-        for kv in self.dead.iter()? {
-            let (k, v) = kv?;
-            if !v.value().contains(&needle) {
-                continue;
-            }
-            if let Ok(DeadLetter { job: Some(job), .. }) = serde_json::from_str(v.value()) {
-                if &job.subject == subject {
-                    hits.push(k.value());
-                }
-            }
-        }
-        for k in &hits {
-            self.dead.remove(*k)?;
-        }
-        Ok(hits.len())
+        Ok(self.remove_dead(&to_json(&subject.as_str()), |job| &job.subject == subject)?.len())
     }
 
     fn has_record(&mut self, id: &str) -> Result<bool, StoreError> {

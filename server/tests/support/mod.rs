@@ -18,26 +18,7 @@ impl RedisServer {
     /// when `redis-server` is missing: these tests never pass silently.
     pub fn start() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it (Debian: `apt-get install redis-server`; \
-                     .ci/run installs it) - the Redis contract tests never pass without it"
-                )
-            });
-        // Owned from here on: dropped (killed and waited for) on every path, panics included.
-        let server = RedisServer { child, port };
-        for _ in 0..300 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on port {port}");
+        Self::spawn(port, &["--save", "", "--appendonly", "no"])
     }
 
     /// Starts one that keeps its data in `dir` (AOF, fsync at every write: what the README
@@ -49,16 +30,25 @@ impl RedisServer {
 
     fn durable_on(dir: &std::path::Path, port: u16) -> RedisServer {
         std::fs::create_dir_all(dir).unwrap();
+        let dir = dir.to_str().expect("a UTF-8 temporary directory");
+        Self::spawn(port, &["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", dir])
+    }
+
+    /// `redis-server` on `port` with `args`, once it accepts connections.
+    fn spawn(port: u16, args: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
-            .arg(dir)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it (Debian: `apt-get install redis-server`)")
+                panic!(
+                    "cannot start redis-server ({e}): install it (Debian: `apt-get install redis-server`; \
+                     .ci/run installs it) - the Redis contract tests never pass without it"
+                )
             });
+        // Owned from here on: dropped (killed and waited for) on every path, panics included.
         let server = RedisServer { child, port };
         for _ in 0..300 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
