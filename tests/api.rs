@@ -1413,8 +1413,6 @@ fn deliveries(path: &Path) -> Vec<(String, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_no_push() {
-    use tongban_server::push::{InboxMessage, Job};
-    use tongban_server::queue::{Enqueue, Status};
     let redis = RedisServer::start();
     let f = fixture();
     let store = RedisStore::connect(&redis.url(), "").await.unwrap();
@@ -1439,36 +1437,8 @@ async fn a_worker_killed_mid_batch_loses_no_push() {
     // 10:00 in Shanghai: outside quiet hours.
     let now = tongban_features::time::Timestamp::parse("2026-01-01T02:00:00Z").unwrap().0;
     let n = 10_000;
-    let items: Vec<Enqueue> = (0..n)
-        .map(|i| Enqueue {
-            job: Job {
-                subject: sid(subjects[i % subjects.len()]),
-                message: InboxMessage {
-                    id: format!("TB-{i:016X}"),
-                    trigger: Trigger::NextStep,
-                    bundle: None,
-                    services: Vec::new(),
-                    title: format!("push {i}"),
-                    body: String::new(),
-                    sms: String::new(),
-                    created_at: now,
-                    deliver_at: now,
-                    expires_at: now + 30 * 86_400,
-                    read: false,
-                    model: "test".into(),
-                },
-                critical: false,
-                done_after: 0,
-                reasons: Vec::new(),
-                decisions: Vec::new(),
-                attempts: 0,
-                last_error: None,
-                request_id: None,
-            },
-            due_ms: 0,
-            status: Status::Queued,
-        })
-        .collect();
+    let ids: Vec<SubjectId> = subjects.iter().map(|s| sid(s)).collect();
+    let items = common::ready_pushes(&ids, n, now);
     queue.enqueue(&items).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("deliveries.jsonl");

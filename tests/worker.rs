@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use tongban_features::domain::SubjectId;
 use tongban_features::profile::Profile;
-use tongban_server::push::{InboxMessage, Job, Outbound, Preferences, Trigger};
-use tongban_server::queue::{Enqueue, Queue, Status};
+use tongban_server::push::{Outbound, Preferences};
+use tongban_server::queue::Queue;
 use tongban_server::store::RedisStore;
 use tongban_server::Store;
 
+mod common;
 #[path = "../server/tests/support/mod.rs"]
 mod support;
 use support::RedisServer;
@@ -60,36 +61,7 @@ async fn queued(redis: &RedisServer, subjects: usize, n: usize) -> Queue {
         store.put_prefs(id, &prefs).await.unwrap();
     }
     let now = tongban_features::time::Timestamp::parse(NOW).unwrap().0;
-    let items: Vec<Enqueue> = (0..n)
-        .map(|i| Enqueue {
-            job: Job {
-                subject: ids[i % ids.len()].clone(),
-                message: InboxMessage {
-                    id: format!("TB-{i:016X}"),
-                    trigger: Trigger::NextStep,
-                    bundle: None,
-                    services: Vec::new(),
-                    title: format!("push {i}"),
-                    body: String::new(),
-                    sms: String::new(),
-                    created_at: now,
-                    deliver_at: now,
-                    expires_at: now + 30 * 86_400,
-                    read: false,
-                    model: "test".into(),
-                },
-                critical: false,
-                done_after: 0,
-                reasons: Vec::new(),
-                decisions: Vec::new(),
-                attempts: 0,
-                last_error: None,
-                request_id: None,
-            },
-            due_ms: 0,
-            status: Status::Queued,
-        })
-        .collect();
+    let items = common::ready_pushes(&ids, n, now);
     queue.enqueue(&items).await.unwrap();
     queue
 }

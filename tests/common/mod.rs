@@ -59,3 +59,43 @@ pub fn tongban(args: &[&str]) -> Output {
         .output()
         .expect("the binary runs")
 }
+
+/// `n` ready next-step pushes `TB-<i in hex>` for `subjects` in turn, made at `now` (the load of
+/// the worker tests: what the pipeline would queue, without a model).
+pub fn ready_pushes(
+    subjects: &[tongban_features::domain::SubjectId],
+    n: usize,
+    now: i64,
+) -> Vec<tongban_server::queue::Enqueue> {
+    use tongban_server::push::{InboxMessage, Job, Trigger};
+    (0..n)
+        .map(|i| tongban_server::queue::Enqueue {
+            job: Job {
+                subject: subjects[i % subjects.len()].clone(),
+                message: InboxMessage {
+                    id: format!("TB-{i:016X}"),
+                    trigger: Trigger::NextStep,
+                    bundle: None,
+                    services: Vec::new(),
+                    title: format!("push {i}"),
+                    body: String::new(),
+                    sms: String::new(),
+                    created_at: now,
+                    deliver_at: now,
+                    expires_at: now + 30 * 86_400,
+                    read: false,
+                    model: "test".into(),
+                },
+                critical: false,
+                done_after: 0,
+                reasons: Vec::new(),
+                decisions: Vec::new(),
+                attempts: 0,
+                last_error: None,
+                request_id: None,
+            },
+            due_ms: 0,
+            status: tongban_server::queue::Status::Queued,
+        })
+        .collect()
+}
