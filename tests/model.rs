@@ -287,3 +287,44 @@ fn tuning_writes_the_best_parameters_and_its_search_log() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The served model keeps each subject's gathered candidates and sequence state between
+/// requests: its answers must be the ones computed from scratch, for every kind of request and
+/// subject (each its own history, segment and bundles), as the clock moves.
+#[test]
+fn the_served_state_cache_answers_exactly_as_scoring_from_scratch() {
+    use tongban_features::catalogue::Stage;
+    use tongban_features::domain::SubjectKind;
+    use tongban_model::{artifact, Request};
+    let m = common::small_model(600, 80);
+    let (model, _) = artifact::load(m.model_file.path(), Some(m.catalogue.clone())).unwrap();
+    let served = model.clone().with_seq_cache(32 << 20);
+    let profiles = model.profiles(&m.log, &[]);
+    assert!(profiles.len() > 300, "{} subjects", profiles.len());
+    let exclude: Vec<u32> = (0..model.service_count() as u32).step_by(7).collect();
+    let requests = [
+        Request { k: 10, ..Request::default() },
+        Request { k: 3, exclude: &exclude, ..Request::default() },
+        Request { k: 10, category: Some(Stage::Employment), ..Request::default() },
+        Request { k: 10, audience: Some(SubjectKind::Enterprise), ..Request::default() },
+        Request { k: 10, personalised: false, ..Request::default() },
+    ];
+    let (mut a, mut b) = (model.scratch(), served.scratch());
+    let day = 86_400;
+    let mut compared = 0;
+    for at in [m.now, m.now + 3_600, m.now + 40 * day, m.now + 400 * day] {
+        for p in profiles.iter().step_by(3) {
+            for req in &requests {
+                // Twice: the first fills the cache, the second is served from it.
+                for _ in 0..2 {
+                    let fresh = model.recommend(p, req, at, &mut a);
+                    assert_eq!(served.recommend(p, req, at, &mut b), fresh, "at {at}");
+                    compared += usize::from(!fresh.is_empty());
+                }
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared} non-empty answers compared");
+    let (entries, bytes) = served.seq_cache_usage();
+    assert!(entries > 0 && bytes > 0, "{entries} {bytes}");
+}

@@ -266,6 +266,10 @@ impl ItemStats {
         }
     }
 
+    /// Segments with their own statistics (a larger segment reads the last one's).
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
     pub fn services(&self) -> usize {
         self.services
     }

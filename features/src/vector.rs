@@ -188,6 +188,9 @@ pub struct Extractor {
     catalogue: Option<Arc<Catalogue>>,
     /// Per service: normalised log popularity, overall and recent.
     pop: Vec<[f32; 2]>,
+    /// Per segment and service (`segment * services + service`): the square roots of the
+    /// segment share and of the season share, computed once.
+    shares: Vec<[f32; 2]>,
     rules: Vec<Option<Rule>>,
 }
 
@@ -224,7 +227,11 @@ impl Extractor {
                 })
             })
             .collect();
-        Extractor { stats, catalogue, pop, rules }
+        let shares = (0..stats.segments() as u16)
+            .flat_map(|g| (0..stats.services() as u32).map(move |s| (g, s)))
+            .map(|(g, s)| [stats.segment_share(g, s).sqrt(), stats.season_share(g, s).sqrt()])
+            .collect();
+        Extractor { stats, catalogue, pop, shares, rules }
     }
 
     pub fn stats(&self) -> &ItemStats {
@@ -240,6 +247,37 @@ impl Extractor {
     pub fn prepare(&self, profile: &Profile, now: i64, scratch: &mut Scratch) -> Prepared {
         let st = &*self.stats;
         scratch.reset(st.services());
+        self.sum_rows(profile, scratch);
+        self.prepare_marks(profile, now, scratch)
+    }
+
+    /// [`Extractor::prepare`] with the row sums given: `sums` are `(service, acc)` pairs an
+    /// earlier `prepare` of the same history left in [`Scratch::acc`] (a caller's cache of the
+    /// part of the preparation that depends on the history alone). Only the given services
+    /// get sums; [`Scratch::touched`] lists them.
+    pub fn prepare_with_sums(
+        &self,
+        profile: &Profile,
+        now: i64,
+        scratch: &mut Scratch,
+        sums: impl Iterator<Item = (u32, [f32; 4])>,
+    ) -> Prepared {
+        scratch.reset(self.stats.services());
+        for (s, a) in sums {
+            if let Some(slot) = scratch.acc.get_mut(s as usize) {
+                if *slot == [0.0; 4] && a != [0.0; 4] {
+                    scratch.touched.push(s);
+                }
+                *slot = a;
+            }
+        }
+        self.prepare_marks(profile, now, scratch)
+    }
+
+    /// The transition and co-occurrence rows of the subject's last starts, summed into
+    /// `scratch.acc`.
+    fn sum_rows(&self, profile: &Profile, scratch: &mut Scratch) {
+        let st = &*self.stats;
         // The last distinct services started, newest first (a repeated monthly declaration
         // counts once).
         let mut last: Vec<u32> = Vec::with_capacity(LAST_COOC);
@@ -282,6 +320,12 @@ impl Extractor {
                 scratch.add(e.to, 3, e.count as f32 / p as f32, false);
             }
         }
+    }
+
+    /// The per-request part of the preparation: the subject's own services, its pending
+    /// bundle steps, its signals.
+    fn prepare_marks(&self, profile: &Profile, now: i64, scratch: &mut Scratch) -> Prepared {
+        let st = &*self.stats;
         for (i, c) in profile.services().iter().enumerate() {
             if let Some(m) = scratch.mine.get_mut(c.service as usize) {
                 *m = i as u16 + 1;
@@ -320,6 +364,13 @@ impl Extractor {
         let now = prep.now;
         let acc = scratch.acc.get(c as usize).copied().unwrap_or_default();
         let pop = self.pop.get(c as usize).copied().unwrap_or_default();
+        let n = self.stats.services();
+        let seg = (profile.segment() as usize).min(self.stats.segments().max(1) - 1);
+        let [seg_share, season_share] = if (c as usize) < n {
+            self.shares.get(seg * n + c as usize).copied().unwrap_or_default()
+        } else {
+            [0.0; 2]
+        };
         let mine = match scratch.mine.get(c as usize) {
             Some(&i) if i > 0 => profile.services().get(i as usize - 1),
             _ => None,
@@ -335,7 +386,7 @@ impl Extractor {
         row[2] = acc[2];
         row[3] = acc[3].min(1.0);
         row[4] = pop[0];
-        row[5] = self.stats.segment_share(profile.segment(), c).sqrt();
+        row[5] = seg_share;
         row[6] = pop[1];
         let (next, progress, prereq, fit, deadline) = match self.catalogue.as_deref() {
             Some(cat) if (c as usize) < cat.services().len() => {
@@ -365,14 +416,18 @@ impl Extractor {
         row[10] = fit;
         row[11] = deadline;
         row[12] = f32::from(u8::from(starts > 0));
-        row[13] = ((starts as f32).ln_1p() / 17f32.ln()).min(1.0);
+        row[13] = if starts == 0 { 0.0 } else { ((starts as f32).ln_1p() / 17f32.ln()).min(1.0) };
         row[14] = recency;
         row[15] = signal;
         row[16] = f32::from(u8::from(mine.is_some_and(|m| m.dismissed > 0)));
         row[17] = f32::from(u8::from(self.catalogue.is_some()));
-        row[18] = self.stats.season_share(profile.segment(), c).sqrt();
-        let years = profile.first_at().map_or(0.0, |f| ((now - f).max(0) as f32) / (365.25 * DAY as f32));
-        row[19] = 1.0 - (-(starts as f32) / (years + 1.0) * (SOON_DAYS as f32 / 365.25)).exp();
+        row[18] = season_share;
+        row[19] = if starts == 0 {
+            0.0 // 1 - exp(0), without the exponential: most candidates were never started
+        } else {
+            let years = profile.first_at().map_or(0.0, |f| ((now - f).max(0) as f32) / (365.25 * DAY as f32));
+            1.0 - (-(starts as f32) / (years + 1.0) * (SOON_DAYS as f32 / 365.25)).exp()
+        };
         let (renewal, window) = match (self.rules.get(c as usize).copied().flatten(), prep.today) {
             (Some(Rule::Expiry { window_days, validity }), _) => (renewal_soon(mine, now, window_days, validity), 0.0),
             (Some(Rule::Yearly { from, to }), Some(today)) => (0.0, window_soon(mine, from, to, now, today)),

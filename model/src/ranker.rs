@@ -328,9 +328,26 @@ impl Ranker {
         if let Some(f) = &self.forest {
             return f.score(features);
         }
-        let mut x = [0f32; INPUT];
-        expand(features, &mut x);
-        self.bias + self.weights.iter().zip(x.iter()).map(|(w, v)| w * v).sum::<f32>()
+        if self.weights.len() != INPUT || features.len() < ROW {
+            let mut x = [0f32; INPUT];
+            expand(features, &mut x);
+            return self.bias + self.weights.iter().zip(x.iter()).map(|(w, v)| w * v).sum::<f32>();
+        }
+        // The same sum as over the expanded row, in four lanes the compiler can vectorise
+        // (each feature and its square root side by side); the tail is added last.
+        let (w, r) = self.weights.split_at(ROW);
+        let mut lanes = [0f32; 4];
+        let whole = ROW / 4 * 4;
+        for ((x, a), b) in features[..whole].chunks_exact(4).zip(w.chunks_exact(4)).zip(r.chunks_exact(4)) {
+            for l in 0..4 {
+                lanes[l] += a[l] * x[l] + b[l] * x[l].max(0.0).sqrt();
+            }
+        }
+        let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        for i in whole..ROW {
+            sum += w[i] * features[i] + r[i] * features[i].max(0.0).sqrt();
+        }
+        self.bias + sum
     }
 
     /// A ranker that sums the given row features with weight 1 (tests, fallbacks).

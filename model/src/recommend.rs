@@ -176,6 +176,11 @@ pub struct ScoreScratch {
     seq_top: Vec<u32>,
     logits: Vec<f32>,
     window: Vec<(u32, i64)>,
+    /// The sequence-model logit of each candidate and its exp(logit - the best logit)
+    /// (aligned with `cands` while `logits_given`; `-inf` and 0 without a query).
+    logit: Vec<f32>,
+    seq_e: Vec<f32>,
+    logits_given: bool,
     /// Whole-history item-kNN score per service (reset through `knn_touched`), and the best.
     knn: Vec<f32>,
     knn_touched: Vec<u32>,
@@ -206,6 +211,9 @@ impl ScoreScratch {
         }
         self.cands.clear();
         self.src.clear();
+        self.logit.clear();
+        self.seq_e.clear();
+        self.logits_given = false;
     }
 
     fn add(&mut self, s: u32, bits: u8) {
@@ -241,6 +249,9 @@ pub struct Model {
     seq: Option<Arc<SeqModel>>,
     /// Serving only: sequence-model states by [`StateKey`] (see [`Model::with_seq_cache`]).
     seq_cache: Option<Arc<SeqCache>>,
+    /// Serving only: each subject's candidates before the rules, with the history-dependent
+    /// part of their features (see [`Model::with_seq_cache`]).
+    gathered_cache: Option<Arc<GatheredCache>>,
     ranker: Ranker,
     services: Arc<Vec<String>>,
     /// Per segment (0 = overall) the most used services, best first.
@@ -284,6 +295,52 @@ impl quick_cache::Weighter<StateKey, Arc<SeqState>> for StateWeight {
 }
 
 type SeqCache = quick_cache::sync::Cache<StateKey, Arc<SeqState>, StateWeight>;
+
+/// What a subject's history and the time buckets of the sequence model decide about its
+/// personalised candidates: the candidates in the order they were found, their sources, and
+/// the parts of their features that do not move with the clock (the transition and
+/// co-occurrence sums, the item-kNN score, the sequence-model logit). What moves with the clock
+/// (recency, deadlines, bundle timing, signals) and what the request decides (the rules) is
+/// computed at each request.
+#[derive(Debug, Clone)]
+struct Gathered {
+    cands: Vec<u32>,
+    src: Vec<u8>,
+    acc: Vec<[f32; 4]>,
+    knn: Vec<f32>,
+    logit: Vec<f32>,
+    seq_e: Vec<f32>,
+    knn_max: f32,
+    seq_max: f32,
+    seq_lse: f32,
+}
+
+impl Gathered {
+    fn bytes(&self) -> u64 {
+        (std::mem::size_of::<Gathered>() + self.cands.len() * (4 + 1 + 16 + 4 + 4 + 4) + 64) as u64
+    }
+}
+
+/// Identifies a [`Gathered`]: the sequence-model state's key and a hash of everything else of
+/// the profile the gathering reads (starts, services started, bundle steps and which bundles
+/// are active, segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct GatheredKey {
+    seq: Option<StateKey>,
+    hash: u64,
+    starts: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GatheredWeight;
+
+impl quick_cache::Weighter<GatheredKey, Arc<Gathered>> for GatheredWeight {
+    fn weight(&self, _: &GatheredKey, v: &Arc<Gathered>) -> u64 {
+        v.bytes()
+    }
+}
+
+type GatheredCache = quick_cache::sync::Cache<GatheredKey, Arc<Gathered>, GatheredWeight>;
 
 fn audience_of(segment: u16) -> Option<SubjectKind> {
     match segment {
@@ -350,6 +407,7 @@ impl Model {
             sims: Arc::new(sims),
             seq,
             seq_cache: None,
+            gathered_cache: None,
             ranker,
             services: Arc::new(services),
             popular,
@@ -364,24 +422,40 @@ impl Model {
     /// history changed (an ingest on any replica changes the key; nothing is invalidated by
     /// hand) and then served from the cache. For serving: an evaluation sees every history
     /// once and gains nothing from it.
+    ///
+    /// A quarter of `bytes` holds those states; the rest holds each subject's gathered
+    /// candidates ([`Gathered`], some 7 KB each), keyed the same way plus the rest of the
+    /// history the gathering reads, so that a repeated request pays only for what moves with
+    /// the clock and what the request asks. The answers are the same as without the cache.
     pub fn with_seq_cache(mut self, bytes: u64) -> Model {
-        self.seq_cache = (bytes > 0 && self.seq.is_some()).then(|| {
+        let seq_bytes = if self.seq.is_some() { bytes / 4 } else { 0 };
+        self.seq_cache = (seq_bytes > 0).then(|| {
             let per = self.seq.as_ref().map_or(1, |m| SeqState::bytes_for(m.dim, self.params.model_candidates));
-            Arc::new(SeqCache::with_weighter((bytes / per).max(1) as usize, bytes, StateWeight))
+            Arc::new(SeqCache::with_weighter((seq_bytes / per).max(1) as usize, seq_bytes, StateWeight))
+        });
+        let rest = bytes - seq_bytes;
+        self.gathered_cache = (rest > 0).then(|| {
+            let per = 8 << 10;
+            Arc::new(GatheredCache::with_weighter((rest / per).max(1) as usize, rest, GatheredWeight))
         });
         self
     }
 
-    /// Empties the sequence-state cache (a model that stops serving).
+    /// Empties the state caches (a model that stops serving).
     pub fn clear_seq_cache(&self) {
         if let Some(c) = &self.seq_cache {
             c.clear();
         }
+        if let Some(c) = &self.gathered_cache {
+            c.clear();
+        }
     }
 
-    /// Entries and bytes in the sequence-state cache (zero without one).
+    /// Entries and bytes in the state caches (zero without them).
     pub fn seq_cache_usage(&self) -> (usize, u64) {
-        self.seq_cache.as_ref().map_or((0, 0), |c| (c.len(), c.weight()))
+        let (a, b) = self.seq_cache.as_ref().map_or((0, 0), |c| (c.len(), c.weight()));
+        let (c, d) = self.gathered_cache.as_ref().map_or((0, 0), |c| (c.len(), c.weight()));
+        (a + c, b + d)
     }
 
     pub fn with_ranker(mut self, ranker: Ranker) -> Model {
@@ -436,7 +510,11 @@ impl Model {
     /// Gathers candidates, computes their features and scores; results in `scratch.scored()`.
     pub fn score_candidates(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) {
         if req.personalised {
-            let prep = self.gather_personal(profile, req, now, scratch);
+            let prep = match &self.gathered_cache {
+                Some(cache) => self.gather_cached(cache, profile, now, scratch),
+                None => self.gather_personal(profile, now, scratch),
+            };
+            self.apply_rules(profile, req, scratch);
             self.score_rows(profile, &prep, scratch);
             return;
         }
@@ -454,9 +532,103 @@ impl Model {
         scores.extend(cands.iter().map(|&s| st.segment_share(seg, s) + 1e-9 * st.pop(s) as f32));
     }
 
-    /// The personalised candidate stage (gathered, rules applied, not scored); returns the
+    /// The personalised candidate stage from the cache when it holds the subject's history,
+    /// else gathered and kept; rules not applied. Leaves `scratch.logit` aligned with the
+    /// candidates.
+    fn gather_cached(
+        &self,
+        cache: &GatheredCache,
+        profile: &Profile,
+        now: i64,
+        scratch: &mut ScoreScratch,
+    ) -> Prepared {
+        let key = self.gathered_key(profile, now, scratch);
+        if let Some(g) = cache.get(&key) {
+            return self.restore(&g, profile, now, scratch);
+        }
+        let prep = self.gather_personal(profile, now, scratch);
+        self.fill_logits(scratch);
+        let ScoreScratch { features, cands, src, knn, logit, seq_e, .. } = &mut *scratch;
+        let g = Gathered {
+            cands: cands.clone(),
+            src: src.clone(),
+            acc: cands.iter().map(|&c| features.acc(c)).collect(),
+            knn: cands.iter().map(|&c| knn.get(c as usize).copied().unwrap_or(0.0)).collect(),
+            logit: logit.clone(),
+            seq_e: seq_e.clone(),
+            knn_max: scratch.knn_max,
+            seq_max: scratch.seq_max,
+            seq_lse: scratch.seq_lse,
+        };
+        cache.insert(key, Arc::new(g));
+        prep
+    }
+
+    /// The key of a subject's [`Gathered`] at `now`.
+    fn gathered_key(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> GatheredKey {
+        use std::hash::{Hash, Hasher};
+        let seq = self.seq.as_deref().map(|m| {
+            m.window_of(profile.starts().rev().map(|r| (r.service, r.at)), &mut scratch.window);
+            m.state_key(&scratch.window, now)
+        });
+        // SipHash with fixed keys, as the sequence-model key: deterministic and well mixed.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        profile.segment().hash(&mut h);
+        let mut starts = 0u32;
+        for r in profile.starts() {
+            (r.service, r.at).hash(&mut h);
+            starts += 1;
+        }
+        for c in profile.services().iter().filter(|c| c.starts > 0) {
+            c.service.hash(&mut h);
+        }
+        for pb in profile.bundles() {
+            (pb.bundle, &pb.steps, now - pb.last_at() > 365 * 86_400).hash(&mut h);
+        }
+        GatheredKey { seq, hash: h.finish(), starts }
+    }
+
+    /// Puts a cached [`Gathered`] back into `scratch` and prepares the per-request part of the
+    /// features.
+    fn restore(&self, g: &Gathered, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Prepared {
+        scratch.begin(self.service_count());
+        let prep = self.extractor.prepare_with_sums(
+            profile,
+            now,
+            &mut scratch.features,
+            g.cands.iter().copied().zip(g.acc.iter().copied()),
+        );
+        let n = self.service_count();
+        if scratch.knn.len() != n {
+            scratch.knn = vec![0.0; n];
+            scratch.knn_touched.clear();
+        }
+        for &t in &scratch.knn_touched {
+            scratch.knn[t as usize] = 0.0;
+        }
+        scratch.knn_touched.clear();
+        for (&c, &k) in g.cands.iter().zip(&g.knn) {
+            if k != 0.0 {
+                scratch.knn[c as usize] = k;
+                scratch.knn_touched.push(c);
+            }
+        }
+        scratch.knn_max = g.knn_max;
+        for (&c, &b) in g.cands.iter().zip(&g.src) {
+            scratch.add(c, b);
+        }
+        scratch.logit.clear();
+        scratch.logit.extend_from_slice(&g.logit);
+        scratch.seq_e.clear();
+        scratch.seq_e.extend_from_slice(&g.seq_e);
+        scratch.logits_given = true;
+        (scratch.seq_max, scratch.seq_lse) = (g.seq_max, g.seq_lse);
+        prep
+    }
+
+    /// The personalised candidate stage (gathered, rules not applied, not scored); returns the
     /// subject's prepared context.
-    fn gather_personal(&self, profile: &Profile, req: &Request<'_>, now: i64, scratch: &mut ScoreScratch) -> Prepared {
+    fn gather_personal(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) -> Prepared {
         scratch.begin(self.service_count());
         let prep = self.prepare_subject(profile, now, scratch);
         self.personal_sources(profile, now, scratch);
@@ -467,7 +639,6 @@ impl Model {
                 scratch.add(s, reason::POPULAR_IN_SEGMENT);
             }
         }
-        self.apply_rules(profile, req, scratch);
         prep
     }
 
@@ -611,18 +782,21 @@ impl Model {
     /// Feature rows ([`ROW`]: the schema's, then [`crate::ranker::MODEL_FEATURES`]) and ranker scores of
     /// `scratch.cands`.
     fn score_rows(&self, profile: &Profile, prep: &Prepared, scratch: &mut ScoreScratch) {
-        let ScoreScratch { features, cands, base, feats, scores, q, seq_max, seq_lse, knn, knn_max, .. } = scratch;
-        let seq = self.seq.as_deref().filter(|_| !q.is_empty());
+        self.fill_logits(scratch);
+        let ScoreScratch { features, cands, base, feats, scores, logit, seq_e, seq_max, seq_lse, knn, knn_max, .. } =
+            scratch;
         base.resize(cands.len() * WIDTH, 0.0);
         self.extractor.extract(profile, prep, features, cands, base);
         feats.clear();
-        for (&c, row) in cands.iter().zip(base.chunks_exact(WIDTH)) {
+        // exp(v - lse) = exp(v - max) * exp(max - lse): one exponential per candidate.
+        let to_p = (*seq_max - *seq_lse).exp();
+        for (((&c, row), &v), &e) in cands.iter().zip(base.chunks_exact(WIDTH)).zip(logit.iter()).zip(seq_e.iter()) {
             feats.extend_from_slice(row);
             let i = c as usize;
-            let (seq_prob, seq_rel, seq_p, seq_logp) = match seq.map(|m| m.logit(q, c)) {
-                Some(v) if v.is_finite() => {
+            let (seq_prob, seq_rel, seq_p, seq_logp) = match v {
+                v if v.is_finite() => {
                     let (x, lp) = (v - *seq_max, v - *seq_lse);
-                    (x.exp(), (1.0 + x / 16.0).max(0.0), lp.exp(), (1.0 + lp / 24.0).max(0.0))
+                    (e, (1.0 + x / 16.0).max(0.0), e * to_p, (1.0 + lp / 24.0).max(0.0))
                 }
                 _ => (0.0, 0.0, 0.0, 0.0),
             };
@@ -632,6 +806,20 @@ impl Model {
         }
         scores.clear();
         scores.extend(feats.chunks_exact(ROW).map(|row| self.ranker.score(row)));
+    }
+
+    /// The sequence-model logit of each candidate into `scratch.logit`, unless given.
+    fn fill_logits(&self, scratch: &mut ScoreScratch) {
+        if scratch.logits_given {
+            return;
+        }
+        let seq = self.seq.as_deref().filter(|_| !scratch.q.is_empty());
+        let ScoreScratch { cands, logit, seq_e, q, seq_max, .. } = &mut *scratch;
+        logit.clear();
+        logit.extend(cands.iter().map(|&c| seq.map_or(f32::NEG_INFINITY, |m| m.logit(q, c))));
+        seq_e.clear();
+        seq_e.extend(logit.iter().map(|&v| if v.is_finite() { (v - *seq_max).exp() } else { 0.0 }));
+        scratch.logits_given = true;
     }
 
     fn personal_sources(&self, profile: &Profile, now: i64, scratch: &mut ScoreScratch) {
@@ -685,11 +873,19 @@ impl Model {
             if keep(s) {
                 scratch.cands[w] = s;
                 scratch.src[w] = scratch.src[i];
+                if scratch.logits_given {
+                    scratch.logit[w] = scratch.logit[i];
+                    scratch.seq_e[w] = scratch.seq_e[i];
+                }
                 w += 1;
             }
         }
         scratch.cands.truncate(w);
         scratch.src.truncate(w);
+        if scratch.logits_given {
+            scratch.logit.truncate(w);
+            scratch.seq_e.truncate(w);
+        }
     }
 
     /// The rules: whether a service may be suggested to the subject for this request.
@@ -846,7 +1042,8 @@ impl Model {
                         if !self.keeper(profile, &req)(case.target) || n < 2 {
                             continue;
                         }
-                        let prep = self.gather_personal(profile, &req, case.now, scratch);
+                        let prep = self.gather_personal(profile, case.now, scratch);
+                        self.apply_rules(profile, &req, scratch);
                         // The ranker learns to order the candidate stage: a case whose target
                         // is not a candidate teaches it nothing about that order.
                         if !scratch.cands.contains(&case.target) {

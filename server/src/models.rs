@@ -26,11 +26,12 @@ pub struct Served {
     guidance: OnceLock<Vec<[Box<RawValue>; 2]>>,
 }
 
-/// Memory for the served model's sequence-model states (about 800 bytes per subject at width
-/// 64: some 160,000 recently active subjects). A state is recomputed on a subject's first
-/// request after its history changes, so the cache needs to hold the subjects active within
-/// minutes, not the whole population.
-pub const SEQ_CACHE_BYTES: u64 = 128 << 20;
+/// Memory for the served model's per-subject states (`Model::with_seq_cache`): a quarter for
+/// the sequence-model states (about 800 bytes per subject at width 64), the rest for the
+/// gathered candidates (about 8 KB per subject): some 24,000 recently active subjects. A state
+/// is recomputed on a subject's first request after its history changes, so the cache needs to
+/// hold the subjects active within minutes, not the whole population.
+pub const SEQ_CACHE_BYTES: u64 = 256 << 20;
 
 impl Served {
     pub fn new(model: Model, header: Header, path: PathBuf) -> Served {
