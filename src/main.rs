@@ -329,7 +329,20 @@ fn main() -> ExitCode {
     // bars suspended.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,tongban_model=info,tongban_server=info".into());
-    let logs = tracing_subscriber::fmt().with_writer(progress::LogWriter).with_env_filter(filter);
+    // The services (serve, worker) write their lines from a thread of their own, batched
+    // (`progress::BufferedLog`); never dropped: a full queue makes the caller wait. The guard
+    // flushes what is left when `main` returns.
+    let service = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
+    let (writer, _flush_at_exit) = if service {
+        let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("tongban-log")
+            .finish(progress::BufferedLog::default());
+        (tracing_subscriber::fmt::writer::BoxMakeWriter::new(w), Some(guard))
+    } else {
+        (tracing_subscriber::fmt::writer::BoxMakeWriter::new(progress::LogWriter), None)
+    };
+    let logs = tracing_subscriber::fmt().with_writer(writer).with_env_filter(filter);
     match cli.log_format {
         LogStyle::Text => {
             use std::io::IsTerminal;

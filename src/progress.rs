@@ -83,6 +83,33 @@ impl Write for LogWriter {
     }
 }
 
+/// The services' log writer, behind `tracing_appender::non_blocking`: its thread appends the
+/// lines here and flushes once the queue is empty, so that under load many lines leave in one
+/// write (an access line per request would otherwise be a system call per request). Flushed
+/// past 64 KiB too, with the bars suspended.
+#[derive(Debug, Default)]
+pub struct BufferedLog {
+    buf: Vec<u8>,
+}
+
+impl Write for BufferedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= 64 << 10 {
+            self.flush()?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let r = suspend(|| std::io::stderr().write_all(&self.buf));
+            self.buf.clear();
+            r?;
+        }
+        std::io::stderr().flush()
+    }
+}
+
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {

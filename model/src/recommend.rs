@@ -614,9 +614,10 @@ impl Model {
             }
         }
         scratch.knn_max = g.knn_max;
-        for (&c, &b) in g.cands.iter().zip(&g.src) {
-            scratch.add(c, b);
-        }
+        // Distinct already, in the order they were found: copied as they are (nothing is added
+        // after a restore, so the marks of `add` are not needed).
+        scratch.cands.extend_from_slice(&g.cands);
+        scratch.src.extend_from_slice(&g.src);
         scratch.logit.clear();
         scratch.logit.extend_from_slice(&g.logit);
         scratch.seq_e.clear();

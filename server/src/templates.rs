@@ -186,7 +186,7 @@ fn field_end(text: &str) -> Option<usize> {
 fn placeholders(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = text;
-    while let Some(i) = rest.find("((") {
+    while let Some(i) = opening(rest) {
         let Some(j) = field_end(&rest[i + 2..]) else { break };
         let inner = &rest[i + 2..i + 2 + j];
         match inner.split_once("??") {
@@ -201,12 +201,28 @@ fn placeholders(text: &str) -> Vec<&str> {
     out
 }
 
+/// Where the first `((` starts. A byte scan: `str::find` builds a substring searcher at each
+/// call, which cost more than the search on these short texts (the hot path fills a few per
+/// suggestion).
+fn opening(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(k) = b[from..].iter().position(|&c| c == b'(') {
+        let at = from + k;
+        if b.get(at + 1) == Some(&b'(') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// Replaces `((name))` by its value and `((name??text))` by `text` when the value is not empty
 /// (by nothing otherwise).
 pub fn fill(text: &str, values: &[(&str, String)]) -> String {
     let mut out = String::with_capacity(text.len() * 2);
     let mut rest = text;
-    while let Some(i) = rest.find("((") {
+    while let Some(i) = opening(rest) {
         let Some(j) = field_end(&rest[i + 2..]) else { break };
         out.push_str(&rest[..i]);
         let inner = &rest[i + 2..i + 2 + j];
