@@ -424,7 +424,7 @@ impl Model {
     /// once and gains nothing from it.
     ///
     /// A quarter of `bytes` holds those states; the rest holds each subject's gathered
-    /// candidates ([`Gathered`], some 7 KB each), keyed the same way plus the rest of the
+    /// candidates ([`Gathered`], some 8 KB each), keyed the same way plus the rest of the
     /// history the gathering reads, so that a repeated request pays only for what moves with
     /// the clock and what the request asks. The answers are the same as without the cache.
     pub fn with_seq_cache(mut self, bytes: u64) -> Model {
