@@ -279,22 +279,30 @@ impl SeqState {
     fn bytes_for(dim: usize, top: usize) -> u64 {
         (std::mem::size_of::<SeqState>() + 4 * dim + 4 * top + 64) as u64
     }
+}
 
+/// A cached value's approximate size in bytes: the weight of the serving caches.
+trait Bytes {
+    fn bytes(&self) -> u64;
+}
+
+impl Bytes for SeqState {
     fn bytes(&self) -> u64 {
         SeqState::bytes_for(self.q.len(), self.top.len())
     }
 }
 
+/// Weighs a cache's entries by [`Bytes`], so that a cache is bounded in memory.
 #[derive(Debug, Clone, Copy)]
-struct StateWeight;
+struct ByBytes;
 
-impl quick_cache::Weighter<StateKey, Arc<SeqState>> for StateWeight {
-    fn weight(&self, _: &StateKey, v: &Arc<SeqState>) -> u64 {
+impl<K, V: Bytes> quick_cache::Weighter<K, Arc<V>> for ByBytes {
+    fn weight(&self, _: &K, v: &Arc<V>) -> u64 {
         v.bytes()
     }
 }
 
-type SeqCache = quick_cache::sync::Cache<StateKey, Arc<SeqState>, StateWeight>;
+type SeqCache = quick_cache::sync::Cache<StateKey, Arc<SeqState>, ByBytes>;
 
 /// What a subject's history and the time buckets of the sequence model decide about its
 /// personalised candidates: the candidates in the order they were found, their sources, and
@@ -315,7 +323,7 @@ struct Gathered {
     seq_lse: f32,
 }
 
-impl Gathered {
+impl Bytes for Gathered {
     fn bytes(&self) -> u64 {
         (std::mem::size_of::<Gathered>() + self.cands.len() * (4 + 1 + 16 + 4 + 4 + 4) + 64) as u64
     }
@@ -331,16 +339,7 @@ struct GatheredKey {
     starts: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct GatheredWeight;
-
-impl quick_cache::Weighter<GatheredKey, Arc<Gathered>> for GatheredWeight {
-    fn weight(&self, _: &GatheredKey, v: &Arc<Gathered>) -> u64 {
-        v.bytes()
-    }
-}
-
-type GatheredCache = quick_cache::sync::Cache<GatheredKey, Arc<Gathered>, GatheredWeight>;
+type GatheredCache = quick_cache::sync::Cache<GatheredKey, Arc<Gathered>, ByBytes>;
 
 fn audience_of(segment: u16) -> Option<SubjectKind> {
     match segment {
@@ -431,12 +430,12 @@ impl Model {
         let seq_bytes = if self.seq.is_some() { bytes / 4 } else { 0 };
         self.seq_cache = (seq_bytes > 0).then(|| {
             let per = self.seq.as_ref().map_or(1, |m| SeqState::bytes_for(m.dim, self.params.model_candidates));
-            Arc::new(SeqCache::with_weighter((seq_bytes / per).max(1) as usize, seq_bytes, StateWeight))
+            Arc::new(SeqCache::with_weighter((seq_bytes / per).max(1) as usize, seq_bytes, ByBytes))
         });
         let rest = bytes - seq_bytes;
         self.gathered_cache = (rest > 0).then(|| {
             let per = 8 << 10;
-            Arc::new(GatheredCache::with_weighter((rest / per).max(1) as usize, rest, GatheredWeight))
+            Arc::new(GatheredCache::with_weighter((rest / per).max(1) as usize, rest, ByBytes))
         });
         self
     }
