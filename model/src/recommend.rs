@@ -216,6 +216,18 @@ impl ScoreScratch {
         self.logits_given = false;
     }
 
+    /// Zeroes the item-kNN scores (through the touched list) for a catalogue of `services`.
+    fn reset_knn(&mut self, services: usize) {
+        if self.knn.len() != services {
+            self.knn = vec![0.0; services];
+            self.knn_touched.clear();
+        }
+        for &t in &self.knn_touched {
+            self.knn[t as usize] = 0.0;
+        }
+        self.knn_touched.clear();
+    }
+
     fn add(&mut self, s: u32, bits: u8) {
         let Some(m) = self.mark.get_mut(s as usize) else { return };
         if *m == self.epoch {
@@ -597,15 +609,7 @@ impl Model {
             &mut scratch.features,
             g.cands.iter().copied().zip(g.acc.iter().copied()),
         );
-        let n = self.service_count();
-        if scratch.knn.len() != n {
-            scratch.knn = vec![0.0; n];
-            scratch.knn_touched.clear();
-        }
-        for &t in &scratch.knn_touched {
-            scratch.knn[t as usize] = 0.0;
-        }
-        scratch.knn_touched.clear();
+        scratch.reset_knn(self.service_count());
         for (&c, &k) in g.cands.iter().zip(&g.knn) {
             if k != 0.0 {
                 scratch.knn[c as usize] = k;
@@ -741,15 +745,7 @@ impl Model {
     }
 
     fn prepare_knn(&self, profile: &Profile, scratch: &mut ScoreScratch) {
-        let n = self.service_count();
-        if scratch.knn.len() != n {
-            scratch.knn = vec![0.0; n];
-            scratch.knn_touched.clear();
-        }
-        for &t in &scratch.knn_touched {
-            scratch.knn[t as usize] = 0.0;
-        }
-        scratch.knn_touched.clear();
+        scratch.reset_knn(self.service_count());
         for c in profile.services().iter().filter(|c| c.starts > 0) {
             for &(b, sim) in self.sims.row(c.service) {
                 let Some(k) = scratch.knn.get_mut(b as usize) else { continue };
